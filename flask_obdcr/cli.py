@@ -1,0 +1,49 @@
+"""``flask obdcr clients list | show ID | delete ID``."""
+
+from __future__ import annotations
+
+import json
+
+import click
+from flask import current_app
+from flask.cli import AppGroup
+
+obdcr_cli = AppGroup("obdcr", help="Open Banking Dynamic Client Registration.")
+clients_cli = AppGroup("clients", help="Registered clients.")
+obdcr_cli.add_command(clients_cli)
+
+
+def _store():
+    return current_app.extensions["obdcr"].store
+
+
+@clients_cli.command("list")
+def list_clients() -> None:
+    """One line per client: id, issued at, software, org, auth method."""
+    count = 0
+    for client in _store().list():
+        count += 1
+        click.echo(
+            f"{client.client_id}\t{client.client_id_issued_at}\t{client.software_id}"
+            f"\t{client.org_id}\t{client.token_endpoint_auth_method}"
+        )
+    click.echo(f"{count} client(s)", err=True)
+
+
+@clients_cli.command("show")
+@click.argument("client_id")
+def show_client(client_id: str) -> None:
+    """The client as the registration endpoint returns it (no secrets)."""
+    client = _store().get(client_id)
+    if client is None:
+        raise click.ClickException(f"no client {client_id!r}")
+    click.echo(json.dumps(client.to_response(), indent=2, sort_keys=True))
+
+
+@clients_cli.command("delete")
+@click.argument("client_id")
+@click.confirmation_option(prompt="Delete this client?")
+def delete_client(client_id: str) -> None:
+    if not _store().delete(client_id):
+        raise click.ClickException(f"no client {client_id!r}")
+    click.echo(f"deleted {client_id}")

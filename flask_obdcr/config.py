@@ -1,0 +1,203 @@
+"""Every ``OBDCR_*`` configuration key, its default and its meaning.
+
+The keys are read once, in ``init_app``, into a frozen :class:`Settings`. A wrong or
+missing key fails at start-up with a message that names the key and says how to fix it,
+never at the first request.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlsplit
+
+from .errors import ConfigurationError
+
+#: algorithms a deployment may enable; HS* and "none" are never acceptable for DCR
+KNOWN_SIGNING_ALGS = frozenset(
+    {"PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512"}
+)
+KNOWN_AUTH_METHODS = (
+    "tls_client_auth",
+    "private_key_jwt",
+    "client_secret_basic",
+    "client_secret_post",
+)
+CERT_HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
+
+#: (config key, default); a default of REQUIRED means the key must be set
+REQUIRED = object()
+DEFAULTS: dict[str, Any] = {
+    "OBDCR_ISSUER": REQUIRED,
+    "OBDCR_AUDIENCES": [],
+    "OBDCR_TRUSTED_DIRECTORIES": REQUIRED,
+    "OBDCR_JWKS_ALLOWED_HOSTS": [],
+    "OBDCR_HTTP_VERIFY": True,
+    "OBDCR_TRANSPORT_CA_FILE": REQUIRED,
+    "OBDCR_CLIENT_CERT_HEADER": None,
+    "OBDCR_TRUSTED_PROXIES": [],
+    "OBDCR_SIGNING_ALGS": ["PS256", "ES256"],
+    "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS": list(KNOWN_AUTH_METHODS),
+    "OBDCR_CLOCK_SKEW": 30,
+    "OBDCR_SSA_MAX_AGE": None,
+    "OBDCR_MAX_REQUEST_BYTES": 65536,
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The validated configuration of one application."""
+
+    issuer: str
+    trusted_directories: Mapping[str, str]
+    transport_ca_file: str
+    audiences: tuple[str, ...] = ()
+    jwks_allowed_hosts: frozenset[str] = frozenset()
+    http_verify: bool | str = True
+    client_cert_header: str | None = None
+    trusted_proxies: tuple[str, ...] = ()
+    signing_algs: tuple[str, ...] = ("PS256", "ES256")
+    token_endpoint_auth_methods: tuple[str, ...] = KNOWN_AUTH_METHODS
+    clock_skew: int = 30
+    ssa_max_age: int | None = None
+    max_request_bytes: int = 65536
+    #: request JWTs whose exp lies further ahead are refused: the jti replay cache must be
+    #: able to hold every jti until its exp, so exp cannot be unbounded
+    max_request_lifetime: int = 86400
+    #: hosts a JWKS may be fetched from: the trusted directories' and the configured ones
+    fetch_allowed_hosts: frozenset[str] = field(default=frozenset())
+
+    @property
+    def accepted_audiences(self) -> frozenset[str]:
+        return frozenset((self.issuer, *self.audiences))
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Settings:
+        """Read and validate the ``OBDCR_*`` keys of a Flask config (or any mapping)."""
+        raw = {key: config.get(key, default) for key, default in DEFAULTS.items()}
+        missing = [key for key, value in raw.items() if value is REQUIRED]
+        if missing:
+            raise ConfigurationError(
+                f"{', '.join(missing)} must be set in the app config before init_app()"
+                " (see the configuration table in the README)."
+            )
+
+        issuer = _string(raw, "OBDCR_ISSUER")
+        directories = raw["OBDCR_TRUSTED_DIRECTORIES"]
+        if not isinstance(directories, Mapping) or not directories:
+            _fail("OBDCR_TRUSTED_DIRECTORIES", "must be a non-empty dict of SSA issuer -> JWKS URL")
+        for name, url in directories.items():
+            if not isinstance(name, str) or not name:
+                _fail("OBDCR_TRUSTED_DIRECTORIES", "keys must be the SSA issuers (non-empty strings)")
+            _https_url(url, f"OBDCR_TRUSTED_DIRECTORIES[{name!r}]")
+
+        allowed_hosts = frozenset(
+            host.lower() for host in _string_list(raw, "OBDCR_JWKS_ALLOWED_HOSTS")
+        )
+        directory_hosts = frozenset(
+            (urlsplit(url).hostname or "").lower() for url in directories.values()
+        )
+
+        verify = raw["OBDCR_HTTP_VERIFY"]
+        if verify is not True and not (isinstance(verify, str) and os.path.exists(verify)):
+            _fail(
+                "OBDCR_HTTP_VERIFY",
+                "must be True or the path of an existing CA bundle; TLS verification of JWKS"
+                " fetches cannot be switched off",
+            )
+
+        ca_file = raw["OBDCR_TRANSPORT_CA_FILE"]
+        if not isinstance(ca_file, str | os.PathLike) or not os.path.isfile(ca_file):
+            _fail("OBDCR_TRANSPORT_CA_FILE", f"must be the path of a PEM file; got {ca_file!r}")
+
+        header = raw["OBDCR_CLIENT_CERT_HEADER"]
+        if header is not None and not (isinstance(header, str) and header.strip()):
+            _fail("OBDCR_CLIENT_CERT_HEADER", f"must be None or a header name such as {CERT_HEADERS}")
+
+        proxies = _string_list(raw, "OBDCR_TRUSTED_PROXIES")
+        for proxy in proxies:
+            try:
+                ipaddress.ip_network(proxy, strict=False)
+            except ValueError:
+                _fail("OBDCR_TRUSTED_PROXIES", f"{proxy!r} is not an IP address or network")
+
+        algs = _string_list(raw, "OBDCR_SIGNING_ALGS")
+        bad = [alg for alg in algs if alg not in KNOWN_SIGNING_ALGS]
+        if bad or not algs:
+            _fail(
+                "OBDCR_SIGNING_ALGS",
+                f"must be a non-empty list drawn from {sorted(KNOWN_SIGNING_ALGS)};"
+                f" {bad or 'empty'} refused ('none' and HS* are never allowed)",
+            )
+
+        methods = _string_list(raw, "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS")
+        bad = [method for method in methods if method not in KNOWN_AUTH_METHODS]
+        if bad or not methods:
+            _fail(
+                "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS",
+                f"must be a non-empty list drawn from {list(KNOWN_AUTH_METHODS)}; got {methods}",
+            )
+
+        skew = _int(raw, "OBDCR_CLOCK_SKEW", minimum=0, maximum=600)
+        max_age = raw["OBDCR_SSA_MAX_AGE"]
+        if max_age is not None:
+            max_age = _int(raw, "OBDCR_SSA_MAX_AGE", minimum=1)
+        max_bytes = _int(raw, "OBDCR_MAX_REQUEST_BYTES", minimum=1024, maximum=10 * 1024 * 1024)
+
+        return cls(
+            issuer=issuer,
+            trusted_directories=dict(directories),
+            transport_ca_file=os.fspath(ca_file),
+            audiences=tuple(_string_list(raw, "OBDCR_AUDIENCES")),
+            jwks_allowed_hosts=allowed_hosts,
+            http_verify=verify,
+            client_cert_header=header,
+            trusted_proxies=tuple(proxies),
+            signing_algs=tuple(algs),
+            token_endpoint_auth_methods=tuple(methods),
+            clock_skew=skew,
+            ssa_max_age=max_age,
+            max_request_bytes=max_bytes,
+            fetch_allowed_hosts=allowed_hosts | directory_hosts,
+        )
+
+
+def _fail(key: str, message: str) -> None:
+    raise ConfigurationError(f"{key} {message}.")
+
+
+def _string(raw: Mapping[str, Any], key: str) -> str:
+    value = raw[key]
+    if not isinstance(value, str) or not value.strip():
+        _fail(key, f"must be a non-empty string; got {value!r}")
+    return value
+
+
+def _string_list(raw: Mapping[str, Any], key: str) -> list[str]:
+    value = raw[key]
+    if isinstance(value, str) or not isinstance(value, list | tuple | set | frozenset):
+        _fail(key, f"must be a list of strings; got {value!r}")
+    if not all(isinstance(item, str) and item for item in value):
+        _fail(key, f"must be a list of non-empty strings; got {value!r}")
+    return list(value)
+
+
+def _int(raw: Mapping[str, Any], key: str, *, minimum: int, maximum: int | None = None) -> int:
+    value = raw[key]
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
+        maximum is not None and value > maximum
+    ):
+        bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
+        _fail(key, f"must be an integer {bounds}; got {value!r}")
+    return value
+
+
+def _https_url(url: Any, key: str) -> None:
+    if not isinstance(url, str):
+        _fail(key, f"must be an https URL; got {url!r}")
+    parts = urlsplit(url)
+    if parts.scheme != "https" or not parts.hostname:
+        _fail(key, f"must be an https URL; got {url!r}")

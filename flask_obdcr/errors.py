@@ -1,0 +1,114 @@
+"""Errors of the registration protocol, one exception type per wire error.
+
+Every error carries what goes on the wire (status, ``error`` code, a short public
+``description``) apart from ``detail``: what we log for the operator and never send.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class RegistrationError(Exception):
+    """Base of every error the DCR endpoints turn into a JSON error response."""
+
+    status: int = 400
+    error: str = "invalid_request"
+    default_description: str = "The request is invalid."
+
+    def __init__(
+        self,
+        description: str | None = None,
+        *,
+        detail: str | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> None:
+        self.description = _clip(description or self.default_description)
+        self.detail = detail or self.description
+        self.headers = dict(headers or {})
+        #: name of the pipeline policy that raised it; set by the pipeline
+        self.policy: str | None = None
+        super().__init__(self.description)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"error": self.error, "error_description": self.description}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.error!r}, {self.description!r})"
+
+
+def _clip(text: str) -> str:
+    # RFC 7591 descriptions are human-readable and the OB schema caps them at 500.
+    text = " ".join(str(text).split()) or "Error."
+    return text if len(text) <= 500 else text[:497] + "..."
+
+
+class InvalidClient(RegistrationError):
+    """No client certificate, or one that is untrusted, expired or not yet valid."""
+
+    status = 401
+    error = "invalid_client"
+    default_description = "A valid client certificate is required."
+
+
+class InvalidSoftwareStatement(RegistrationError):
+    error = "invalid_software_statement"
+    default_description = "The software statement is invalid."
+
+
+class UnapprovedSoftwareStatement(RegistrationError):
+    error = "unapproved_software_statement"
+    default_description = "The software statement is not approved by this server."
+
+
+class InvalidClientMetadata(RegistrationError):
+    error = "invalid_client_metadata"
+    default_description = "The client metadata is invalid."
+
+
+class InvalidRedirectURI(RegistrationError):
+    error = "invalid_redirect_uri"
+    default_description = "The redirect URIs are invalid."
+
+
+class UnsupportedMediaType(InvalidClientMetadata):
+    status = 415
+    default_description = (
+        "The request body must be a signed JWT sent as application/jwt, "
+        "application/jose or application/json."
+    )
+
+
+class RequestTooLarge(InvalidClientMetadata):
+    status = 413
+    default_description = "The request body is too large."
+
+
+class TemporarilyUnavailable(RegistrationError):
+    status = 503
+    error = "temporarily_unavailable"
+    default_description = "The server cannot validate the request right now; retry later."
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 30, **kw: Any):
+        super().__init__(description, **kw)
+        self.headers.setdefault("Retry-After", str(int(retry_after)))
+
+
+class InvalidToken(RegistrationError):
+    """GET/PUT/DELETE /register/<id> without a valid access token for that client."""
+
+    status = 401
+    error = "invalid_token"
+    default_description = "The access token is missing, invalid or not issued to this client."
+
+    def __init__(self, description: str | None = None, **kw: Any):
+        super().__init__(description, **kw)
+        # RFC 6750 quoted-string: no double quotes or backslashes inside the value
+        safe = self.description.replace("\\", "").replace('"', "'")
+        self.headers.setdefault(
+            "WWW-Authenticate", f'Bearer error="invalid_token", error_description="{safe}"'
+        )
+
+
+class ConfigurationError(RuntimeError):
+    """A wrong or missing OBDCR_* setting; raised at start-up, naming the key."""

@@ -1,0 +1,49 @@
+"""redirect_uris: https, not loopback, each one registered in the SSA."""
+
+from __future__ import annotations
+
+import ipaddress
+from urllib.parse import urlsplit
+
+from ..errors import InvalidRedirectURI
+from .base import RegistrationContext, claim_strings
+
+MAX_URI_LENGTH = 256
+
+
+def _is_local(host: str) -> bool:
+    if host == "localhost" or host.endswith(".localhost"):
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return address.is_loopback or address.is_unspecified
+
+
+class RedirectURIs:
+    name = "redirect_uris"
+
+    def __call__(self, context: RegistrationContext) -> None:
+        uris = context.request_claims.get("redirect_uris")
+        if not isinstance(uris, list) or not uris or claim_strings(uris) is None:
+            raise InvalidRedirectURI("redirect_uris must be a non-empty list of https URIs.")
+        registered = claim_strings(context.ssa_claims.get("software_redirect_uris")) or []
+        for uri in uris:
+            try:
+                parts = urlsplit(uri)
+                host = (parts.hostname or "").lower()
+            except ValueError:
+                raise InvalidRedirectURI(f"{uri[:100]!r} is not a valid URI.") from None
+            if len(uri) > MAX_URI_LENGTH or parts.scheme != "https" or not host:
+                raise InvalidRedirectURI(f"{uri[:100]!r} is not an https URI.")
+            if _is_local(host):
+                raise InvalidRedirectURI(f"{uri[:100]!r} points at localhost.")
+            if parts.fragment or "#" in uri:
+                raise InvalidRedirectURI(f"{uri[:100]!r} has a fragment.")
+            if uri not in registered:
+                raise InvalidRedirectURI(
+                    f"{uri[:100]!r} is not one of the software statement's redirect URIs."
+                )
+        # keep the TPP's order, without duplicates
+        context.metadata["redirect_uris"] = list(dict.fromkeys(uris))

@@ -1,0 +1,44 @@
+"""The body: a compact JWS sent as application/jwt, application/jose or a JSON string."""
+
+from __future__ import annotations
+
+import json
+
+from ..errors import InvalidClientMetadata, RequestTooLarge, UnsupportedMediaType
+from .base import RegistrationContext
+
+#: OB DCR v3.1 says application/jwt, v3.3's swagger application/jose, its OpenAPI a JSON string
+MEDIA_TYPES = frozenset({"application/jwt", "application/jose", "application/json"})
+
+
+def media_type(content_type: str | None) -> str:
+    return (content_type or "").split(";", 1)[0].strip().lower()
+
+
+class RequestBody:
+    name = "request_body"
+
+    def __call__(self, context: RegistrationContext) -> None:
+        if len(context.body) > context.settings.max_request_bytes:
+            raise RequestTooLarge(
+                f"The request body is larger than {context.settings.max_request_bytes} bytes."
+            )
+        kind = media_type(context.content_type)
+        if kind not in MEDIA_TYPES:
+            raise UnsupportedMediaType(detail=f"Content-Type {context.content_type!r}")
+        try:
+            text = context.body.decode("ascii")
+        except UnicodeDecodeError:
+            raise InvalidClientMetadata("The request body is not a compact JWS.") from None
+        if kind == "application/json":
+            try:
+                text = json.loads(text)
+            except (json.JSONDecodeError, RecursionError):
+                raise InvalidClientMetadata(
+                    "An application/json body must be the signed JWT as a JSON string."
+                ) from None
+            if not isinstance(text, str):
+                raise InvalidClientMetadata(
+                    "An application/json body must be the signed JWT as a JSON string."
+                )
+        context.request_jwt = text.strip()

@@ -1,0 +1,36 @@
+"""Decode the registration request without trusting it, and take out its SSA."""
+
+from __future__ import annotations
+
+from .. import jose
+from ..errors import InvalidClientMetadata, InvalidSoftwareStatement
+from .base import RegistrationContext
+
+
+class RequestJWT:
+    name = "request_jwt"
+
+    def __call__(self, context: RegistrationContext) -> None:
+        try:
+            header, claims = jose.peek(context.request_jwt)
+        except jose.MalformedJWS as exc:
+            raise InvalidClientMetadata(
+                "The request body is not a signed JWT.", detail=str(exc)
+            ) from None
+        alg = header["alg"]
+        if alg not in context.settings.signing_algs:
+            raise InvalidClientMetadata(
+                f"The request JWT is signed with {alg!r}; accepted:"
+                f" {', '.join(context.settings.signing_algs)}."
+            )
+        bearing = sorted(jose.KEY_BEARING_HEADERS & header.keys())
+        if bearing:
+            raise InvalidClientMetadata(
+                "The request JWT header must not carry or point at keys"
+                f" ({', '.join(bearing)}); keys come from the software JWKS."
+            )
+        context.request_header, context.request_claims = header, claims
+        statement = claims.get("software_statement")
+        if not isinstance(statement, str) or not statement:
+            raise InvalidSoftwareStatement("The request has no software_statement.")
+        context.software_statement = statement

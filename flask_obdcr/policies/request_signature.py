@@ -1,0 +1,46 @@
+"""Verify the request JWT with the software's JWKS named by the (verified) SSA."""
+
+from __future__ import annotations
+
+from urllib.parse import urlsplit
+
+from .. import jose
+from ..errors import InvalidClientMetadata, InvalidSoftwareStatement
+from ..jwks import JWKSError, KeyNotFound
+from .base import RegistrationContext
+
+
+class RequestSignature:
+    name = "request_signature"
+
+    def __call__(self, context: RegistrationContext) -> None:
+        endpoint = context.ssa_claims["software_jwks_endpoint"]
+        parts = urlsplit(endpoint)
+        host = (parts.hostname or "").lower()
+        # checked here as well as in the fetcher: no request leaves for a host we do not trust
+        if parts.scheme != "https" or host not in context.settings.fetch_allowed_hosts:
+            raise InvalidSoftwareStatement(
+                "The software_jwks_endpoint must be an https URL on an allowed host.",
+                detail=f"software_jwks_endpoint {endpoint!r}",
+            )
+        alg = context.request_header["alg"]
+        kid = context.request_header.get("kid")
+        kid = kid if isinstance(kid, str) else None
+        try:
+            keys = context.jwks.candidate_keys(endpoint, kid=kid, alg=alg)
+        except KeyNotFound:
+            raise InvalidClientMetadata(
+                "The request JWT is not signed with a key of the software JWKS.",
+                detail=f"kid {kid!r} alg {alg} not in {endpoint}",
+            ) from None
+        except JWKSError as exc:
+            raise InvalidSoftwareStatement(
+                "The software JWKS cannot be fetched.", detail=str(exc)
+            ) from None
+        try:
+            jose.verify(context.request_jwt, keys, alg)
+        except (jose.BadSignature, jose.MalformedJWS):
+            raise InvalidClientMetadata(
+                "The request JWT is not signed with a key of the software JWKS."
+            ) from None
+        context.software_jwks_endpoint = endpoint

@@ -1,0 +1,35 @@
+"""The mutual-TLS certificate: trusted, valid now, and the SSA's software's own."""
+
+from __future__ import annotations
+
+import datetime
+
+from ..certificates import certificate_belongs_to_software
+from ..errors import InvalidClient, InvalidSoftwareStatement
+from ..jwks import JWKSError
+from .base import RegistrationContext
+
+
+class TransportCertificate:
+    name = "transport_certificate"
+
+    def __call__(self, context: RegistrationContext) -> None:
+        certificate = context.certificate
+        if certificate is None:
+            raise InvalidClient("A client certificate is required (mutual TLS).")
+        now = datetime.datetime.fromtimestamp(context.now, datetime.timezone.utc)
+        context.transport_verifier.verify(certificate, now=now)
+        try:
+            software_jwks = context.jwks.document(context.software_jwks_endpoint)
+        except JWKSError:
+            software_jwks = None
+        rule = certificate_belongs_to_software(
+            certificate, ssa_claims=context.ssa_claims, software_jwks=software_jwks
+        )
+        if rule is None:
+            raise InvalidSoftwareStatement(
+                "The client certificate does not belong to the software statement's software"
+                " or organisation.",
+                detail=f"certificate subject {certificate.subject.rfc4514_string()!r}",
+            )
+        context.certificate_binding = rule

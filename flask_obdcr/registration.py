@@ -1,0 +1,182 @@
+"""The protocol core: register, read, update and delete clients. No Flask in here.
+
+Every input arrives as an argument (body bytes, content type, a loader for the client
+certificate) and every dependency is injected (clock, JWKS client, replay cache, store),
+so the same core serves the Flask blueprint, the tests and any other framework.
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from .certificates import TransportCertificateVerifier
+from .config import Settings
+from .errors import InvalidClientMetadata, TemporarilyUnavailable
+from .jwks import JWKSClient
+from .policies import Pipeline, RegistrationContext, default_pipeline
+from .replay import ReplayCache
+from .storage import ClientExists, ClientNotFound, ClientStore, StoredClient, hash_secret
+
+SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+
+CertificateLoader = Callable[[], "x509.Certificate | None"]
+
+
+def new_client_id() -> str:
+    return str(uuid.uuid4())
+
+
+def new_secret() -> str:
+    # 27 random bytes = 216 bits, 36 URL-safe characters: the OB cap for client_secret
+    return secrets.token_urlsafe(27)
+
+
+@dataclass(frozen=True)
+class Registration:
+    """The outcome of a successful POST or PUT."""
+
+    client: StoredClient
+    #: the JSON body to return; holds a new client secret in clear, this once
+    response: dict[str, Any]
+    #: what the pipeline established, for signals and audit logs
+    context: RegistrationContext
+
+
+class Registrar:
+    """Runs the validation pipeline and keeps the store consistent with its verdicts."""
+
+    def __init__(
+        self,
+        *,
+        settings: Settings,
+        store: ClientStore,
+        jwks: JWKSClient,
+        replay_cache: ReplayCache,
+        transport_verifier: TransportCertificateVerifier,
+        pipeline: Pipeline | None = None,
+        clock: Callable[[], float] = time.time,
+        client_id_factory: Callable[[], str] = new_client_id,
+        secret_factory: Callable[[], str] = new_secret,
+    ) -> None:
+        self.settings = settings
+        self.store = store
+        self.jwks = jwks
+        self.replay_cache = replay_cache
+        self.transport_verifier = transport_verifier
+        self.pipeline = pipeline if pipeline is not None else default_pipeline()
+        self.clock = clock
+        self.client_id_factory = client_id_factory
+        self.secret_factory = secret_factory
+
+    def validate(
+        self,
+        body: bytes,
+        content_type: str | None,
+        certificate_loader: CertificateLoader,
+        *,
+        existing: StoredClient | None = None,
+    ) -> RegistrationContext:
+        """Run the pipeline; raises a RegistrationError, or returns the judged context."""
+        context = RegistrationContext(
+            settings=self.settings,
+            now=self.clock(),
+            jwks=self.jwks,
+            replay_cache=self.replay_cache,
+            transport_verifier=self.transport_verifier,
+            body=body,
+            content_type=content_type,
+            certificate_loader=certificate_loader,
+            existing=existing,
+        )
+        self.pipeline.run(context)
+        return context
+
+    def register(
+        self, body: bytes, content_type: str | None, certificate_loader: CertificateLoader
+    ) -> Registration:
+        """POST /register: validate, then store a new client."""
+        context = self.validate(body, content_type, certificate_loader)
+        self._consume_jti(context)
+        now = int(context.now)
+        secret = self._secret_for(context.metadata)
+        for _ in range(3):
+            client = StoredClient(
+                client_id=self.client_id_factory(),
+                client_id_issued_at=now,
+                metadata=dict(context.metadata),
+                ssa_claims=dict(context.ssa_claims),
+                client_secret_hash=hash_secret(secret) if secret else None,
+                updated_at=now,
+            )
+            try:
+                self._write(self.store.add, client)
+                break
+            except ClientExists:
+                continue  # a uuid4 collision: draw again
+        else:  # pragma: no cover - three uuid4 collisions in a row
+            raise TemporarilyUnavailable(detail="could not allocate a client_id")
+        return Registration(client, self._response(client, secret), context)
+
+    def update(
+        self,
+        client: StoredClient,
+        body: bytes,
+        content_type: str | None,
+        certificate_loader: CertificateLoader,
+    ) -> Registration:
+        """PUT /register/<id>: the same pipeline as POST; software and org may not change."""
+        context = self.validate(body, content_type, certificate_loader, existing=client)
+        self._consume_jti(context)
+        method = context.metadata["token_endpoint_auth_method"]
+        secret = None
+        secret_hash = client.client_secret_hash
+        if method not in SECRET_METHODS:
+            secret_hash = None
+        elif secret_hash is None:
+            secret = self.secret_factory()  # newly moved to a secret method
+            secret_hash = hash_secret(secret)
+        updated = client.with_changes(
+            metadata=dict(context.metadata),
+            ssa_claims=dict(context.ssa_claims),
+            client_secret_hash=secret_hash,
+            updated_at=int(context.now),
+        )
+        self._write(self.store.replace, updated)
+        return Registration(updated, self._response(updated, secret), context)
+
+    def _consume_jti(self, context: RegistrationContext) -> None:
+        # atomic check-and-set: of two racing copies of one request, exactly one passes
+        exp = float(context.request_claims["exp"])
+        if not self.replay_cache.remember(context.jti_key, exp + self.settings.clock_skew):
+            raise InvalidClientMetadata("The request JWT has been used before (jti replayed).")
+
+    def _secret_for(self, metadata: dict[str, Any]) -> str | None:
+        if metadata.get("token_endpoint_auth_method") in SECRET_METHODS:
+            return self.secret_factory()
+        return None
+
+    @staticmethod
+    def _write(operation: Callable[[StoredClient], Any], client: StoredClient) -> None:
+        try:
+            operation(client)
+        except (ClientExists, ClientNotFound):
+            raise
+        except Exception as exc:  # the backend is down or broken: no 500, no partial record
+            raise TemporarilyUnavailable(
+                "The client could not be stored; retry later.", detail=repr(exc)
+            ) from exc
+
+    @staticmethod
+    def _response(client: StoredClient, secret: str | None) -> dict[str, Any]:
+        body = client.to_response()
+        if secret is not None:
+            body["client_secret"] = secret
+            body["client_secret_expires_at"] = 0  # OB: zero when the secret does not expire
+        return body

@@ -1,0 +1,194 @@
+"""The ClientStore contract every storage backend fulfils.
+
+Public methods check the invariants once, here; backends implement the ``_``-prefixed
+primitives and must make each of them atomic (a failed write leaves nothing behind).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+#: the OB data dictionary caps client_id at 36 characters
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,36}$")
+
+
+class StoreError(Exception):
+    """Base of storage errors."""
+
+
+class ClientExists(StoreError):
+    """``add`` of a client_id that is already stored."""
+
+
+class ClientNotFound(StoreError):
+    """``replace`` of a client_id that is not stored."""
+
+
+def hash_secret(secret: str) -> str:
+    """Hash of a server-generated secret (client secret, registration access token).
+
+    The secrets we hash are 216+ random bits, so a fast hash is as strong as a slow KDF
+    here and keeps token-endpoint authentication cheap.
+    """
+    return "sha256:" + hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str | None, secret_hash: str | None) -> bool:
+    """Constant-time comparison of a presented secret with a stored hash."""
+    if not secret or not secret_hash:
+        return False
+    return hmac.compare_digest(hash_secret(secret), secret_hash)
+
+
+@dataclass(frozen=True)
+class StoredClient:
+    """A registered client: what the TPP registered, the SSA claims, hashed secrets.
+
+    ``metadata`` holds the validated registration metadata (``redirect_uris``,
+    ``token_endpoint_auth_method``, ``software_statement``...); ``ssa_claims`` holds every
+    claim of the software statement (PingFederate's "extended client metadata").
+    """
+
+    client_id: str
+    client_id_issued_at: int
+    metadata: Mapping[str, Any]
+    ssa_claims: Mapping[str, Any]
+    client_secret_hash: str | None = None
+    registration_access_token_hash: str | None = None
+    updated_at: int | None = None
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def software_id(self) -> str | None:
+        return self.ssa_claims.get("software_id")
+
+    @property
+    def org_id(self) -> str | None:
+        return self.ssa_claims.get("org_id")
+
+    @property
+    def token_endpoint_auth_method(self) -> str | None:
+        return self.metadata.get("token_endpoint_auth_method")
+
+    def check_client_secret(self, secret: str | None) -> bool:
+        return secret_matches(secret, self.client_secret_hash)
+
+    def to_response(self) -> dict[str, Any]:
+        """The OB registration response: SSA claims flattened to the top level, then the
+        registered metadata (which wins on a clash), then the server-assigned values."""
+        body: dict[str, Any] = dict(self.ssa_claims)
+        body.update(self.metadata)
+        body["client_id"] = self.client_id
+        body["client_id_issued_at"] = self.client_id_issued_at
+        return body
+
+    # mapping-style access to the response view, for templates and quick inspection
+    def __getitem__(self, key: str) -> Any:
+        return self.to_response()[key]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.to_response().get(key, default)
+
+    def with_changes(self, **changes: Any) -> StoredClient:
+        return replace(self, **changes)
+
+    def to_record(self) -> dict[str, Any]:
+        """A flat, JSON-friendly record for backends."""
+        return {
+            "client_id": self.client_id,
+            "client_id_issued_at": self.client_id_issued_at,
+            "software_id": self.software_id,
+            "org_id": self.org_id,
+            "metadata": json.dumps(self.metadata, sort_keys=True, separators=(",", ":")),
+            "ssa_claims": json.dumps(self.ssa_claims, sort_keys=True, separators=(",", ":")),
+            "client_secret_hash": self.client_secret_hash,
+            "registration_access_token_hash": self.registration_access_token_hash,
+            "updated_at": self.updated_at,
+            "extra": json.dumps(self.extra, sort_keys=True, separators=(",", ":")),
+        }
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> StoredClient:
+        return cls(
+            client_id=record["client_id"],
+            client_id_issued_at=int(record["client_id_issued_at"]),
+            metadata=_json(record["metadata"]),
+            ssa_claims=_json(record["ssa_claims"]),
+            client_secret_hash=record.get("client_secret_hash"),
+            registration_access_token_hash=record.get("registration_access_token_hash"),
+            updated_at=None if record.get("updated_at") is None else int(record["updated_at"]),
+            extra=_json(record.get("extra") or "{}"),
+        )
+
+
+def _json(value: Any) -> dict[str, Any]:
+    return json.loads(value) if isinstance(value, str | bytes) else dict(value)
+
+
+class ClientStore(ABC):
+    """Where registered clients live. ``get`` returns None for an unknown id."""
+
+    def add(self, client: StoredClient) -> StoredClient:
+        """Store a new client; :class:`ClientExists` if the id is taken."""
+        self._check(client)
+        self._add(client)
+        return client
+
+    def get(self, client_id: str) -> StoredClient | None:
+        if not isinstance(client_id, str) or not CLIENT_ID_RE.match(client_id):
+            return None
+        return self._get(client_id)
+
+    def list(self) -> Iterator[StoredClient]:
+        return iter(self._list())
+
+    def replace(self, client: StoredClient) -> StoredClient:
+        """Overwrite a stored client whole; :class:`ClientNotFound` if it is not there."""
+        self._check(client)
+        self._replace(client)
+        return client
+
+    def delete(self, client_id: str) -> bool:
+        """Remove a client; True if it existed."""
+        if not isinstance(client_id, str) or not CLIENT_ID_RE.match(client_id):
+            return False
+        return self._delete(client_id)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self._list())
+
+    def __bool__(self) -> bool:
+        # an empty store is still a store: `store or default` must not replace it
+        return True
+
+    def close(self) -> None:  # noqa: B027 - optional hook
+        """Release connections; the default has none."""
+
+    @staticmethod
+    def _check(client: StoredClient) -> None:
+        if not isinstance(client, StoredClient):
+            raise TypeError(f"expected a StoredClient, got {type(client).__name__}")
+        if not CLIENT_ID_RE.match(client.client_id):
+            raise ValueError(f"invalid client_id {client.client_id!r}")
+
+    @abstractmethod
+    def _add(self, client: StoredClient) -> None: ...
+
+    @abstractmethod
+    def _get(self, client_id: str) -> StoredClient | None: ...
+
+    @abstractmethod
+    def _list(self) -> Iterator[StoredClient]: ...
+
+    @abstractmethod
+    def _replace(self, client: StoredClient) -> None: ...
+
+    @abstractmethod
+    def _delete(self, client_id: str) -> bool: ...

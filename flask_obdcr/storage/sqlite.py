@@ -1,0 +1,112 @@
+"""The default store: one SQLite file (WAL), safe across threads and processes."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+from collections.abc import Iterator
+
+import sqlite_utils
+
+from .base import ClientExists, ClientNotFound, ClientStore, StoredClient
+
+_COLUMNS = {
+    "client_id": str,
+    "client_id_issued_at": int,
+    "software_id": str,
+    "org_id": str,
+    "metadata": str,
+    "ssa_claims": str,
+    "client_secret_hash": str,
+    "registration_access_token_hash": str,
+    "updated_at": int,
+    "extra": str,
+}
+_NAMES = tuple(_COLUMNS)
+_SELECT = f"SELECT {', '.join(_NAMES)} FROM clients"  # noqa: S608 - constant names
+
+
+class SQLiteStore(ClientStore):
+    """Clients in a SQLite database file (created on first use).
+
+    One connection per thread; WAL journal so readers never block the writer, a busy
+    timeout so concurrent writers from several processes wait instead of failing, and
+    every write in its own transaction.
+    """
+
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0) -> None:
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._schema_ready = False
+        self._schema_lock = threading.Lock()
+
+    @property
+    def db(self) -> sqlite_utils.Database:
+        db = getattr(self._local, "db", None)
+        if db is None:
+            if self.path != ":memory:":
+                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            # WAL + NORMAL: a commit survives a process crash; only an OS crash or power
+            # loss may lose the last transactions, never corrupt the file.
+            conn.execute("PRAGMA synchronous=NORMAL")
+            db = sqlite_utils.Database(conn)
+            self._local.db = db
+            self._ensure_schema(db)
+        return db
+
+    def _ensure_schema(self, db: sqlite_utils.Database) -> None:
+        with self._schema_lock:
+            if self._schema_ready:
+                return
+            if not db["clients"].exists():
+                try:
+                    db["clients"].create(_COLUMNS, pk="client_id", not_null={"metadata"})
+                    db["clients"].create_index(["software_id"], if_not_exists=True)
+                except sqlite3.OperationalError:
+                    # another process created it between our check and our create
+                    if not db["clients"].exists():
+                        raise
+            self._schema_ready = True
+
+    def _add(self, client: StoredClient) -> None:
+        record = client.to_record()
+        sql = (
+            f"INSERT INTO clients ({', '.join(_NAMES)}) "  # noqa: S608 - constant names
+            f"VALUES ({', '.join('?' * len(_NAMES))})"
+        )
+        try:
+            self.db.execute(sql, [record[name] for name in _NAMES])
+        except sqlite3.IntegrityError as exc:
+            raise ClientExists(client.client_id) from exc
+
+    def _get(self, client_id: str) -> StoredClient | None:
+        row = self.db.execute(f"{_SELECT} WHERE client_id = ?", [client_id]).fetchone()
+        return None if row is None else StoredClient.from_record(dict(zip(_NAMES, row)))
+
+    def _list(self) -> Iterator[StoredClient]:
+        rows = self.db.execute(f"{_SELECT} ORDER BY client_id_issued_at, client_id").fetchall()
+        return (StoredClient.from_record(dict(zip(_NAMES, row))) for row in rows)
+
+    def _replace(self, client: StoredClient) -> None:
+        record = client.to_record()
+        names = [name for name in _NAMES if name != "client_id"]
+        sql = f"UPDATE clients SET {', '.join(f'{n} = ?' for n in names)} WHERE client_id = ?"  # noqa: S608
+        cursor = self.db.execute(sql, [record[n] for n in names] + [client.client_id])
+        if cursor.rowcount != 1:
+            raise ClientNotFound(client.client_id)
+
+    def _delete(self, client_id: str) -> bool:
+        return self.db.execute("DELETE FROM clients WHERE client_id = ?", [client_id]).rowcount == 1
+
+    def __len__(self) -> int:
+        return self.db.execute("SELECT count(*) FROM clients").fetchone()[0]
+
+    def close(self) -> None:
+        db = getattr(self._local, "db", None)
+        if db is not None:
+            db.conn.close()
+            self._local.db = None
