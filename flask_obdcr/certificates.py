@@ -252,8 +252,9 @@ class TransportCertificateVerifier:
     cryptography's CA policy checks the anchor like any other issuer.
 
     The store and extension policies are built once; each :meth:`verify` builds a verifier for
-    its own ``now`` (about 2 microseconds) and the chain check itself costs what the signature
-    checks cost (roughly 0.05-0.2 ms per chain).
+    its own ``now`` (about 3 microseconds), so an injected clock costs nothing. The chain check
+    is dominated by signature checks: about 0.1 ms with the issuing CA as anchor, 0.3 ms for
+    leaf -> issuing CA -> root (measured with cryptography 50).
     """
 
     def __init__(self, trust_anchors: Sequence[x509.Certificate]) -> None:
@@ -519,7 +520,7 @@ def _attribute_oid(type_name: str) -> x509.ObjectIdentifier:
 
 
 def _normalize_value(raw: str) -> str:
-    # Drop unescaped leading/trailing whitespace; "\ " at either end is part of the value.
+    # Drop unescaped leading/trailing spaces; an escaped "\ " at either end is part of the value.
     value = raw.lstrip(_DN_SPACE)
     end = 0
     i = 0

@@ -91,7 +91,9 @@ class Settings:
             _fail("OBDCR_TRUSTED_DIRECTORIES", "must be a non-empty dict of SSA issuer -> JWKS URL")
         for name, url in directories.items():
             if not isinstance(name, str) or not name:
-                _fail("OBDCR_TRUSTED_DIRECTORIES", "keys must be the SSA issuers (non-empty strings)")
+                _fail(
+                    "OBDCR_TRUSTED_DIRECTORIES", "keys must be the SSA issuers (non-empty strings)"
+                )
             _https_url(url, f"OBDCR_TRUSTED_DIRECTORIES[{name!r}]")
 
         allowed_hosts = frozenset(
@@ -115,7 +117,9 @@ class Settings:
 
         header = raw["OBDCR_CLIENT_CERT_HEADER"]
         if header is not None and not (isinstance(header, str) and header.strip()):
-            _fail("OBDCR_CLIENT_CERT_HEADER", f"must be None or a header name such as {CERT_HEADERS}")
+            _fail(
+                "OBDCR_CLIENT_CERT_HEADER", f"must be None or a header name such as {CERT_HEADERS}"
+            )
 
         proxies = _string_list(raw, "OBDCR_TRUSTED_PROXIES")
         for proxy in proxies:
@@ -187,8 +191,11 @@ def _string_list(raw: Mapping[str, Any], key: str) -> list[str]:
 
 def _int(raw: Mapping[str, Any], key: str, *, minimum: int, maximum: int | None = None) -> int:
     value = raw[key]
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum or (
-        maximum is not None and value > maximum
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int)
+        or value < minimum
+        or (maximum is not None and value > maximum)
     ):
         bounds = f">= {minimum}" + (f" and <= {maximum}" if maximum is not None else "")
         _fail(key, f"must be an integer {bounds}; got {value!r}")

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
-from flask import Flask, current_app, has_app_context
+from flask import Flask, current_app, g, has_app_context, has_request_context, request, url_for
 
 from .certificates import TransportCertificateVerifier
 from .config import Settings
@@ -17,6 +19,7 @@ from .policies import Pipeline, default_pipeline
 from .registration import Registrar
 from .replay import MemoryReplayCache, ReplayCache
 from .storage import ClientStore, SQLiteStore
+from .tokens import MemoryTokenStore, SQLiteTokenStore, TokenStore
 
 EXTENSION_KEY = "obdcr"
 
@@ -32,6 +35,7 @@ class DCRState:
     replay_cache: ReplayCache
     transport_verifier: TransportCertificateVerifier
     registrar: Registrar
+    tokens: TokenStore
 
 
 class OpenBankingDCR:
@@ -57,10 +61,12 @@ class OpenBankingDCR:
         jwks_fetcher: Fetcher | None = None,
         jwks_cache: JWKSCache | None = None,
         replay_cache: ReplayCache | None = None,
+        token_store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
         url_prefix: str = "",
     ) -> None:
         self._store = store
+        self._token_store = token_store
         self.pipeline = pipeline if pipeline is not None else default_pipeline()
         self.jwks_fetcher = jwks_fetcher
         self.jwks_cache = jwks_cache
@@ -101,7 +107,15 @@ class OpenBankingDCR:
             pipeline=self.pipeline,
             clock=self.clock,
         )
-        state = DCRState(self, settings, store, jwks, replay_cache, verifier, registrar)
+        tokens = self._token_store
+        if tokens is None:
+            # tokens live beside the clients: shared by every process when that is SQLite
+            tokens = (
+                SQLiteTokenStore(store.path, clock=self.clock)
+                if isinstance(store, SQLiteStore)
+                else MemoryTokenStore(clock=self.clock)
+            )
+        state = DCRState(self, settings, store, jwks, replay_cache, verifier, registrar, tokens)
         app.extensions[EXTENSION_KEY] = state
         self._last_state = state
 
@@ -130,3 +144,86 @@ class OpenBankingDCR:
     @property
     def registrar(self) -> Registrar:
         return self._state().registrar
+
+    @property
+    def tokens(self) -> TokenStore:
+        """Access tokens issued through :meth:`save_token` (hashed, certificate-bound)."""
+        return self._state().tokens
+
+    # -- Authlib integration -------------------------------------------------------------
+
+    def query_client(self, client_id: str):
+        """Authlib's ``query_client``: the stored client as an Authlib client, or None."""
+        from .authlib_server import OBClient
+
+        stored = self.store.get(client_id) if isinstance(client_id, str) else None
+        return None if stored is None else OBClient(stored)
+
+    def save_token(self, token: dict[str, Any], request: Any) -> None:
+        """Authlib's ``save_token``: kept hashed and bound to the mTLS certificate (RFC 8705)."""
+        from .authlib_server import save_token
+
+        save_token(self._state(), token, request)
+
+    def configure_authorization_server(
+        self, server: Any, *, token_endpoint: str | None = None, register_grant: bool = True
+    ) -> Any:
+        """Give an Authlib ``AuthorizationServer`` the OB client authentication methods
+        (tls_client_auth, private_key_jwt; hashed client secrets work through
+        :meth:`query_client`) and, unless ``register_grant=False``, a client_credentials
+        grant that accepts all of them."""
+        from .authlib_server import configure_authorization_server
+
+        return configure_authorization_server(
+            server, self._state, token_endpoint=token_endpoint, register_grant=register_grant
+        )
+
+    def discovery_metadata(self, *, registration_endpoint: str | None = None) -> dict[str, Any]:
+        """What DCR contributes to ``/.well-known/openid-configuration``."""
+        from .authlib_server import AUTH_METHODS
+        from .policies.client_metadata import RESPONSE_TYPES
+
+        state = self._state()
+        settings = state.settings
+        if registration_endpoint is None:
+            if has_request_context():
+                registration_endpoint = url_for("obdcr.register", _external=True)
+            else:
+                registration_endpoint = f"{settings.issuer.rstrip('/')}{self.url_prefix}/register"
+        algs = sorted(settings.signing_algs, key=lambda alg: (alg != "PS256", alg))
+        return {
+            "registration_endpoint": registration_endpoint.rstrip("/"),
+            "token_endpoint_auth_methods_supported": [
+                m for m in AUTH_METHODS if m in settings.token_endpoint_auth_methods
+            ],
+            "token_endpoint_auth_signing_alg_values_supported": algs,
+            "request_object_signing_alg_values_supported": algs,
+            "id_token_signing_alg_values_supported": algs,
+            "response_types_supported": list(RESPONSE_TYPES),
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "tls_client_certificate_bound_access_tokens": True,
+        }
+
+    def require_token(self, scope: str | None = None) -> Callable:
+        """Protect a resource view: a valid access token, bound to the certificate presented
+        (when it was issued over mTLS), carrying ``scope``. The token record is put in
+        ``g.obdcr_token``."""
+
+        def decorator(view: Callable) -> Callable:
+            @functools.wraps(view)
+            def wrapper(*args: Any, **kwargs: Any) -> Any:
+                from .errors import RegistrationError
+                from .resource import check_access_token
+                from .views import json_response
+
+                try:
+                    g.obdcr_token = check_access_token(
+                        self._state(), request.headers.get("Authorization"), request.environ, scope
+                    )
+                except RegistrationError as exc:
+                    return json_response(exc.to_dict(), exc.status, exc.headers)
+                return view(*args, **kwargs)
+
+            return wrapper
+
+        return decorator

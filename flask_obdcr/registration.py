@@ -18,7 +18,7 @@ from cryptography import x509
 
 from .certificates import TransportCertificateVerifier
 from .config import Settings
-from .errors import InvalidClientMetadata, TemporarilyUnavailable
+from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSClient
 from .policies import Pipeline, RegistrationContext, default_pipeline
 from .replay import ReplayCache
@@ -106,6 +106,8 @@ class Registrar:
         self._consume_jti(context)
         now = int(context.now)
         secret = self._secret_for(context.metadata)
+        # RFC 7592: a token for GET/PUT/DELETE /register/<id>, returned this once
+        registration_token = self.secret_factory()
         for _ in range(3):
             client = StoredClient(
                 client_id=self.client_id_factory(),
@@ -113,6 +115,7 @@ class Registrar:
                 metadata=dict(context.metadata),
                 ssa_claims=dict(context.ssa_claims),
                 client_secret_hash=hash_secret(secret) if secret else None,
+                registration_access_token_hash=hash_secret(registration_token),
                 updated_at=now,
             )
             try:
@@ -122,7 +125,9 @@ class Registrar:
                 continue  # a uuid4 collision: draw again
         else:  # pragma: no cover - three uuid4 collisions in a row
             raise TemporarilyUnavailable(detail="could not allocate a client_id")
-        return Registration(client, self._response(client, secret), context)
+        response = self._response(client, secret)
+        response["registration_access_token"] = registration_token
+        return Registration(client, response, context)
 
     def update(
         self,
@@ -148,8 +153,21 @@ class Registrar:
             client_secret_hash=secret_hash,
             updated_at=int(context.now),
         )
-        self._write(self.store.replace, updated)
+        try:
+            self._write(self.store.replace, updated)
+        except ClientNotFound:
+            raise InvalidToken("The client has been deleted.") from None
         return Registration(updated, self._response(updated, secret), context)
+
+    def delete(self, client: StoredClient) -> bool:
+        """DELETE /register/<id>: the client goes; its tokens go with it (the caller's job
+        for stores it does not know)."""
+        try:
+            return self.store.delete(client.client_id)
+        except Exception as exc:
+            raise TemporarilyUnavailable(
+                "The client could not be deleted; retry later.", detail=repr(exc)
+            ) from exc
 
     def _consume_jti(self, context: RegistrationContext) -> None:
         # atomic check-and-set: of two racing copies of one request, exactly one passes

@@ -5,12 +5,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
-from flask import Blueprint, Response, current_app, json, request
+from flask import Blueprint, Response, current_app, json, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from .certificates import client_certificate_from_environ
 from .errors import RegistrationError, RequestTooLarge
-from .signals import client_registered, registration_rejected
+from .management import authorize_management
+from .signals import client_deleted, client_registered, client_updated, registration_rejected
 
 if TYPE_CHECKING:
     from .extension import DCRState
@@ -68,7 +69,43 @@ def register() -> Response:
         registration.context.certificate_binding,
     )
     client_registered.send(app, client=registration.client, context=registration.context)
-    return json_response(registration.response, 201)
+    return json_response(_with_client_uri(registration.response), 201)
+
+
+def _with_client_uri(body: dict[str, Any]) -> dict[str, Any]:
+    # RFC 7592: where the client reads, updates and deletes its registration
+    body["registration_client_uri"] = url_for(
+        "obdcr.manage", client_id=body["client_id"], _external=True
+    )
+    return body
+
+
+@blueprint.route("/register/<client_id>", methods=["GET", "PUT", "DELETE"], endpoint="manage")
+def manage(client_id: str) -> Response:
+    state = _state()
+    app = current_app._get_current_object()  # type: ignore[attr-defined]
+    client = authorize_management(
+        state, client_id, request.headers.get("Authorization"), certificate_loader(state)
+    )
+    if request.method == "GET":
+        return json_response(_with_client_uri(client.to_response()), 200)
+    if request.method == "PUT":
+        body = read_body(state.settings.max_request_bytes)
+        registration = state.registrar.update(
+            client, body, request.content_type, certificate_loader(state)
+        )
+        logger.info("updated client %s", client.client_id)
+        client_updated.send(
+            app, client=registration.client, previous=client, context=registration.context
+        )
+        return json_response(_with_client_uri(registration.response), 200)
+    state.registrar.delete(client)
+    state.tokens.revoke_client(client.client_id)
+    logger.info("deleted client %s", client.client_id)
+    client_deleted.send(app, client=client)
+    response = current_app.response_class(status=204)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @blueprint.errorhandler(RegistrationError)

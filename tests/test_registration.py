@@ -46,13 +46,22 @@ def assert_registered(response, store, software, body_jwt):
     assert stored.software_id == software.software_id
     assert stored.org_id == software.org_id
     assert stored.ssa_claims["software_client_name"] == software.client_name
-    assert stored.to_response() == {k: v for k, v in data.items() if not k.startswith("client_secret")}
+    once = (
+        "client_secret",
+        "client_secret_expires_at",
+        "registration_access_token",
+        "registration_client_uri",
+    )
+    assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
+    assert data["registration_client_uri"] == f"http://localhost/register/{data['client_id']}"
+    assert secret_matches(data["registration_access_token"], stored.registration_access_token_hash)
     return data, stored
 
 
 @pytest.mark.parametrize("method", ["tls_client_auth", "private_key_jwt", "client_secret_basic"])
-def test_registers_each_auth_method(method, ob_app_factory, ob_directory, ob_software, issuer,
-                                    post_registration):
+def test_registers_each_auth_method(
+    method, ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store)
     body = ob_directory.registration_request(
@@ -87,24 +96,28 @@ def test_registers_each_auth_method(method, ob_app_factory, ob_directory, ob_sof
     ],
     ids=["jwt", "jose", "json-string", "jwt-with-parameter"],
 )
-def test_accepts_each_media_type(content_type, encode, ob_app_factory, ob_directory, ob_software,
-                                 issuer, post_registration):
+def test_accepts_each_media_type(
+    content_type, encode, ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store)
     body = ob_directory.registration_request(ob_software, aud=issuer)
-    response = post_registration(encode(body), software=ob_software, app=app,
-                                 content_type=content_type)
+    response = post_registration(
+        encode(body), software=ob_software, app=app, content_type=content_type
+    )
     assert_registered(response, store, ob_software, body)
 
 
-def test_registers_es256_software(ob_app_factory, ob_directory, ob_ec_software, issuer,
-                                  post_registration):
+def test_registers_es256_software(
+    ob_app_factory, ob_directory, ob_ec_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store)
     body = ob_directory.registration_request(ob_ec_software, aud=issuer)
     assert json.loads(base64.urlsafe_b64decode(body.split(".")[0] + "=="))["alg"] == "ES256"
-    data, _ = assert_registered(post_registration(body, software=ob_ec_software, app=app), store,
-                                ob_ec_software, body)
+    data, _ = assert_registered(
+        post_registration(body, software=ob_ec_software, app=app), store, ob_ec_software, body
+    )
     assert data["token_endpoint_auth_signing_alg"] == "ES256"
     assert data["scope"] == "openid accounts"
 
@@ -121,14 +134,16 @@ def test_es256_signed_ssa(tmp_path, ob_clock, issuer):
     app.config.update(directory.app_config(tmp_path / "ca.pem", issuer=issuer))
     OpenBankingDCR(app, store=store, jwks_fetcher=directory.fetcher, clock=ob_clock)
     body = directory.registration_request(software, aud=issuer)
-    response = app.test_client().post("/register", data=body, content_type="application/jwt",
-                                      environ_base=software.environ())
+    response = app.test_client().post(
+        "/register", data=body, content_type="application/jwt", environ_base=software.environ()
+    )
     data, _ = assert_registered(response, store, software, body)
     assert data["scope"] == "openid payments"
 
 
-def test_audience_may_be_a_configured_alias_or_a_list(ob_app_factory, ob_directory, ob_software,
-                                                      issuer, post_registration):
+def test_audience_may_be_a_configured_alias_or_a_list(
+    ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store, OBDCR_AUDIENCES=["0015800001041RHAAY"])
     for aud in ("0015800001041RHAAY", ["https://other.example", issuer]):
@@ -137,8 +152,9 @@ def test_audience_may_be_a_configured_alias_or_a_list(ob_app_factory, ob_directo
     assert len(store) == 2
 
 
-def test_same_ssa_registers_independent_clients(ob_app_factory, ob_directory, ob_software, issuer,
-                                                post_registration):
+def test_same_ssa_registers_independent_clients(
+    ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store)
     ssa = ob_directory.ssa(ob_software)
@@ -151,12 +167,17 @@ def test_same_ssa_registers_independent_clients(ob_app_factory, ob_directory, ob
     assert len(ids) == 3 and {c.client_id for c in store.list()} == ids
 
 
-def test_defaults_when_optional_claims_are_absent(ob_app_factory, ob_directory, ob_software, issuer,
-                                                  post_registration):
+def test_defaults_when_optional_claims_are_absent(
+    ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
     store = MemoryStore()
     app = ob_app_factory(store=store)
     body = ob_directory.registration_request(
-        ob_software, aud=issuer, scope=REMOVE, response_types=REMOVE, application_type=REMOVE,
+        ob_software,
+        aud=issuer,
+        scope=REMOVE,
+        response_types=REMOVE,
+        application_type=REMOVE,
         grant_types=REMOVE,
     )
     data = post_registration(body, software=ob_software, app=app).get_json()
@@ -166,8 +187,9 @@ def test_defaults_when_optional_claims_are_absent(ob_app_factory, ob_directory, 
     assert data["application_type"] == "web"
 
 
-def test_eidas_certificate_binds_by_organization_identifier(ob_app_factory, ob_directory, issuer,
-                                                            post_registration, ob_fetcher):
+def test_eidas_certificate_binds_by_organization_identifier(
+    ob_app_factory, ob_directory, issuer, post_registration, ob_fetcher
+):
     software = ob_directory.register_software(roles=["AISP"], subject="eidas")
     # not the OB subject, and kept out of the JWKS, to test the eIDAS rule alone
     software.transport_jwk = software.signing_key
@@ -179,8 +201,9 @@ def test_eidas_certificate_binds_by_organization_identifier(ob_app_factory, ob_d
     assert response.status_code == 201, response.get_json()
 
 
-def test_certificate_published_in_software_jwks_binds(ob_app_factory, ob_directory, issuer,
-                                                      post_registration, ob_fetcher):
+def test_certificate_published_in_software_jwks_binds(
+    ob_app_factory, ob_directory, issuer, post_registration, ob_fetcher
+):
     # a certificate whose subject names neither the software nor the org, but that the
     # Directory lists as an x5c key of the software's JWKS
     software = ob_directory.register_software(roles=["AISP"])
@@ -243,8 +266,9 @@ def _compact(header, payload, signature=b"sig"):
     def b64(data):
         return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
-    return ".".join([b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()),
-                     b64(signature)])
+    return ".".join(
+        [b64(json.dumps(header).encode()), b64(json.dumps(payload).encode()), b64(signature)]
+    )
 
 
 def _cert_environ(env, **validity):
@@ -258,8 +282,9 @@ def _cert_environ(env, **validity):
 def _hs256_with_public_key(env):
     public_pem = env.software.signing_key.export_to_pem()
     key = jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(public_pem).decode().rstrip("="))
-    return sign_jwt(env.directory.registration_claims(env.software, aud=env.issuer), key,
-                    alg="HS256")
+    return sign_jwt(
+        env.directory.registration_claims(env.software, aud=env.issuer), key, alg="HS256"
+    )
 
 
 def _unreachable_directory(env):
@@ -272,173 +297,496 @@ def _unreachable_directory(env):
 CASES = [
     # no client certificate; untrusted, expired or not-yet-valid certificate
     ("no-certificate", lambda e: Req(e.request(), environ={}), 401, "invalid_client"),
-    ("untrusted-certificate", lambda e: Req(e.request(), environ=e.foreign_software.environ()),
-     401, "invalid_client"),
-    ("expired-certificate", lambda e: Req(e.request(), environ=_cert_environ(
-        e, not_before=NOW - datetime.timedelta(days=30),
-        not_after=NOW - datetime.timedelta(days=1))), 401, "invalid_client"),
-    ("certificate-not-yet-valid", lambda e: Req(e.request(), environ=_cert_environ(
-        e, not_before=NOW + datetime.timedelta(days=1),
-        not_after=NOW + datetime.timedelta(days=30))), 401, "invalid_client"),
-    ("certificate-garbage", lambda e: Req(e.request(), environ={"SSL_CLIENT_CERT": "garbage"}),
-     401, "invalid_client"),
+    (
+        "untrusted-certificate",
+        lambda e: Req(e.request(), environ=e.foreign_software.environ()),
+        401,
+        "invalid_client",
+    ),
+    (
+        "expired-certificate",
+        lambda e: Req(
+            e.request(),
+            environ=_cert_environ(
+                e,
+                not_before=NOW - datetime.timedelta(days=30),
+                not_after=NOW - datetime.timedelta(days=1),
+            ),
+        ),
+        401,
+        "invalid_client",
+    ),
+    (
+        "certificate-not-yet-valid",
+        lambda e: Req(
+            e.request(),
+            environ=_cert_environ(
+                e,
+                not_before=NOW + datetime.timedelta(days=1),
+                not_after=NOW + datetime.timedelta(days=30),
+            ),
+        ),
+        401,
+        "invalid_client",
+    ),
+    (
+        "certificate-garbage",
+        lambda e: Req(e.request(), environ={"SSL_CLIENT_CERT": "garbage"}),
+        401,
+        "invalid_client",
+    ),
     # certificate not bound to the SSA's org/software
-    ("certificate-of-other-software",
-     lambda e: Req(e.request(), environ=e.other_software.environ()),
-     400, "invalid_software_statement"),
+    (
+        "certificate-of-other-software",
+        lambda e: Req(e.request(), environ=e.other_software.environ()),
+        400,
+        "invalid_software_statement",
+    ),
     # body not a compact JWS, undecodable, alg not allowed
     ("body-not-jws", lambda e: Req("this is not a jwt"), 400, "invalid_client_metadata"),
     ("body-undecodable", lambda e: Req("eyJhbGciOi.eyJ9.c2ln"), 400, "invalid_client_metadata"),
     ("body-header-not-object", lambda e: Req(_compact([1], {})), 400, "invalid_client_metadata"),
     ("body-binary", lambda e: Req(b"\xff\xfe\x00"), 400, "invalid_client_metadata"),
-    ("json-body-not-string", lambda e: Req(json.dumps({"jwt": e.request()}),
-                                           content_type="application/json"),
-     400, "invalid_client_metadata"),
-    ("alg-none", lambda e: Req(_compact({"alg": "none"}, e.directory.registration_claims(
-        e.software, aud=e.issuer))), 400, "invalid_client_metadata"),
-    ("alg-none-unsigned", lambda e: Req(_compact({"alg": "none"}, e.directory.registration_claims(
-        e.software, aud=e.issuer), b"")[:-1]), 400, "invalid_client_metadata"),
-    ("alg-hs256-with-public-key", lambda e: Req(_hs256_with_public_key(e)),
-     400, "invalid_client_metadata"),
-    ("alg-rs256", lambda e: Req(e.directory.registration_request(
-        e.software, aud=e.issuer, alg="RS256")), 400, "invalid_client_metadata"),
-    ("jwk-header", lambda e: Req(e.directory.registration_request(
-        e.software, aud=e.issuer, headers={"jwk": json.loads(
-            e.software.signing_key.export_public())})), 400, "invalid_client_metadata"),
+    (
+        "json-body-not-string",
+        lambda e: Req(json.dumps({"jwt": e.request()}), content_type="application/json"),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "alg-none",
+        lambda e: Req(
+            _compact({"alg": "none"}, e.directory.registration_claims(e.software, aud=e.issuer))
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "alg-none-unsigned",
+        lambda e: Req(
+            _compact(
+                {"alg": "none"}, e.directory.registration_claims(e.software, aud=e.issuer), b""
+            )[:-1]
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "alg-hs256-with-public-key",
+        lambda e: Req(_hs256_with_public_key(e)),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "alg-rs256",
+        lambda e: Req(e.directory.registration_request(e.software, aud=e.issuer, alg="RS256")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "jwk-header",
+        lambda e: Req(
+            e.directory.registration_request(
+                e.software,
+                aud=e.issuer,
+                headers={"jwk": json.loads(e.software.signing_key.export_public())},
+            )
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
     # SSA missing, undecodable, bad signature, unknown kid, alg, too old, iat in the future
-    ("ssa-missing", lambda e: Req(e.request(software_statement=REMOVE)),
-     400, "invalid_software_statement"),
-    ("ssa-undecodable", lambda e: Req(e.request(software_statement="not.a.jwt")),
-     400, "invalid_software_statement"),
-    ("ssa-not-a-string", lambda e: Req(e.request(software_statement={"iss": "x"})),
-     400, "invalid_software_statement"),
-    ("ssa-bad-signature", lambda e: Req(e.request(software_statement=e.directory.ssa(
-        e.software, key=_rsa_jwk(kid=e.directory.ssa_key["kid"])))),
-     400, "invalid_software_statement"),
-    ("ssa-unknown-kid", lambda e: Req(e.request(software_statement=e.directory.ssa(
-        e.software, key=_rsa_jwk(kid="unknown-kid")))), 400, "invalid_software_statement"),
-    ("ssa-alg-rs256", lambda e: Req(e.request(software_statement=e.directory.ssa(
-        e.software, alg="RS256"))), 400, "invalid_software_statement"),
-    ("ssa-alg-none", lambda e: Req(e.request(software_statement=_compact(
-        {"alg": "none"}, e.directory.ssa_claims(e.software)))), 400, "invalid_software_statement"),
-    ("ssa-iat-in-future", lambda e: Req(e.request(software_statement=e.ssa(
-        iat=int(e.clock()) + 3600))), 400, "invalid_software_statement"),
-    ("ssa-iat-missing", lambda e: Req(e.request(software_statement=e.ssa(iat=REMOVE))),
-     400, "invalid_software_statement"),
-    ("ssa-too-old", lambda e: (e.config.update(OBDCR_SSA_MAX_AGE=600), Req(e.request(
-        software_statement=e.ssa(iat=int(e.clock()) - 3600))))[1],
-     400, "invalid_software_statement"),
-    ("ssa-software-id-missing", lambda e: Req(e.request(software_statement=e.ssa(
-        software_id=REMOVE))), 400, "invalid_software_statement"),
+    (
+        "ssa-missing",
+        lambda e: Req(e.request(software_statement=REMOVE)),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-undecodable",
+        lambda e: Req(e.request(software_statement="not.a.jwt")),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-not-a-string",
+        lambda e: Req(e.request(software_statement={"iss": "x"})),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-bad-signature",
+        lambda e: Req(
+            e.request(
+                software_statement=e.directory.ssa(
+                    e.software, key=_rsa_jwk(kid=e.directory.ssa_key["kid"])
+                )
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-unknown-kid",
+        lambda e: Req(
+            e.request(
+                software_statement=e.directory.ssa(e.software, key=_rsa_jwk(kid="unknown-kid"))
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-alg-rs256",
+        lambda e: Req(e.request(software_statement=e.directory.ssa(e.software, alg="RS256"))),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-alg-none",
+        lambda e: Req(
+            e.request(
+                software_statement=_compact({"alg": "none"}, e.directory.ssa_claims(e.software))
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-iat-in-future",
+        lambda e: Req(e.request(software_statement=e.ssa(iat=int(e.clock()) + 3600))),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-iat-missing",
+        lambda e: Req(e.request(software_statement=e.ssa(iat=REMOVE))),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-too-old",
+        lambda e: (
+            e.config.update(OBDCR_SSA_MAX_AGE=600),
+            Req(e.request(software_statement=e.ssa(iat=int(e.clock()) - 3600))),
+        )[1],
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "ssa-software-id-missing",
+        lambda e: Req(e.request(software_statement=e.ssa(software_id=REMOVE))),
+        400,
+        "invalid_software_statement",
+    ),
     # SSA from an untrusted issuer; org_status not Active
-    ("ssa-untrusted-issuer", lambda e: Req(e.request(software_statement=e.ssa(iss="Evil Ltd"))),
-     400, "unapproved_software_statement"),
-    ("ssa-org-revoked", lambda e: Req(e.request(software_statement=e.ssa(org_status="Revoked"))),
-     400, "unapproved_software_statement"),
-    ("ssa-org-withdrawn", lambda e: Req(e.request(software_statement=e.ssa(
-        org_status="Withdrawn"))), 400, "unapproved_software_statement"),
+    (
+        "ssa-untrusted-issuer",
+        lambda e: Req(e.request(software_statement=e.ssa(iss="Evil Ltd"))),
+        400,
+        "unapproved_software_statement",
+    ),
+    (
+        "ssa-org-revoked",
+        lambda e: Req(e.request(software_statement=e.ssa(org_status="Revoked"))),
+        400,
+        "unapproved_software_statement",
+    ),
+    (
+        "ssa-org-withdrawn",
+        lambda e: Req(e.request(software_statement=e.ssa(org_status="Withdrawn"))),
+        400,
+        "unapproved_software_statement",
+    ),
     # software_jwks_endpoint not https or host not allowed; software JWKS unreachable
-    ("jwks-endpoint-not-https", lambda e: Req(e.request(software_statement=e.ssa(
-        software_jwks_endpoint=e.software.jwks_url.replace("https:", "http:")))),
-     400, "invalid_software_statement"),
-    ("jwks-endpoint-host-not-allowed", lambda e: Req(e.request(software_statement=e.ssa(
-        software_jwks_endpoint="https://attacker.example.net/keys.jwks"))),
-     400, "invalid_software_statement"),
-    ("software-jwks-unreachable", lambda e: Req(e.request(software_statement=e.ssa(
-        software_jwks_endpoint=f"{e.directory.base_url}/gone/gone.jwks"))),
-     400, "invalid_software_statement"),
+    (
+        "jwks-endpoint-not-https",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(
+                    software_jwks_endpoint=e.software.jwks_url.replace("https:", "http:")
+                )
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "jwks-endpoint-host-not-allowed",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(
+                    software_jwks_endpoint="https://attacker.example.net/keys.jwks"
+                )
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
+    (
+        "software-jwks-unreachable",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(
+                    software_jwks_endpoint=f"{e.directory.base_url}/gone/gone.jwks"
+                )
+            )
+        ),
+        400,
+        "invalid_software_statement",
+    ),
     # request signature not made with a key of the software JWKS
-    ("request-signed-by-foreign-key-same-kid", lambda e: Req(e.directory.registration_request(
-        e.software, aud=e.issuer, key=_rsa_jwk(kid=e.software.signing_key["kid"])))
-     , 400, "invalid_client_metadata"),
-    ("request-signed-by-foreign-key-no-kid", lambda e: Req(e.directory.registration_request(
-        e.software, aud=e.issuer, key=_rsa_jwk()))
-     , 400, "invalid_client_metadata"),
-    ("request-signed-by-other-software", lambda e: Req(e.directory.registration_request(
-        e.software, aud=e.issuer, key=e.other_software.signing_key)),
-     400, "invalid_client_metadata"),
+    (
+        "request-signed-by-foreign-key-same-kid",
+        lambda e: Req(
+            e.directory.registration_request(
+                e.software, aud=e.issuer, key=_rsa_jwk(kid=e.software.signing_key["kid"])
+            )
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "request-signed-by-foreign-key-no-kid",
+        lambda e: Req(e.directory.registration_request(e.software, aud=e.issuer, key=_rsa_jwk())),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "request-signed-by-other-software",
+        lambda e: Req(
+            e.directory.registration_request(
+                e.software, aud=e.issuer, key=e.other_software.signing_key
+            )
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
     # iss, software_id, aud, exp, iat, jti
-    ("iss-not-software-id", lambda e: Req(e.request(iss=e.other_software.software_id)),
-     400, "invalid_client_metadata"),
-    ("software-id-mismatch", lambda e: Req(e.request(software_id="someothersoftware")),
-     400, "invalid_client_metadata"),
-    ("aud-wrong", lambda e: Req(e.request(aud="https://another-bank.example")),
-     400, "invalid_client_metadata"),
+    (
+        "iss-not-software-id",
+        lambda e: Req(e.request(iss=e.other_software.software_id)),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "software-id-mismatch",
+        lambda e: Req(e.request(software_id="someothersoftware")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "aud-wrong",
+        lambda e: Req(e.request(aud="https://another-bank.example")),
+        400,
+        "invalid_client_metadata",
+    ),
     ("aud-missing", lambda e: Req(e.request(aud=REMOVE)), 400, "invalid_client_metadata"),
-    ("exp-past", lambda e: Req(e.request(iat=int(e.clock()) - 600, exp=int(e.clock()) - 300)),
-     400, "invalid_client_metadata"),
+    (
+        "exp-past",
+        lambda e: Req(e.request(iat=int(e.clock()) - 600, exp=int(e.clock()) - 300)),
+        400,
+        "invalid_client_metadata",
+    ),
     ("exp-missing", lambda e: Req(e.request(exp=REMOVE)), 400, "invalid_client_metadata"),
-    ("exp-far-future", lambda e: Req(e.request(exp=int(e.clock()) + 10 * 86400)),
-     400, "invalid_client_metadata"),
-    ("iat-future", lambda e: Req(e.request(iat=int(e.clock()) + 3600,
-                                           exp=int(e.clock()) + 3900)),
-     400, "invalid_client_metadata"),
+    (
+        "exp-far-future",
+        lambda e: Req(e.request(exp=int(e.clock()) + 10 * 86400)),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "iat-future",
+        lambda e: Req(e.request(iat=int(e.clock()) + 3600, exp=int(e.clock()) + 3900)),
+        400,
+        "invalid_client_metadata",
+    ),
     ("jti-missing", lambda e: Req(e.request(jti=REMOVE)), 400, "invalid_client_metadata"),
     ("jti-empty", lambda e: Req(e.request(jti="")), 400, "invalid_client_metadata"),
     # redirect_uris
-    ("redirect-uris-missing", lambda e: Req(e.request(redirect_uris=REMOVE)),
-     400, "invalid_redirect_uri"),
-    ("redirect-uris-empty", lambda e: Req(e.request(redirect_uris=[])),
-     400, "invalid_redirect_uri"),
-    ("redirect-uri-not-https", lambda e: Req(e.request(
-        software_statement=e.ssa(software_redirect_uris=["http://tpp.example.com/cb"]),
-        redirect_uris=["http://tpp.example.com/cb"])), 400, "invalid_redirect_uri"),
-    ("redirect-uri-localhost", lambda e: Req(e.request(
-        software_statement=e.ssa(software_redirect_uris=["https://localhost/cb"]),
-        redirect_uris=["https://localhost/cb"])), 400, "invalid_redirect_uri"),
-    ("redirect-uri-loopback-ip", lambda e: Req(e.request(
-        software_statement=e.ssa(software_redirect_uris=["https://127.0.0.1/cb"]),
-        redirect_uris=["https://127.0.0.1/cb"])), 400, "invalid_redirect_uri"),
-    ("redirect-uri-not-in-ssa", lambda e: Req(e.request(
-        redirect_uris=["https://tpp.example.com/other"])), 400, "invalid_redirect_uri"),
-    ("redirect-uri-prefix-of-ssa", lambda e: Req(e.request(
-        redirect_uris=["https://tpp.example.com/cb/../cb2"])), 400, "invalid_redirect_uri"),
+    (
+        "redirect-uris-missing",
+        lambda e: Req(e.request(redirect_uris=REMOVE)),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uris-empty",
+        lambda e: Req(e.request(redirect_uris=[])),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uri-not-https",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(software_redirect_uris=["http://tpp.example.com/cb"]),
+                redirect_uris=["http://tpp.example.com/cb"],
+            )
+        ),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uri-localhost",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(software_redirect_uris=["https://localhost/cb"]),
+                redirect_uris=["https://localhost/cb"],
+            )
+        ),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uri-loopback-ip",
+        lambda e: Req(
+            e.request(
+                software_statement=e.ssa(software_redirect_uris=["https://127.0.0.1/cb"]),
+                redirect_uris=["https://127.0.0.1/cb"],
+            )
+        ),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uri-not-in-ssa",
+        lambda e: Req(e.request(redirect_uris=["https://tpp.example.com/other"])),
+        400,
+        "invalid_redirect_uri",
+    ),
+    (
+        "redirect-uri-prefix-of-ssa",
+        lambda e: Req(e.request(redirect_uris=["https://tpp.example.com/cb/../cb2"])),
+        400,
+        "invalid_redirect_uri",
+    ),
     # auth method, conditional claims, grant/response types, scope, algs, application_type
-    ("auth-method-unsupported", lambda e: Req(e.request(
-        token_endpoint_auth_method="client_secret_jwt")), 400, "invalid_client_metadata"),
-    ("auth-method-missing", lambda e: Req(e.request(token_endpoint_auth_method=REMOVE)),
-     400, "invalid_client_metadata"),
-    ("auth-method-disabled-by-config", lambda e: (e.config.update(
-        OBDCR_TOKEN_ENDPOINT_AUTH_METHODS=["tls_client_auth", "private_key_jwt"]),
-        Req(e.request(token_endpoint_auth_method="client_secret_post")))[1],
-     400, "invalid_client_metadata"),
-    ("private-key-jwt-without-signing-alg", lambda e: Req(e.request(
-        token_endpoint_auth_signing_alg=REMOVE)), 400, "invalid_client_metadata"),
-    ("tls-client-auth-without-subject-dn", lambda e: Req(e.request(
-        token_endpoint_auth_method="tls_client_auth", tls_client_auth_subject_dn=REMOVE)),
-     400, "invalid_client_metadata"),
-    ("grant-type-unsupported", lambda e: Req(e.request(grant_types=["password"])),
-     400, "invalid_client_metadata"),
+    (
+        "auth-method-unsupported",
+        lambda e: Req(e.request(token_endpoint_auth_method="client_secret_jwt")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "auth-method-missing",
+        lambda e: Req(e.request(token_endpoint_auth_method=REMOVE)),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "auth-method-disabled-by-config",
+        lambda e: (
+            e.config.update(
+                OBDCR_TOKEN_ENDPOINT_AUTH_METHODS=["tls_client_auth", "private_key_jwt"]
+            ),
+            Req(e.request(token_endpoint_auth_method="client_secret_post")),
+        )[1],
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "private-key-jwt-without-signing-alg",
+        lambda e: Req(e.request(token_endpoint_auth_signing_alg=REMOVE)),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "tls-client-auth-without-subject-dn",
+        lambda e: Req(
+            e.request(
+                token_endpoint_auth_method="tls_client_auth", tls_client_auth_subject_dn=REMOVE
+            )
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "grant-type-unsupported",
+        lambda e: Req(e.request(grant_types=["password"])),
+        400,
+        "invalid_client_metadata",
+    ),
     ("grant-types-empty", lambda e: Req(e.request(grant_types=[])), 400, "invalid_client_metadata"),
-    ("response-type-unsupported", lambda e: Req(e.request(response_types=["token"])),
-     400, "invalid_client_metadata"),
-    ("scope-beyond-roles", lambda e: Req(e.request(scope="openid accounts fundsconfirmations")),
-     400, "invalid_client_metadata"),
-    ("scope-unknown", lambda e: Req(e.request(scope="openid admin")),
-     400, "invalid_client_metadata"),
-    ("scope-not-a-string", lambda e: Req(e.request(scope=["openid"])),
-     400, "invalid_client_metadata"),
-    ("id-token-alg-none", lambda e: Req(e.request(id_token_signed_response_alg="none")),
-     400, "invalid_client_metadata"),
-    ("request-object-alg-hs256", lambda e: Req(e.request(request_object_signing_alg="HS256")),
-     400, "invalid_client_metadata"),
-    ("token-endpoint-alg-rs256", lambda e: Req(e.request(token_endpoint_auth_signing_alg="RS256")),
-     400, "invalid_client_metadata"),
-    ("application-type-native", lambda e: Req(e.request(application_type="native")),
-     400, "invalid_client_metadata"),
+    (
+        "response-type-unsupported",
+        lambda e: Req(e.request(response_types=["token"])),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "scope-beyond-roles",
+        lambda e: Req(e.request(scope="openid accounts fundsconfirmations")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "scope-unknown",
+        lambda e: Req(e.request(scope="openid admin")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "scope-not-a-string",
+        lambda e: Req(e.request(scope=["openid"])),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "id-token-alg-none",
+        lambda e: Req(e.request(id_token_signed_response_alg="none")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "request-object-alg-hs256",
+        lambda e: Req(e.request(request_object_signing_alg="HS256")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "token-endpoint-alg-rs256",
+        lambda e: Req(e.request(token_endpoint_auth_signing_alg="RS256")),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "application-type-native",
+        lambda e: Req(e.request(application_type="native")),
+        400,
+        "invalid_client_metadata",
+    ),
     # tls_client_auth_subject_dn does not match the presented certificate
-    ("subject-dn-mismatch", lambda e: Req(e.request(
-        token_endpoint_auth_method="tls_client_auth",
-        tls_client_auth_subject_dn=f"CN=someone-else,OU={e.software.org_id},O=OpenBanking,C=GB")),
-     400, "invalid_client_metadata"),
-    ("tls-client-auth-without-certificate", lambda e: Req(e.request(
-        token_endpoint_auth_method="tls_client_auth"), environ={}), 401, "invalid_client"),
+    (
+        "subject-dn-mismatch",
+        lambda e: Req(
+            e.request(
+                token_endpoint_auth_method="tls_client_auth",
+                tls_client_auth_subject_dn=f"CN=someone-else,OU={e.software.org_id},O=OpenBanking,C=GB",
+            )
+        ),
+        400,
+        "invalid_client_metadata",
+    ),
+    (
+        "tls-client-auth-without-certificate",
+        lambda e: Req(e.request(token_endpoint_auth_method="tls_client_auth"), environ={}),
+        401,
+        "invalid_client",
+    ),
     # unsupported media type, body too large
-    ("media-type-text-plain", lambda e: Req(e.request(), content_type="text/plain"),
-     415, "invalid_client_metadata"),
-    ("media-type-form", lambda e: Req(e.request(),
-                                      content_type="application/x-www-form-urlencoded"),
-     415, "invalid_client_metadata"),
+    (
+        "media-type-text-plain",
+        lambda e: Req(e.request(), content_type="text/plain"),
+        415,
+        "invalid_client_metadata",
+    ),
+    (
+        "media-type-form",
+        lambda e: Req(e.request(), content_type="application/x-www-form-urlencoded"),
+        415,
+        "invalid_client_metadata",
+    ),
     ("body-too-large", lambda e: Req("a" * 70000), 413, "invalid_client_metadata"),
     # the Directory's JWKS unreachable, nothing cached
     ("directory-jwks-unreachable", _unreachable_directory, 503, "temporarily_unavailable"),
@@ -463,8 +811,9 @@ def other_software(ob_directory):
 @pytest.fixture
 def env(ob_directory, ob_software, other_software, foreign_software, issuer, ob_fetcher, ob_clock):
     ob_fetcher.documents.update(ob_directory.documents())
-    return Env(ob_directory, ob_software, other_software, foreign_software, issuer, ob_fetcher,
-               ob_clock)
+    return Env(
+        ob_directory, ob_software, other_software, foreign_software, issuer, ob_fetcher, ob_clock
+    )
 
 
 def assert_refused(response, status, error, store):
@@ -485,8 +834,9 @@ def test_refused(build, status, error, env, ob_app_factory, post_registration):
     store = MemoryStore()
     app = ob_app_factory(store=store, **env.config)
     environ = env.software.environ() if request.environ is None else request.environ
-    response = post_registration(request.body, environ=environ, app=app,
-                                 content_type=request.content_type)
+    response = post_registration(
+        request.body, environ=environ, app=app, content_type=request.content_type
+    )
     assert_refused(response, status, error, store)
     if status == 503:
         assert int(response.headers["Retry-After"]) > 0
@@ -547,11 +897,17 @@ def test_signals_report_registration_and_rejection(env, ob_app_factory, post_reg
 
     app = ob_app_factory()
     seen = []
-    with client_registered.connected_to(lambda s, **kw: seen.append(("ok", kw["client"].client_id)),
-                                        app), \
-         registration_rejected.connected_to(
-             lambda s, **kw: seen.append(("no", kw["code"], kw["policy"])), app):
+    with (
+        client_registered.connected_to(
+            lambda s, **kw: seen.append(("ok", kw["client"].client_id)), app
+        ),
+        registration_rejected.connected_to(
+            lambda s, **kw: seen.append(("no", kw["code"], kw["policy"])), app
+        ),
+    ):
         ok = post_registration(env.request(), software=env.software, app=app)
         post_registration(env.request(aud="https://elsewhere"), software=env.software, app=app)
-    assert seen == [("ok", ok.get_json()["client_id"]),
-                    ("no", "invalid_client_metadata", "request_claims")]
+    assert seen == [
+        ("ok", ok.get_json()["client_id"]),
+        ("no", "invalid_client_metadata", "request_claims"),
+    ]

@@ -64,9 +64,7 @@ class SoftwareStatement:
         try:
             jose.verify(context.software_statement, keys, alg)
         except (jose.BadSignature, jose.MalformedJWS):
-            raise InvalidSoftwareStatement(
-                "The software statement signature is invalid."
-            ) from None
+            raise InvalidSoftwareStatement("The software statement signature is invalid.") from None
 
         now, skew = context.now, settings.clock_skew
         iat = _int_claim(claims, "iat")

@@ -85,11 +85,13 @@ class SQLiteStore(ClientStore):
 
     def _get(self, client_id: str) -> StoredClient | None:
         row = self.db.execute(f"{_SELECT} WHERE client_id = ?", [client_id]).fetchone()
-        return None if row is None else StoredClient.from_record(dict(zip(_NAMES, row)))
+        if row is None:
+            return None
+        return StoredClient.from_record(dict(zip(_NAMES, row, strict=True)))
 
     def _list(self) -> Iterator[StoredClient]:
         rows = self.db.execute(f"{_SELECT} ORDER BY client_id_issued_at, client_id").fetchall()
-        return (StoredClient.from_record(dict(zip(_NAMES, row))) for row in rows)
+        return (StoredClient.from_record(dict(zip(_NAMES, row, strict=True))) for row in rows)
 
     def _replace(self, client: StoredClient) -> None:
         record = client.to_record()

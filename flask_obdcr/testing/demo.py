@@ -59,8 +59,19 @@ def main() -> int:
     ssa = directory.ssa(software)
     header, claims = decode(ssa)
     show(header)
-    show({k: claims[k] for k in ("iss", "software_id", "org_id", "software_roles",
-                                 "software_redirect_uris", "software_jwks_endpoint")})
+    show(
+        {
+            k: claims[k]
+            for k in (
+                "iss",
+                "software_id",
+                "org_id",
+                "software_roles",
+                "software_redirect_uris",
+                "software_jwks_endpoint",
+            )
+        }
+    )
 
     step(3, "The TPP signs a registration request carrying the SSA")
     request_jwt = directory.registration_request(
@@ -73,30 +84,52 @@ def main() -> int:
     step(4, "The bank validates it (over mutual TLS) and registers the client")
     app = Flask("anybank", instance_path=str(workdir / "instance"))
     app.config.update(directory.app_config(workdir / "ob-ca.pem", issuer=BANK_ISSUER))
-    dcr = OpenBankingDCR(app, store=SQLiteStore(workdir / "obdcr.db"),
-                         jwks_fetcher=directory.fetcher)
+    dcr = OpenBankingDCR(
+        app, store=SQLiteStore(workdir / "obdcr.db"), jwks_fetcher=directory.fetcher
+    )
     print("validation pipeline:", " -> ".join(dcr.pipeline.names))
     response = app.test_client().post(
-        "/register", data=request_jwt, content_type="application/jwt",
+        "/register",
+        data=request_jwt,
+        content_type="application/jwt",
         environ_base=software.environ(),
     )
     print(f"HTTP {response.status_code}")
     body = response.get_json()
-    show({k: body[k] for k in ("client_id", "client_id_issued_at", "token_endpoint_auth_method",
-                               "tls_client_auth_subject_dn", "redirect_uris", "scope")})
+    show(
+        {
+            k: body[k]
+            for k in (
+                "client_id",
+                "client_id_issued_at",
+                "token_endpoint_auth_method",
+                "tls_client_auth_subject_dn",
+                "redirect_uris",
+                "scope",
+            )
+        }
+    )
     if response.status_code != 201:
         return 1
 
     step(5, "The stored client keeps the SSA's metadata")
     with app.app_context():
         stored = dcr.store.get(body["client_id"])
-    show({"client_id": stored.client_id, "software_id": stored.software_id,
-          "org_id": stored.org_id, "org_name": stored.ssa_claims["org_name"],
-          "software_client_name": stored.ssa_claims["software_client_name"]})
+    show(
+        {
+            "client_id": stored.client_id,
+            "software_id": stored.software_id,
+            "org_id": stored.org_id,
+            "org_name": stored.ssa_claims["org_name"],
+            "software_client_name": stored.ssa_claims["software_client_name"],
+        }
+    )
 
     step(6, "The same request replayed is refused")
     replay = app.test_client().post(
-        "/register", data=request_jwt, content_type="application/jwt",
+        "/register",
+        data=request_jwt,
+        content_type="application/jwt",
         environ_base=software.environ(),
     )
     print(f"HTTP {replay.status_code}")

@@ -69,7 +69,9 @@ def jwk_from_key(key: PrivateKey, *, kid: str, use: str, certificate: x509.Certi
     return jwk.JWK(**params)
 
 
-def sign_jwt(claims: Mapping[str, Any], key: jwk.JWK, *, alg: str, headers: Mapping | None = None) -> str:
+def sign_jwt(
+    claims: Mapping[str, Any], key: jwk.JWK, *, alg: str, headers: Mapping | None = None
+) -> str:
     header = {"alg": alg, "typ": "JWT"}
     if key.get("kid"):
         header["kid"] = key["kid"]
@@ -129,6 +131,33 @@ class Software:
     def environ(self) -> dict[str, str]:
         """The WSGI environ entry Werkzeug's TLS server sets for this client certificate."""
         return {"SSL_CLIENT_CERT": self.transport_pem()}
+
+    def client_assertion(
+        self,
+        client_id: str,
+        *,
+        aud: str,
+        key: jwk.JWK | None = None,
+        alg: str | None = None,
+        headers: Mapping[str, Any] | None = None,
+        **overrides: Any,
+    ) -> str:
+        """A private_key_jwt client assertion (RFC 7523) for the token endpoint."""
+        now = int(self.directory.clock())
+        claims = _apply(
+            {
+                "iss": client_id,
+                "sub": client_id,
+                "aud": aud,
+                "jti": str(uuid.uuid4()),
+                "iat": now,
+                "exp": now + 300,
+            },
+            overrides,
+        )
+        return sign_jwt(
+            claims, key or self.signing_key, alg=alg or self.signing_alg, headers=headers
+        )
 
     @property
     def subject_dn(self) -> str:
@@ -266,8 +295,9 @@ class SandboxDirectory:
             transport_certificate=None,  # type: ignore[arg-type]
             transport_jwk=None,  # type: ignore[arg-type]
         )
-        self.issue_transport_certificate(software, key_type=transport_key_type or key_type,
-                                         subject=subject)
+        self.issue_transport_certificate(
+            software, key_type=transport_key_type or key_type, subject=subject
+        )
         self.software[software_id] = software
         if self._fetcher is not None:
             self._fetcher.documents.update(self.documents())
@@ -285,8 +315,9 @@ class SandboxDirectory:
         certificate = self.issuing_ca.issue(name, key.public_key(), usage="transport", **kw)
         software.transport_private_key = key
         software.transport_certificate = certificate
-        software.transport_jwk = jwk_from_key(key, kid=base62_id(27), use="tls",
-                                              certificate=certificate)
+        software.transport_jwk = jwk_from_key(
+            key, kid=base62_id(27), use="tls", certificate=certificate
+        )
         if self._fetcher is not None:
             self._fetcher.documents.update(self.documents())
         return certificate
@@ -325,12 +356,17 @@ class SandboxDirectory:
             "org_id": software.org_id,
             "org_name": software.org_name,
             "org_contacts": [
-                {"name": "Technical", "email": "tech@tpp.example.com", "phone": "+441234567890",
-                 "type": "Technical"}
+                {
+                    "name": "Technical",
+                    "email": "tech@tpp.example.com",
+                    "phone": "+441234567890",
+                    "type": "Technical",
+                }
             ],
             "org_jwks_endpoint": f"{self.base_url}/{software.org_id}/{software.org_id}.jwks",
-            "org_jwks_revoked_endpoint":
-                f"{self.base_url}/{software.org_id}/revoked/{software.org_id}.jwks",
+            "org_jwks_revoked_endpoint": (
+                f"{self.base_url}/{software.org_id}/revoked/{software.org_id}.jwks"
+            ),
             "software_jwks_endpoint": software.jwks_url,
             "software_jwks_revoked_endpoint": software.revoked_jwks_url,
             "software_policy_uri": "https://tpp.example.com/policy",

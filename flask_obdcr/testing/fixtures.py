@@ -69,7 +69,9 @@ def ob_app_factory(
         app.config.update(config)
         app.testing = True
         OpenBankingDCR(
-            app, store=store if store is not None else MemoryStore(), jwks_fetcher=ob_fetcher,
+            app,
+            store=store if store is not None else MemoryStore(),
+            jwks_fetcher=ob_fetcher,
             clock=ob_clock,
         )
         return app

@@ -70,7 +70,9 @@ class CertificateAuthority:
     certificate: x509.Certificate
 
     @classmethod
-    def root(cls, common_name: str, *, now: datetime.datetime | None = None) -> CertificateAuthority:
+    def root(
+        cls, common_name: str, *, now: datetime.datetime | None = None
+    ) -> CertificateAuthority:
         key = generate_key("RSA")
         name = x509.Name(
             [
@@ -187,7 +189,9 @@ def _ca_builder(subject, issuer, public_key, issuer_public_key, now):
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), critical=False)
     )
     if subject == issuer:
-        return builder.add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        return builder.add_extension(
+            x509.BasicConstraints(ca=True, path_length=None), critical=True
+        )
     return builder.add_extension(
         x509.AuthorityKeyIdentifier.from_issuer_public_key(issuer_public_key), critical=False
     )

@@ -1,0 +1,235 @@
+"""Registered clients at an Authlib authorization server.
+
+One call equips an ``authlib.integrations.flask_oauth2.AuthorizationServer`` with the
+client authentication methods an OB bank needs (RFC 8705 ``tls_client_auth``, RFC 7523
+``private_key_jwt`` verified with the software's JWKS, and hashed client secrets), and
+issues certificate-bound access tokens (RFC 8705 section 3)::
+
+    server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
+    dcr.configure_authorization_server(server)
+"""
+
+from __future__ import annotations
+
+import datetime
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError
+from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant as _ClientCredentialsGrant
+from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
+from flask import request as flask_request
+
+from . import jose
+from .certificates import client_certificate_from_environ, dn_matches, thumbprint_sha256
+from .errors import RegistrationError
+from .jwks import JWKSError
+from .storage import StoredClient
+
+if TYPE_CHECKING:
+    from authlib.integrations.flask_oauth2 import AuthorizationServer
+
+    from .extension import DCRState
+
+logger = logging.getLogger("flask_obdcr")
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: the order a bank advertises them in: the FAPI-compliant ones first
+AUTH_METHODS = ("tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post")
+#: a client assertion may not live longer than this (RFC 7523 lets the server bound exp)
+MAX_ASSERTION_LIFETIME = 600
+
+
+class OBClient(ClientMixin):
+    """A stored client as Authlib sees it."""
+
+    def __init__(self, stored: StoredClient) -> None:
+        self.stored = stored
+        self.client_id = stored.client_id
+        self.metadata = stored.metadata
+
+    def __repr__(self) -> str:
+        return f"<OBClient {self.client_id}>"
+
+    def get_client_id(self) -> str:
+        return self.client_id
+
+    def get_default_redirect_uri(self) -> str | None:
+        uris = self.metadata.get("redirect_uris") or []
+        return uris[0] if uris else None
+
+    def get_allowed_scope(self, scope: str | None) -> str:
+        allowed = scope_to_list(self.metadata.get("scope", "")) or []
+        if not scope:
+            return ""
+        return list_to_scope([s for s in scope_to_list(scope) if s in allowed])
+
+    def check_redirect_uri(self, redirect_uri: str) -> bool:
+        return redirect_uri in (self.metadata.get("redirect_uris") or [])
+
+    def check_client_secret(self, client_secret: str) -> bool:
+        return self.stored.check_client_secret(client_secret)
+
+    def check_endpoint_auth_method(self, method: str, endpoint: str) -> bool:
+        # a client authenticates only the way it registered, at every endpoint
+        return method == self.metadata.get("token_endpoint_auth_method")
+
+    def check_response_type(self, response_type: str) -> bool:
+        return response_type in (self.metadata.get("response_types") or [])
+
+    def check_grant_type(self, grant_type: str) -> bool:
+        return grant_type in (self.metadata.get("grant_types") or [])
+
+
+class ClientCredentialsGrant(_ClientCredentialsGrant):
+    """client_credentials with the OB client authentication methods."""
+
+    TOKEN_ENDPOINT_AUTH_METHODS = list(AUTH_METHODS)
+
+
+class ClientAuthenticator:
+    """The tls_client_auth and private_key_jwt methods, bound to one app's DCR state."""
+
+    def __init__(self, state_getter: Callable[[], DCRState], *, token_endpoint: str | None = None):
+        self._state = state_getter
+        self.token_endpoint = token_endpoint
+
+    # -- RFC 8705 section 2.1 ------------------------------------------------------------
+    def tls_client_auth(self, query_client, request) -> OBClient | None:
+        client_id = request.form.get("client_id")
+        if not client_id:
+            return None
+        certificate = self._verified_certificate()
+        if certificate is None:
+            return None
+        client = query_client(client_id)
+        if client is None or client.metadata.get("token_endpoint_auth_method") != "tls_client_auth":
+            raise InvalidClientError(status_code=401, description="Unknown client.")
+        subject_dn = client.metadata.get("tls_client_auth_subject_dn")
+        if not subject_dn or not dn_matches(subject_dn, certificate.subject):
+            raise InvalidClientError(
+                status_code=401,
+                description="The client certificate does not match the registered subject.",
+            )
+        return client
+
+    # -- RFC 7523 section 2.2 / OIDC private_key_jwt -------------------------------------
+    def private_key_jwt(self, query_client, request) -> OBClient | None:
+        form = request.form
+        assertion = form.get("client_assertion")
+        if form.get("client_assertion_type") != ASSERTION_TYPE or not assertion:
+            return None
+        state = self._state()
+        settings = state.settings
+        try:
+            header, claims = jose.peek(assertion)
+        except jose.MalformedJWS:
+            raise _invalid("The client assertion is not a signed JWT.") from None
+        alg = header["alg"]
+        if alg not in settings.signing_algs or jose.KEY_BEARING_HEADERS & header.keys():
+            raise _invalid(f"The client assertion algorithm {alg!r} is not accepted.")
+        client_id = claims.get("sub")
+        if not isinstance(client_id, str) or claims.get("iss") != client_id:
+            raise _invalid("The client assertion iss and sub must both be the client_id.")
+        if form.get("client_id") not in (None, client_id):
+            raise _invalid("client_id does not match the client assertion.")
+        client = query_client(client_id)
+        if client is None or client.metadata.get("token_endpoint_auth_method") != "private_key_jwt":
+            raise _invalid("Unknown client.")
+        registered_alg = client.metadata.get("token_endpoint_auth_signing_alg")
+        if registered_alg and alg != registered_alg:
+            raise _invalid(f"The client registered {registered_alg} for client assertions.")
+        endpoint = client.stored.ssa_claims.get("software_jwks_endpoint")
+        kid = header.get("kid") if isinstance(header.get("kid"), str) else None
+        try:
+            keys = state.jwks.candidate_keys(endpoint, kid=kid, alg=alg)
+            jose.verify(assertion, keys, alg)
+        except (JWKSError, jose.BadSignature, jose.MalformedJWS):
+            raise _invalid("The client assertion signature is invalid.") from None
+
+        now = state.registrar.clock()
+        skew = settings.clock_skew
+        audiences = claims.get("aud")
+        audiences = audiences if isinstance(audiences, list) else [audiences]
+        accepted = {settings.issuer, flask_request.base_url, *settings.audiences}
+        if self.token_endpoint:
+            accepted.add(self.token_endpoint)
+        if not any(isinstance(a, str) and a in accepted for a in audiences):
+            raise _invalid("The client assertion aud must be the token endpoint or the issuer.")
+        exp = claims.get("exp")
+        if isinstance(exp, bool) or not isinstance(exp, int | float):
+            raise _invalid("The client assertion has no exp.")
+        if now > exp + skew:
+            raise _invalid("The client assertion has expired.")
+        if exp - now > MAX_ASSERTION_LIFETIME:
+            raise _invalid("The client assertion lives too long.")
+        iat = claims.get("iat")
+        if isinstance(iat, int | float) and not isinstance(iat, bool) and iat > now + skew:
+            raise _invalid("The client assertion iat is in the future.")
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise _invalid("The client assertion has no jti.")
+        if not state.replay_cache.remember(f"assertion:{client_id}:{jti}", exp + skew):
+            raise _invalid("The client assertion has been used before.")
+        return client
+
+    def _verified_certificate(self):
+        state = self._state()
+        try:
+            certificate = client_certificate_from_environ(
+                flask_request.environ,
+                header=state.settings.client_cert_header,
+                trusted_proxies=state.settings.trusted_proxies,
+            )
+            if certificate is None:
+                return None
+            now = datetime.datetime.fromtimestamp(state.registrar.clock(), datetime.timezone.utc)
+            state.transport_verifier.verify(certificate, now=now)
+        except RegistrationError as exc:
+            raise InvalidClientError(status_code=401, description=exc.description) from None
+        return certificate
+
+
+def _invalid(description: str) -> InvalidClientError:
+    return InvalidClientError(status_code=401, description=description)
+
+
+def configure_authorization_server(
+    server: AuthorizationServer,
+    state_getter: Callable[[], DCRState],
+    *,
+    token_endpoint: str | None = None,
+    register_grant: bool = True,
+) -> ClientAuthenticator:
+    """Register tls_client_auth and private_key_jwt (and, by default, a client_credentials
+    grant that accepts all four OB methods) on an Authlib authorization server."""
+    authenticator = ClientAuthenticator(state_getter, token_endpoint=token_endpoint)
+    server.register_client_auth_method("tls_client_auth", authenticator.tls_client_auth)
+    server.register_client_auth_method("private_key_jwt", authenticator.private_key_jwt)
+    if register_grant:
+        server.register_grant(ClientCredentialsGrant)
+    return authenticator
+
+
+def save_token(state: DCRState, token: dict[str, Any], request) -> None:
+    """Authlib's ``save_token``: keep the token hashed, bound to the mTLS certificate."""
+    certificate = None
+    try:
+        certificate = client_certificate_from_environ(
+            flask_request.environ,
+            header=state.settings.client_cert_header,
+            trusted_proxies=state.settings.trusted_proxies,
+        )
+    except RegistrationError:
+        certificate = None
+    now = int(time.time()) if state.registrar is None else int(state.registrar.clock())
+    state.tokens.save(
+        token["access_token"],
+        client_id=request.client.get_client_id(),
+        scope=token.get("scope", "") or "",
+        issued_at=now,
+        expires_at=now + int(token.get("expires_in", 3600)),
+        x5t_s256=thumbprint_sha256(certificate) if certificate is not None else None,
+    )

@@ -1,0 +1,365 @@
+"""Using the credentials: the OB conformance flows against an Authlib token endpoint.
+
+register -> client_credentials token (each auth method) -> GET -> PUT -> DELETE -> the old
+token refused; and the ways a client assertion or a bound token must be refused.
+"""
+
+from __future__ import annotations
+
+import base64
+
+import pytest
+from authlib.integrations.flask_oauth2 import AuthorizationServer
+from jwcrypto import jwk
+
+from flask_obdcr.storage import MemoryStore
+from flask_obdcr.testing import REMOVE, sign_jwt
+
+BASE = "https://localhost"
+TOKEN_URL = f"{BASE}/token"
+
+
+@pytest.fixture
+def store():
+    return MemoryStore()
+
+
+@pytest.fixture
+def bank(ob_app_factory, store):
+    app = ob_app_factory(store=store)
+    dcr = app.extensions["obdcr"].extension
+    server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
+    dcr.configure_authorization_server(server)
+
+    @app.post("/token")
+    def token():
+        return server.create_token_response()
+
+    @app.get("/accounts")
+    @dcr.require_token("accounts")
+    def accounts():
+        return {"Data": {"Account": [{"AccountId": "22289"}]}}
+
+    app.dcr = dcr
+    return app
+
+
+@pytest.fixture
+def http(bank):
+    return bank.test_client()
+
+
+def register(http, directory, software, issuer, method="private_key_jwt", **claims):
+    body = directory.registration_request(
+        software, aud=issuer, token_endpoint_auth_method=method, **claims
+    )
+    response = http.post(
+        "/register",
+        data=body,
+        content_type="application/jwt",
+        environ_base=software.environ(),
+        base_url=BASE,
+    )
+    assert response.status_code == 201, response.get_json()
+    return response.get_json()
+
+
+def get_token(http, software, registration, *, scope=None, environ=None, assertion=None, **form):
+    method = registration["token_endpoint_auth_method"]
+    data = {"grant_type": "client_credentials", **form}
+    if scope is not None:
+        data["scope"] = scope
+    headers = {}
+    if method == "tls_client_auth":
+        data.setdefault("client_id", registration["client_id"])
+    elif method == "private_key_jwt":
+        data["client_assertion_type"] = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+        data["client_assertion"] = assertion or software.client_assertion(
+            registration["client_id"], aud=TOKEN_URL
+        )
+    elif method == "client_secret_basic":
+        pair = f"{registration['client_id']}:{registration['client_secret']}"
+        headers["Authorization"] = "Basic " + base64.b64encode(pair.encode()).decode()
+    return http.post(
+        "/token",
+        data=data,
+        headers=headers,
+        base_url=BASE,
+        environ_base=software.environ() if environ is None else environ,
+    )
+
+
+def manage(http, method, client_id, token, software, *, data=None, environ=None):
+    headers = {"Authorization": f"Bearer {token}"} if token is not None else {}
+    kwargs = {"data": data, "content_type": "application/jwt"} if data is not None else {}
+    return http.open(
+        f"/register/{client_id}",
+        method=method,
+        headers=headers,
+        base_url=BASE,
+        environ_base=software.environ() if environ is None else environ,
+        **kwargs,
+    )
+
+
+def assert_invalid_token(response):
+    assert response.status_code == 401, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_token"
+    assert response.headers["WWW-Authenticate"].startswith('Bearer error="invalid_token"')
+
+
+@pytest.mark.parametrize("method", ["tls_client_auth", "private_key_jwt", "client_secret_basic"])
+def test_conformance_flow(method, http, bank, store, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer, method)
+    client_id = registration["client_id"]
+
+    token_response = get_token(http, ob_software, registration)
+    assert token_response.status_code == 200, token_response.get_json()
+    token = token_response.get_json()["access_token"]
+    record = bank.dcr.tokens.find(token)
+    assert record.client_id == client_id
+    assert record.cnf is not None  # issued over mTLS: bound to the certificate
+
+    read = manage(http, "GET", client_id, token, ob_software)
+    assert read.status_code == 200, read.get_json()
+    once = {"client_secret", "client_secret_expires_at", "registration_access_token"}
+    assert read.get_json() == {k: v for k, v in registration.items() if k not in once}
+
+    new_body = ob_directory.registration_request(
+        ob_software,
+        aud=issuer,
+        token_endpoint_auth_method=method,
+        redirect_uris=[ob_software.redirect_uris[0]],
+    )
+    updated = manage(http, "PUT", client_id, token, ob_software, data=new_body)
+    assert updated.status_code == 200, updated.get_json()
+    assert updated.get_json()["redirect_uris"] == [ob_software.redirect_uris[0]]
+    assert store.get(client_id).metadata["redirect_uris"] == [ob_software.redirect_uris[0]]
+    assert updated.get_json()["client_id"] == client_id
+
+    deleted = manage(http, "DELETE", client_id, token, ob_software)
+    assert deleted.status_code == 204
+    assert deleted.get_data() == b""
+    assert store.get(client_id) is None
+    assert bank.dcr.tokens.find(token) is None
+
+    assert_invalid_token(manage(http, "GET", client_id, token, ob_software))
+    assert_invalid_token(manage(http, "PUT", client_id, token, ob_software, data=new_body))
+
+
+def test_token_with_empty_scope_and_assertion_without_kid(http, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer)
+    assertion = ob_software.client_assertion(
+        registration["client_id"], aud=TOKEN_URL, headers={"kid": REMOVE}
+    )
+    assert '"kid"' not in base64.urlsafe_b64decode(assertion.split(".")[0] + "==").decode()
+    response = get_token(http, ob_software, registration, scope="", assertion=assertion)
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["token_type"].lower() == "bearer"
+
+
+def test_bound_token_with_another_certificate_is_refused(
+    http, bank, ob_directory, ob_software, ob_ec_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, registration, scope="accounts").get_json()["access_token"]
+    ok = http.get(
+        "/accounts",
+        headers={"Authorization": f"Bearer {token}"},
+        environ_base=ob_software.environ(),
+        base_url=BASE,
+    )
+    assert ok.status_code == 200
+    assert ok.get_json() == {"Data": {"Account": [{"AccountId": "22289"}]}}
+    for environ in (ob_ec_software.environ(), {}):
+        refused = http.get(
+            "/accounts",
+            headers={"Authorization": f"Bearer {token}"},
+            environ_base=environ,
+            base_url=BASE,
+        )
+        assert_invalid_token(refused)
+    # and the management endpoints refuse it too (and revoke it)
+    assert_invalid_token(manage(http, "GET", registration["client_id"], token, ob_ec_software))
+    assert bank.dcr.tokens.find(token) is None
+
+
+def test_scope_is_enforced_by_the_resource_helper(http, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, registration, scope="payments").get_json()["access_token"]
+    response = http.get(
+        "/accounts",
+        headers={"Authorization": f"Bearer {token}"},
+        environ_base=ob_software.environ(),
+        base_url=BASE,
+    )
+    assert response.status_code == 403
+    assert response.get_json()["error"] == "insufficient_scope"
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [None, "Bearer", "Bearer ", "Basic abc", "Bearer nope"],
+    ids=["none", "bearer-empty", "bearer-space", "basic", "unknown"],
+)
+def test_management_without_a_valid_token(
+    authorization, http, store, ob_directory, ob_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    headers = {"Authorization": authorization} if authorization is not None else {}
+    before = store.get(registration["client_id"])
+    for method in ("GET", "PUT", "DELETE"):
+        response = http.open(
+            f"/register/{registration['client_id']}",
+            method=method,
+            headers=headers,
+            environ_base=ob_software.environ(),
+            base_url=BASE,
+        )
+        assert_invalid_token(response)
+    assert store.get(registration["client_id"]) == before
+
+
+def test_token_of_another_client_is_refused_and_revoked(
+    http, bank, store, ob_directory, ob_software, issuer
+):
+    mine = register(http, ob_directory, ob_software, issuer)
+    theirs = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, theirs).get_json()["access_token"]
+    assert_invalid_token(manage(http, "DELETE", mine["client_id"], token, ob_software))
+    assert store.get(mine["client_id"]) is not None
+    assert bank.dcr.tokens.find(token) is None
+
+
+def test_unknown_client_is_401(http, bank, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, registration).get_json()["access_token"]
+    assert_invalid_token(
+        manage(http, "GET", "00000000-0000-4000-8000-000000000000", token, ob_software)
+    )
+    assert bank.dcr.tokens.find(token) is None
+
+
+def test_registration_access_token_rfc7592(http, store, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer)
+    rat = registration["registration_access_token"]
+    response = manage(http, "GET", registration["client_id"], rat, ob_software)
+    assert response.status_code == 200
+    assert response.get_json()["client_id"] == registration["client_id"]
+    # with a certificate of another software, it is refused
+    other = ob_directory.register_software(roles=["AISP"])
+    assert_invalid_token(manage(http, "GET", registration["client_id"], rat, other))
+    # without a certificate at all: 401 invalid_client
+    response = manage(http, "GET", registration["client_id"], rat, ob_software, environ={})
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_put_cannot_move_client_to_another_software(
+    http, store, ob_directory, ob_software, ob_ec_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, registration).get_json()["access_token"]
+    before = store.get(registration["client_id"])
+    other_body = ob_directory.registration_request(ob_ec_software, aud=issuer)
+    response = manage(http, "PUT", registration["client_id"], token, ob_software, data=other_body)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    assert store.get(registration["client_id"]) == before
+
+
+def _assertion_cases(software, client_id, secret):
+    hs_key = jwk.JWK(kty="oct", k=base64.urlsafe_b64encode(secret.encode()).decode().rstrip("="))
+    foreign = jwk.JWK.generate(kty="RSA", size=2048)
+    return {
+        "expired": software.client_assertion(client_id, aud=TOKEN_URL, iat=0, exp=1),
+        "foreign-key": software.client_assertion(client_id, aud=TOKEN_URL, key=foreign),
+        "foreign-key-same-kid": software.client_assertion(
+            client_id,
+            aud=TOKEN_URL,
+            key=jwk.JWK(
+                **{**foreign.export_private(as_dict=True), "kid": software.signing_key["kid"]}
+            ),
+        ),
+        "hs256-with-client-secret": sign_jwt(
+            {"iss": client_id, "sub": client_id, "aud": TOKEN_URL, "jti": "x", "exp": 2**31},
+            hs_key,
+            alg="HS256",
+        ),
+        "wrong-audience": software.client_assertion(client_id, aud="https://elsewhere"),
+        "sub-not-client": software.client_assertion(client_id, aud=TOKEN_URL, sub="someone"),
+        "no-exp": software.client_assertion(client_id, aud=TOKEN_URL, exp=REMOVE),
+        "rs256": software.client_assertion(client_id, aud=TOKEN_URL, alg="RS256"),
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        "expired",
+        "foreign-key",
+        "foreign-key-same-kid",
+        "hs256-with-client-secret",
+        "wrong-audience",
+        "sub-not-client",
+        "no-exp",
+        "rs256",
+    ],
+)
+def test_bad_client_assertions_are_invalid_client(
+    case, http, bank, ob_directory, ob_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    # a secret to abuse for HS256: a client_secret_basic client of the same software
+    secret = register(http, ob_directory, ob_software, issuer, "client_secret_basic")[
+        "client_secret"
+    ]
+    assertion = _assertion_cases(ob_software, registration["client_id"], secret)[case]
+    response = get_token(http, ob_software, registration, assertion=assertion)
+    assert response.status_code in (400, 401), response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_client"
+    assert "access_token" not in response.get_json()
+
+
+def test_replayed_client_assertion_is_invalid_client(http, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer)
+    assertion = ob_software.client_assertion(registration["client_id"], aud=TOKEN_URL)
+    first = get_token(http, ob_software, registration, assertion=assertion)
+    assert first.status_code == 200
+    replay = get_token(http, ob_software, registration, assertion=assertion)
+    assert replay.status_code == 401
+    assert replay.get_json()["error"] == "invalid_client"
+
+
+def test_tls_client_auth_with_a_foreign_certificate(
+    http, ob_directory, ob_software, issuer, ob_ec_software
+):
+    registration = register(http, ob_directory, ob_software, issuer, "tls_client_auth")
+    for environ in (ob_ec_software.environ(), {}):
+        response = get_token(http, ob_software, registration, environ=environ)
+        assert response.status_code in (400, 401)
+        assert response.get_json()["error"] == "invalid_client"
+
+
+def test_wrong_client_secret(http, ob_directory, ob_software, issuer):
+    registration = register(http, ob_directory, ob_software, issuer, "client_secret_basic")
+    registration["client_secret"] += "x"
+    response = get_token(http, ob_software, registration)
+    assert response.status_code == 401
+    assert response.get_json()["error"] == "invalid_client"
+
+
+def test_discovery_metadata(bank):
+    with bank.test_request_context("/.well-known/openid-configuration", base_url=BASE):
+        metadata = bank.dcr.discovery_metadata()
+    assert metadata["registration_endpoint"] == f"{BASE}/register"
+    assert metadata["token_endpoint_auth_methods_supported"][0] == "tls_client_auth"
+    for key in (
+        "token_endpoint_auth_signing_alg_values_supported",
+        "request_object_signing_alg_values_supported",
+        "id_token_signing_alg_values_supported",
+    ):
+        assert metadata[key][0] == "PS256"
+        assert "none" not in metadata[key]
+    assert metadata["response_types_supported"] == ["code", "code id_token"]
+    assert metadata["tls_client_certificate_bound_access_tokens"] is True
