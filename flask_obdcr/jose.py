@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -38,10 +39,23 @@ def b64url_decode(segment: str) -> bytes:
         raise MalformedJWS("not base64url") from exc
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # "1e400" parses to inf: no timestamp is infinite
+        raise ValueError(f"number out of range: {text[:20]}")
+    return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")  # Python's json accepts NaN and Infinity
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(b64url_decode(segment))
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        value = json.loads(
+            b64url_decode(segment), parse_float=_finite_float, parse_constant=_no_constant
+        )
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise MalformedJWS(f"the {what} is not JSON") from exc
     if not isinstance(value, dict):
         raise MalformedJWS(f"the {what} is not a JSON object")
