@@ -363,3 +363,54 @@ def test_discovery_metadata(bank):
         assert "none" not in metadata[key]
     assert metadata["response_types_supported"] == ["code", "code id_token"]
     assert metadata["tls_client_certificate_bound_access_tokens"] is True
+
+
+def test_update_and_delete_send_signals(http, bank, ob_directory, ob_software, issuer):
+    from flask_obdcr.signals import client_deleted, client_updated
+
+    registration = register(http, ob_directory, ob_software, issuer)
+    client_id = registration["client_id"]
+    token = get_token(http, ob_software, registration).get_json()["access_token"]
+    seen = []
+    with (
+        client_updated.connected_to(
+            lambda app, **kw: seen.append(
+                ("updated", kw["client"].client_id, kw["previous"].client_id)
+            ),
+            bank,
+        ),
+        client_deleted.connected_to(
+            lambda app, **kw: seen.append(("deleted", kw["client"].client_id)), bank
+        ),
+    ):
+        body = ob_directory.registration_request(ob_software, aud=issuer)
+        assert manage(http, "PUT", client_id, token, ob_software, data=body).status_code == 200
+        assert manage(http, "DELETE", client_id, token, ob_software).status_code == 204
+    assert seen == [("updated", client_id, client_id), ("deleted", client_id)]
+
+
+def test_readme_quickstart_wires_an_authlib_server(tmp_path, ob_directory, ob_software, issuer):
+    """The README's 'Add it to your Authlib server' block, as a bank would type it."""
+    from flask import Flask
+
+    from flask_obdcr import OpenBankingDCR
+
+    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
+    app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=issuer))
+    dcr = OpenBankingDCR(app, jwks_fetcher=ob_directory.fetcher)
+    server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
+    dcr.configure_authorization_server(server)
+    app.add_url_rule("/token", "token", server.create_token_response, methods=["POST"])
+
+    http = app.test_client()
+    registration = register(http, ob_directory, ob_software, issuer, "tls_client_auth")
+    response = get_token(http, ob_software, registration)
+    assert response.status_code == 200, response.get_json()
+    # the default store is SQLite in the instance folder, tokens beside the clients
+    assert (tmp_path / "instance" / "obdcr.db").exists()
+    with app.app_context():
+        assert dcr.store.get(registration["client_id"]).software_id == ob_software.software_id
+        assert (
+            dcr.tokens.find(response.get_json()["access_token"]).client_id
+            == (registration["client_id"])
+        )
