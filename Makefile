@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo serve test lint bench clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -12,14 +12,22 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# the sandbox Directory and AnyBank over HTTPS on free loopback ports, the TPP's every step
 demo: $(STAMP)
-	$(BIN)/python -m flask_obdcr.testing.demo
+	$(BIN)/python -m example_app.demo
+
+# both servers kept running for a workshop (state in ./instance); Ctrl-C stops them
+DIRECTORY_PORT ?= 8443
+BANK_PORT ?= 9443
+serve: $(STAMP)
+	$(BIN)/python -m example_app.serve --workdir instance \
+		--directory-port $(DIRECTORY_PORT) --bank-port $(BANK_PORT)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check flask_obdcr tests
+	$(BIN)/ruff check flask_obdcr example_app tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/registration.py

@@ -106,7 +106,7 @@ class ClientAuthenticator:
             return None
         client = query_client(client_id)
         if client is None or client.metadata.get("token_endpoint_auth_method") != "tls_client_auth":
-            raise InvalidClientError(status_code=401, description="Unknown client.")
+            return None  # not a tls_client_auth client: let the other methods have a go
         subject_dn = client.metadata.get("tls_client_auth_subject_dn")
         if not subject_dn or not dn_matches(subject_dn, certificate.subject):
             raise InvalidClientError(
@@ -171,7 +171,12 @@ class ClientAuthenticator:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise _invalid("The client assertion has no jti.")
-        if not state.replay_cache.remember(f"assertion:{client_id}:{jti}", exp + skew):
+        try:
+            fresh = state.replay_cache.remember(f"assertion:{client_id}:{jti}", exp + skew)
+        except Exception:  # a shared cache that is down: fail closed
+            logger.exception("replay cache unavailable while checking a client assertion")
+            raise _invalid("The client assertion cannot be checked right now.") from None
+        if not fresh:
             raise _invalid("The client assertion has been used before.")
         return client
 

@@ -64,12 +64,37 @@ _OUT_OF_VALIDITY = "The client certificate has expired or is not yet valid."
 # --------------------------------------------------------------------------------------------
 
 
+# A TPP presents the same transport certificate on every request, so parsed certificates are
+# kept by their exact input (the PEM text or DER bytes as received; equal input, equal parse) in
+# a bounded LRU. x509.Certificate objects are immutable, so one may serve many requests and
+# threads. Large inputs are parsed without caching so the cache stays small (<= 4 MiB of keys);
+# failures are never cached.
+_CERT_CACHE_SIZE = 256
+_CERT_CACHE_MAX_INPUT = 16 * 1024
+
+
 def load_certificate(data: str | bytes) -> x509.Certificate:
     """Load one X.509 certificate from PEM (``str`` or ``bytes``) or DER (``bytes``).
 
     Whitespace around a PEM block is tolerated (environ values and config files often carry a
     trailing newline). Raises ``ValueError`` when ``data`` is not a certificate.
     """
+    if type(data) in (str, bytes) and len(data) <= _CERT_CACHE_MAX_INPUT:
+        return _load_certificate_cached(data)
+    return _load_certificate(data)
+
+
+@functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
+def _load_certificate_cached(data: str | bytes) -> x509.Certificate:
+    return _load_certificate(data)
+
+
+@functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
+def _load_der_cached(der: bytes) -> x509.Certificate:
+    return x509.load_der_x509_certificate(der)
+
+
+def _load_certificate(data: str | bytes) -> x509.Certificate:
     if isinstance(data, str):
         try:
             raw = data.strip().encode("utf-8")
@@ -162,6 +187,8 @@ def _parse_rfc9440(value: Any, header: str) -> x509.Certificate:
     b64 = match.group(1).rstrip("=")
     try:
         der = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
+        if len(der) <= _CERT_CACHE_MAX_INPUT:
+            return _load_der_cached(der)
         return x509.load_der_x509_certificate(der)
     except (ValueError, binascii.Error) as exc:
         raise InvalidClient(_UNPARSEABLE, detail=f"{header}: {exc}") from exc
@@ -670,8 +697,7 @@ def certificate_belongs_to_software(
     * ``"organization_identifier"``: the subject has exactly one organizationIdentifier
       (2.5.4.97) and it equals :func:`psd_identifier` of the SSA (the eIDAS/OBWAC profile).
     """
-    der = certificate.public_bytes(Encoding.DER)
-    if software_jwks is not None and der in _jwks_x5c_leaves(software_jwks):
+    if software_jwks is not None and _in_jwks_x5c(certificate, software_jwks):
         return "jwks_x5c"
 
     software_id = ssa_claims.get("software_id")
@@ -698,18 +724,37 @@ def certificate_belongs_to_software(
     return None
 
 
-def _jwks_x5c_leaves(jwks: Mapping[str, Any]) -> list[bytes]:
+@functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
+def _der_and_base64(certificate: x509.Certificate) -> tuple[bytes, str]:
+    # Keyed by the (immutable) certificate, whose hash and equality are its DER's; with
+    # load_certificate's cache the same object comes back on every request of a TPP.
+    der = certificate.public_bytes(Encoding.DER)
+    return der, base64.b64encode(der).decode("ascii")
+
+
+def _in_jwks_x5c(certificate: x509.Certificate, jwks: Mapping[str, Any]) -> bool:
+    """``certificate``'s DER is the first ``x5c`` entry (strictly decoded base64, whitespace
+    ignored) of a key of ``jwks``; malformed keys and entries are skipped. Found without
+    decoding every entry: a canonical entry is compared as text."""
+    der, der_b64 = _der_and_base64(certificate)
     keys = jwks.get("keys") if isinstance(jwks, Mapping) else None
     if not isinstance(keys, list):
-        return []
-    leaves = []
+        return False
     for key in keys:
         x5c = key.get("x5c") if isinstance(key, Mapping) else None
         if not isinstance(x5c, list) or not x5c or not isinstance(x5c[0], str):
             continue
         # RFC 7517 4.7: x5c entries are standard base64 (not base64url) DER, first = the key's cert.
+        text = "".join(x5c[0].split())
+        if text == der_b64:
+            return True  # the canonical base64 of these very bytes
+        # Another spelling could still decode to them (non-zero pad bits); it can only if
+        # its decoded length, 3/4 of its data characters, is the DER's length.
+        if len(text.rstrip("=")) * 3 // 4 != len(der):
+            continue
         try:
-            leaves.append(base64.b64decode("".join(x5c[0].split()), validate=True))
+            if base64.b64decode(text, validate=True) == der:
+                return True
         except (ValueError, binascii.Error):
             continue
-    return leaves
+    return False

@@ -27,6 +27,7 @@ KNOWN_AUTH_METHODS = (
     "client_secret_post",
 )
 CERT_HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
 
 #: (config key, default); a default of REQUIRED means the key must be set
 REQUIRED = object()
@@ -44,6 +45,10 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_CLOCK_SKEW": 30,
     "OBDCR_SSA_MAX_AGE": None,
     "OBDCR_MAX_REQUEST_BYTES": 65536,
+    # beyond one process (optional extras `redis`, `postgres`)
+    "OBDCR_REDIS_URL": None,
+    "OBDCR_REDIS_PREFIX": "obdcr:",
+    "OBDCR_DATABASE_URL": None,
 }
 
 
@@ -67,6 +72,11 @@ class Settings:
     #: request JWTs whose exp lies further ahead are refused: the jti replay cache must be
     #: able to hold every jti until its exp, so exp cannot be unbounded
     max_request_lifetime: int = 86400
+    #: when set, the jti replay cache and the JWKS cache are shared through Redis
+    redis_url: str | None = None
+    redis_prefix: str = "obdcr:"
+    #: when set (and no store is passed), clients live in this SQLAlchemy database
+    database_url: str | None = None
     #: hosts a JWKS may be fetched from: the trusted directories' and the configured ones
     fetch_allowed_hosts: frozenset[str] = field(default=frozenset())
 
@@ -97,7 +107,8 @@ class Settings:
             _https_url(url, f"OBDCR_TRUSTED_DIRECTORIES[{name!r}]")
 
         allowed_hosts = frozenset(
-            host.lower() for host in _string_list(raw, "OBDCR_JWKS_ALLOWED_HOSTS")
+            _host(host, "OBDCR_JWKS_ALLOWED_HOSTS")
+            for host in _string_list(raw, "OBDCR_JWKS_ALLOWED_HOSTS")
         )
         directory_hosts = frozenset(
             (urlsplit(url).hostname or "").lower() for url in directories.values()
@@ -151,6 +162,20 @@ class Settings:
             max_age = _int(raw, "OBDCR_SSA_MAX_AGE", minimum=1)
         max_bytes = _int(raw, "OBDCR_MAX_REQUEST_BYTES", minimum=1024, maximum=10 * 1024 * 1024)
 
+        redis_url = raw["OBDCR_REDIS_URL"]
+        if redis_url is not None and not (
+            isinstance(redis_url, str) and urlsplit(redis_url).scheme in REDIS_SCHEMES
+        ):
+            _fail("OBDCR_REDIS_URL", f"must be None or a {'/'.join(REDIS_SCHEMES)} URL")
+        redis_prefix = _string(raw, "OBDCR_REDIS_PREFIX")
+        if len(redis_prefix) > 100:
+            _fail("OBDCR_REDIS_PREFIX", "must be at most 100 characters")
+        database_url = raw["OBDCR_DATABASE_URL"]
+        if database_url is not None and not (
+            isinstance(database_url, str) and "://" in database_url
+        ):
+            _fail("OBDCR_DATABASE_URL", "must be None or an SQLAlchemy URL")
+
         return cls(
             issuer=issuer,
             trusted_directories=dict(directories),
@@ -166,6 +191,9 @@ class Settings:
             ssa_max_age=max_age,
             max_request_bytes=max_bytes,
             fetch_allowed_hosts=allowed_hosts | directory_hosts,
+            redis_url=redis_url,
+            redis_prefix=redis_prefix,
+            database_url=database_url,
         )
 
 
@@ -202,9 +230,19 @@ def _int(raw: Mapping[str, Any], key: str, *, minimum: int, maximum: int | None 
     return value
 
 
+def _host(host: str, key: str) -> str:
+    # compared with urlsplit(url).hostname: lowercase, no brackets, no scheme, port or path
+    # (an entry like "https://keystore.example/" would silently never match)
+    if any(char in host for char in "/@\\") or any(char.isspace() for char in host):
+        _fail(key, f"must hold bare host names such as 'keystore.example.com'; got {host!r}")
+    return host.lower().removeprefix("[").removesuffix("]")
+
+
 def _https_url(url: Any, key: str) -> None:
     if not isinstance(url, str):
         _fail(key, f"must be an https URL; got {url!r}")
     parts = urlsplit(url)
     if parts.scheme != "https" or not parts.hostname:
         _fail(key, f"must be an https URL; got {url!r}")
+    if parts.username is not None or parts.password is not None:
+        _fail(key, f"must not carry credentials; got {url!r}")

@@ -74,6 +74,7 @@ class OpenBankingDCR:
         self.clock = clock
         self.url_prefix = url_prefix
         self._last_state: DCRState | None = None
+        self._app_count = 0
         if app is not None:
             self.init_app(app)
 
@@ -91,13 +92,30 @@ class OpenBankingDCR:
                 f" certificate: {exc}"
             ) from exc
         store = self._store
+        if store is None and settings.database_url:
+            from .storage.sqlalchemy import SQLAlchemyStore
+
+            store = SQLAlchemyStore(settings.database_url)
         if store is None:
             store = SQLiteStore(os.path.join(app.instance_path, "obdcr.db"))
-        fetcher = self.jwks_fetcher or HTTPFetcher(
-            allowed_hosts=settings.fetch_allowed_hosts, verify=settings.http_verify
-        )
-        jwks = JWKSClient(fetcher, cache=self.jwks_cache, clock=self.clock)
-        replay_cache = self.replay_cache or MemoryReplayCache(clock=self.clock)
+        replay_cache, jwks_cache = self.replay_cache, self.jwks_cache
+        if settings.redis_url and (replay_cache is None or jwks_cache is None):
+            # every process of the server sees every jti and shares fetched key sets
+            from .redis import shared_caches
+
+            shared_replay, shared_jwks = shared_caches(
+                settings.redis_url, prefix=settings.redis_prefix, clock=self.clock
+            )
+            replay_cache = shared_replay if replay_cache is None else replay_cache
+            jwks_cache = shared_jwks if jwks_cache is None else jwks_cache
+        fetcher = self.jwks_fetcher
+        if fetcher is None:
+            fetcher = HTTPFetcher(
+                allowed_hosts=settings.fetch_allowed_hosts, verify=settings.http_verify
+            )
+        jwks = JWKSClient(fetcher, cache=jwks_cache, clock=self.clock)
+        if replay_cache is None:
+            replay_cache = MemoryReplayCache(clock=self.clock)
         registrar = Registrar(
             settings=settings,
             store=store,
@@ -110,14 +128,16 @@ class OpenBankingDCR:
         tokens = self._token_store
         if tokens is None:
             # tokens live beside the clients: shared by every process when that is SQLite
-            tokens = (
-                SQLiteTokenStore(store.path, clock=self.clock)
-                if isinstance(store, SQLiteStore)
-                else MemoryTokenStore(clock=self.clock)
-            )
+            if isinstance(store, SQLiteStore):
+                tokens = SQLiteTokenStore(store.path, clock=self.clock)
+            elif hasattr(store, "token_store"):  # e.g. SQLAlchemyStore: the same database
+                tokens = store.token_store(clock=self.clock)
+            else:
+                tokens = MemoryTokenStore(clock=self.clock)
         state = DCRState(self, settings, store, jwks, replay_cache, verifier, registrar, tokens)
         app.extensions[EXTENSION_KEY] = state
         self._last_state = state
+        self._app_count += 1
 
         from .cli import obdcr_cli
         from .views import blueprint
@@ -130,6 +150,10 @@ class OpenBankingDCR:
             return current_app.extensions[EXTENSION_KEY]
         if self._last_state is None:
             raise RuntimeError("OpenBankingDCR.init_app(app) has not been called.")
+        if self._app_count > 1:
+            raise RuntimeError(
+                "This OpenBankingDCR serves several apps: use it inside an app context."
+            )
         return self._last_state
 
     @property

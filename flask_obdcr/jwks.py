@@ -15,7 +15,6 @@ Part of the protocol core: no Flask imports; the clock and the fetcher are injec
 
 from __future__ import annotations
 
-import copy
 import json
 import logging
 import threading
@@ -418,6 +417,17 @@ _PRIVATE_MEMBERS = frozenset(
 )
 
 
+def _copy_json(value: Any) -> Any:
+    """A deep copy of a JSON tree (dicts, lists and immutable scalars, as json.loads makes
+    them): new containers, shared leaves, as copy.deepcopy gives, several times faster."""
+    kind = type(value)
+    if kind is dict:
+        return {name: _copy_json(member) for name, member in value.items()}
+    if kind is list:
+        return [_copy_json(member) for member in value]
+    return value
+
+
 @dataclass(frozen=True)
 class _ParsedKeys:
     raw: str  # sanitised JSON: {"keys": [public members of the importable keys]}
@@ -681,7 +691,7 @@ class JWKSClient:
         :meth:`key_set`. Holds the members of every usable key (``x5c`` etc.), private ones
         removed; unusable keys and other top-level members are dropped. A fresh copy each call.
         """
-        return copy.deepcopy(self._entry(url).parsed().document)
+        return _copy_json(self._entry(url).parsed().document)
 
     def candidate_keys(self, url: str, *, kid: str | None, alg: str) -> list[JWK]:
         """Every key of the set that could have made a signature with ``alg``, in document order.

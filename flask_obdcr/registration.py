@@ -172,7 +172,13 @@ class Registrar:
     def _consume_jti(self, context: RegistrationContext) -> None:
         # atomic check-and-set: of two racing copies of one request, exactly one passes
         exp = float(context.request_claims["exp"])
-        if not self.replay_cache.remember(context.jti_key, exp + self.settings.clock_skew):
+        try:
+            fresh = self.replay_cache.remember(context.jti_key, exp + self.settings.clock_skew)
+        except Exception as exc:  # a shared cache that is down: refuse, and say so
+            raise TemporarilyUnavailable(
+                "The replay check cannot be made right now; retry later.", detail=repr(exc)
+            ) from exc
+        if not fresh:
             raise InvalidClientMetadata("The request JWT has been used before (jti replayed).")
 
     def _secret_for(self, metadata: dict[str, Any]) -> str | None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from .storage.base import hash_secret
+from .storage.sqlite import open_connection, retry_locked
 
 
 @dataclass(frozen=True)
@@ -102,33 +103,40 @@ class MemoryTokenStore(TokenStore):
             return len(doomed)
 
 
+_TOKENS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token_hash TEXT PRIMARY KEY, client_id TEXT NOT NULL, scope TEXT NOT NULL,
+    issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, x5t_s256 TEXT);
+CREATE INDEX IF NOT EXISTS access_tokens_client ON access_tokens (client_id);
+"""
+
+
 class SQLiteTokenStore(TokenStore):
     """Tokens in a SQLite file, shared by every process of the server."""
 
     _FIELDS = ("token_hash", "client_id", "scope", "issued_at", "expires_at", "x5t_s256")
 
-    def __init__(self, path: str | os.PathLike[str], **kw) -> None:
+    def __init__(self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, **kw) -> None:
         super().__init__(**kw)
         self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
         self._local = threading.local()
+        self._lock = threading.Lock()
 
     @property
     def conn(self) -> sqlite3.Connection:
         conn = getattr(self._local, "conn", None)
-        if conn is None:
-            os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=30, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS access_tokens (token_hash TEXT PRIMARY KEY,"
-                " client_id TEXT NOT NULL, scope TEXT NOT NULL, issued_at INTEGER NOT NULL,"
-                " expires_at INTEGER NOT NULL, x5t_s256 TEXT)"
-            )
-            conn.execute(
-                "CREATE INDEX IF NOT EXISTS access_tokens_client ON access_tokens (client_id)"
-            )
-            self._local.conn = conn
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        # a connection inherited through fork() is never reused: the child opens its own
+        with self._lock:
+            conn = open_connection(self.path, self.busy_timeout)
+            try:
+                retry_locked(lambda: conn.executescript(_TOKENS_SCHEMA), self.busy_timeout)
+            except BaseException:
+                conn.close()
+                raise
+        self._local.conn, self._local.pid = conn, os.getpid()
         return conn
 
     def _save(self, record: AccessToken) -> None:

@@ -108,6 +108,22 @@ def manage(client_id: str) -> Response:
     return response
 
 
+@blueprint.route("/register", methods=["GET", "PUT", "PATCH", "DELETE"], endpoint="register_405")
+def register_method_not_allowed() -> Response:
+    return _method_not_allowed("POST")
+
+
+@blueprint.route("/register/<client_id>", methods=["POST", "PATCH"], endpoint="manage_405")
+def manage_method_not_allowed(client_id: str) -> Response:
+    return _method_not_allowed("GET, PUT, DELETE")
+
+
+def _method_not_allowed(allow: str) -> Response:
+    # Flask's own 405 is an HTML page; DCR clients get JSON like every other answer here
+    body = {"error": "invalid_request", "error_description": f"Use {allow} on this endpoint."}
+    return json_response(body, 405, {"Allow": allow})
+
+
 @blueprint.errorhandler(RegistrationError)
 def registration_error(error: RegistrationError) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]

@@ -324,11 +324,17 @@ def test_bad_client_assertions_are_invalid_client(
 def test_replayed_client_assertion_is_invalid_client(http, ob_directory, ob_software, issuer):
     registration = register(http, ob_directory, ob_software, issuer)
     assertion = ob_software.client_assertion(registration["client_id"], aud=TOKEN_URL)
-    first = get_token(http, ob_software, registration, assertion=assertion)
+    # client_id in the form as well, as many TPPs send it: the assertion still decides
+    first = get_token(http, ob_software, registration, assertion=assertion,
+                      client_id=registration["client_id"])
     assert first.status_code == 200
-    replay = get_token(http, ob_software, registration, assertion=assertion)
+    replay = get_token(http, ob_software, registration, assertion=assertion,
+                       client_id=registration["client_id"])
     assert replay.status_code == 401
-    assert replay.get_json()["error"] == "invalid_client"
+    assert replay.get_json() == {
+        "error": "invalid_client",
+        "error_description": "The client assertion has been used before.",
+    }
 
 
 def test_tls_client_auth_with_a_foreign_certificate(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+import socket
 from urllib.parse import urlsplit
 
 from ..errors import InvalidRedirectURI
@@ -17,8 +19,20 @@ def _is_local(host: str) -> bool:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return False
+        address = _legacy_ipv4(host)
+        if address is None:
+            return False
     return address.is_loopback or address.is_unspecified
+
+
+def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
+    """The shorthand IPv4 forms resolvers still accept: 127.1, 2130706433, 0x7f.0.0.1."""
+    if not re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", host):
+        return None
+    try:
+        return ipaddress.IPv4Address(socket.inet_aton(host))
+    except OSError:
+        return None
 
 
 class RedirectURIs:

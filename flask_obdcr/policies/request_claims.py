@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidClientMetadata
+from ..errors import InvalidClientMetadata, TemporarilyUnavailable
 from .base import RegistrationContext
 
 MAX_JTI_LENGTH = 256
@@ -51,7 +51,13 @@ class RequestClaims:
         if not isinstance(jti, str) or not jti.strip() or len(jti) > MAX_JTI_LENGTH:
             raise InvalidClientMetadata("The request JWT must carry a jti.")
         # an early look; the atomic check-and-set happens when the client is stored
-        if context.replay_cache.seen(context.jti_key):
+        try:
+            seen = context.replay_cache.seen(context.jti_key)
+        except Exception as exc:  # a shared cache that is down: refuse, and say so
+            raise TemporarilyUnavailable(
+                "The replay check cannot be made right now; retry later.", detail=repr(exc)
+            ) from exc
+        if seen:
             raise InvalidClientMetadata("The request JWT has been used before (jti replayed).")
 
         existing = context.existing

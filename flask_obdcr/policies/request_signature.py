@@ -41,6 +41,7 @@ class RequestSignature:
             jose.verify(context.request_jwt, keys, alg)
         except (jose.BadSignature, jose.MalformedJWS):
             raise InvalidClientMetadata(
-                "The request JWT is not signed with a key of the software JWKS."
+                "The request JWT is not signed with a key of the software JWKS.",
+                detail=f"kid {kid!r} alg {alg}: no key of {endpoint} verifies the signature",
             ) from None
         context.software_jwks_endpoint = endpoint

@@ -23,3 +23,11 @@ __all__ = [
     "hash_secret",
     "secret_matches",
 ]
+
+
+def __getattr__(name: str):  # PEP 562: the SQLAlchemy backend needs the `postgres` extra
+    if name in ("SQLAlchemyStore", "SQLAlchemyTokenStore"):
+        from . import sqlalchemy
+
+        return getattr(sqlalchemy, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

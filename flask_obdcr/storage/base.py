@@ -15,8 +15,9 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-#: the OB data dictionary caps client_id at 36 characters
-CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,36}$")
+#: the OB data dictionary caps client_id at 36 characters (``\Z``, not ``$``: ``$`` would
+#: also accept a trailing newline)
+CLIENT_ID_RE = re.compile(r"^[A-Za-z0-9._~-]{1,36}\Z")
 
 
 class StoreError(Exception):
@@ -106,8 +107,9 @@ class StoredClient:
             "client_id_issued_at": self.client_id_issued_at,
             "software_id": self.software_id,
             "org_id": self.org_id,
-            "metadata": json.dumps(self.metadata, sort_keys=True, separators=(",", ":")),
-            "ssa_claims": json.dumps(self.ssa_claims, sort_keys=True, separators=(",", ":")),
+            # key order kept: GET /register/<id> shows the claims in the order POST did
+            "metadata": json.dumps(self.metadata, separators=(",", ":")),
+            "ssa_claims": json.dumps(self.ssa_claims, separators=(",", ":")),
             "client_secret_hash": self.client_secret_hash,
             "registration_access_token_hash": self.registration_access_token_hash,
             "updated_at": self.updated_at,
@@ -175,7 +177,7 @@ class ClientStore(ABC):
     def _check(client: StoredClient) -> None:
         if not isinstance(client, StoredClient):
             raise TypeError(f"expected a StoredClient, got {type(client).__name__}")
-        if not CLIENT_ID_RE.match(client.client_id):
+        if not isinstance(client.client_id, str) or not CLIENT_ID_RE.match(client.client_id):
             raise ValueError(f"invalid client_id {client.client_id!r}")
 
     @abstractmethod

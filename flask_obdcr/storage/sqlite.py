@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import sqlite_utils
 
@@ -27,6 +28,39 @@ _NAMES = tuple(_COLUMNS)
 _SELECT = f"SELECT {', '.join(_NAMES)} FROM clients"  # noqa: S608 - constant names
 
 
+def retry_locked(operation: Callable[[], object], timeout: float) -> None:
+    """Run ``operation``, retrying while SQLite says "database is locked".
+
+    On a new file SQLite answers "locked" at once, without waiting out the busy timeout,
+    when connections race to switch it to WAL or to create a table.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            operation()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.005)
+
+
+def open_connection(path: str, timeout: float) -> sqlite3.Connection:
+    """An autocommit connection in WAL mode; every statement is its own transaction."""
+    if path != ":memory:":
+        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    conn = sqlite3.connect(path, timeout=timeout, isolation_level=None)
+    try:
+        retry_locked(lambda: conn.execute("PRAGMA journal_mode=WAL"), timeout)
+        # WAL + NORMAL: a commit survives a process crash; only an OS crash or power loss
+        # may lose the last transactions, never corrupt the file.
+        conn.execute("PRAGMA synchronous=NORMAL")
+    except BaseException:
+        conn.close()
+        raise
+    return conn
+
+
 class SQLiteStore(ClientStore):
     """Clients in a SQLite database file (created on first use).
 
@@ -41,36 +75,43 @@ class SQLiteStore(ClientStore):
         self._local = threading.local()
         self._schema_ready = False
         self._schema_lock = threading.Lock()
+        #: connections inherited through fork(): never used nor closed in the child
+        self._inherited: list[sqlite_utils.Database] = []
 
     @property
     def db(self) -> sqlite_utils.Database:
         db = getattr(self._local, "db", None)
+        if db is not None and self._local.pid != os.getpid():
+            # SQLite connections must not cross fork(): the child opens its own, and keeps
+            # the inherited one referenced so that closing it cannot touch the parent's locks
+            self._inherited.append(db)
+            db = self._local.db = None
         if db is None:
-            if self.path != ":memory:":
-                os.makedirs(os.path.dirname(os.path.abspath(self.path)), exist_ok=True)
-            conn = sqlite3.connect(self.path, timeout=self.busy_timeout, isolation_level=None)
-            conn.execute("PRAGMA journal_mode=WAL")
-            # WAL + NORMAL: a commit survives a process crash; only an OS crash or power
-            # loss may lose the last transactions, never corrupt the file.
-            conn.execute("PRAGMA synchronous=NORMAL")
-            db = sqlite_utils.Database(conn)
+            # one new connection at a time in this process (see open_connection)
+            with self._schema_lock:
+                conn = open_connection(self.path, self.busy_timeout)
+                try:
+                    db = sqlite_utils.Database(conn)
+                    if not self._schema_ready:
+                        retry_locked(lambda: self._ensure_schema(db), self.busy_timeout)
+                        self._schema_ready = True
+                except BaseException:
+                    conn.close()
+                    raise
             self._local.db = db
-            self._ensure_schema(db)
+            self._local.pid = os.getpid()
         return db
 
-    def _ensure_schema(self, db: sqlite_utils.Database) -> None:
-        with self._schema_lock:
-            if self._schema_ready:
-                return
-            if not db["clients"].exists():
-                try:
-                    db["clients"].create(_COLUMNS, pk="client_id", not_null={"metadata"})
-                    db["clients"].create_index(["software_id"], if_not_exists=True)
-                except sqlite3.OperationalError:
-                    # another process created it between our check and our create
-                    if not db["clients"].exists():
-                        raise
-            self._schema_ready = True
+    @staticmethod
+    def _ensure_schema(db: sqlite_utils.Database) -> None:
+        if not db["clients"].exists():
+            try:
+                db["clients"].create(_COLUMNS, pk="client_id", not_null={"metadata"})
+            except sqlite3.OperationalError:
+                # another process created it between our check and our create
+                if not db["clients"].exists():
+                    raise
+        db["clients"].create_index(["software_id"], if_not_exists=True)
 
     def _add(self, client: StoredClient) -> None:
         record = client.to_record()

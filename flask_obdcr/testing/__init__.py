@@ -10,11 +10,14 @@ pytest fixtures in :mod:`flask_obdcr.testing.fixtures` are opt-in::
 from .clock import FrozenClock
 from .directory import REMOVE, SandboxDirectory, Software, base62_id, sign_jwt
 from .pki import CertificateAuthority, generate_key, ob_subject
+from .server import JWKSServer, RecordingHTTPServer
 
 __all__ = [
     "REMOVE",
     "CertificateAuthority",
     "FrozenClock",
+    "JWKSServer",
+    "RecordingHTTPServer",
     "SandboxDirectory",
     "Software",
     "base62_id",

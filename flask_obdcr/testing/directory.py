@@ -69,6 +69,32 @@ def jwk_from_key(key: PrivateKey, *, kid: str, use: str, certificate: x509.Certi
     return jwk.JWK(**params)
 
 
+def jwk_from_certificate(
+    certificate: x509.Certificate,
+    *,
+    kid: str,
+    use: str,
+    chain: Iterable[x509.Certificate] = (),
+) -> jwk.JWK:
+    """The public JWK of a certificate's key, as the Directory publishes it: ``kid``, ``use``,
+    ``x5c`` (the certificate, then ``chain``) and ``x5t#S256``."""
+    der = certificate.public_bytes(serialization.Encoding.DER)
+    public_pem = certificate.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
+    )
+    params = json.loads(jwk.JWK.from_pem(public_pem).export_public())
+    params.update(
+        kid=kid,
+        use=use,
+        x5c=[
+            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
+            for c in (certificate, *chain)
+        ],
+        **{"x5t#S256": base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")},
+    )
+    return jwk.JWK(**params)
+
+
 def sign_jwt(
     claims: Mapping[str, Any], key: jwk.JWK, *, alg: str, headers: Mapping | None = None
 ) -> str:
@@ -190,6 +216,72 @@ class SandboxDirectory:
         self.ssa_key = self._directory_key(ssa_alg)
         self.software: dict[str, Software] = {}
         self._fetcher: StaticFetcher | None = None
+
+    # -- persistence: the PKI and the SSA signing key (not the registered software) ---------
+
+    #: file names :meth:`save` writes in its folder
+    SAVED_FILES = (
+        "root-ca.pem",
+        "root-ca.key",
+        "issuing-ca.pem",
+        "issuing-ca.key",
+        "ssa-signing.jwk",
+        "directory.json",
+    )
+
+    def save(self, folder: str | os.PathLike[str]) -> None:
+        """Write the PKI (root and issuing CA), the SSA signing key and the settings to
+        ``folder`` so that :meth:`load` makes the same Directory in another process. Private
+        keys are written unencrypted, readable by the owner only. Registered software (and
+        its private keys) is not saved."""
+        os.makedirs(folder, exist_ok=True)
+        files = {
+            "root-ca.pem": pem(self.root_ca.certificate),
+            "root-ca.key": self.root_ca.to_pem()[1],
+            "issuing-ca.pem": pem(self.issuing_ca.certificate),
+            "issuing-ca.key": self.issuing_ca.to_pem()[1],
+            "ssa-signing.jwk": self.ssa_key.export_private(),
+            "directory.json": json.dumps(
+                {"issuer": self.issuer, "ssa_alg": self.ssa_alg, "base_url": self.base_url},
+                indent=2,
+            ),
+        }
+        for name, text in files.items():
+            path = os.path.join(folder, name)
+            secret = name.endswith((".key", ".jwk"))
+            flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+            fd = os.open(path, flags, 0o600 if secret else 0o644)
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+
+    @classmethod
+    def load(
+        cls,
+        folder: str | os.PathLike[str],
+        *,
+        base_url: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> SandboxDirectory:
+        """The Directory :meth:`save` wrote to ``folder`` (no key is generated)."""
+
+        def read(name: str) -> str:
+            with open(os.path.join(folder, name)) as handle:
+                return handle.read()
+
+        settings = json.loads(read("directory.json"))
+        directory = cls.__new__(cls)
+        directory.issuer = settings["issuer"]
+        directory.base_url = base_url or settings["base_url"]
+        directory.clock = clock
+        directory.ssa_alg = settings["ssa_alg"]
+        directory.root_ca = CertificateAuthority.from_pem(read("root-ca.pem"), read("root-ca.key"))
+        directory.issuing_ca = CertificateAuthority.from_pem(
+            read("issuing-ca.pem"), read("issuing-ca.key")
+        )
+        directory.ssa_key = jwk.JWK.from_json(read("ssa-signing.jwk"))
+        directory.software = {}
+        directory._fetcher = None
+        return directory
 
     def _directory_key(self, alg: str) -> jwk.JWK:
         key = generate_key("EC" if alg.startswith("ES") else "RSA")

@@ -70,6 +70,25 @@ class CertificateAuthority:
     certificate: x509.Certificate
 
     @classmethod
+    def from_pem(cls, certificate_pem: str | bytes, key_pem: str | bytes) -> CertificateAuthority:
+        """A CA from its certificate and (unencrypted) private key, as :meth:`to_pem` wrote them."""
+        if isinstance(certificate_pem, str):
+            certificate_pem = certificate_pem.encode()
+        if isinstance(key_pem, str):
+            key_pem = key_pem.encode()
+        certificate = x509.load_pem_x509_certificate(certificate_pem)
+        key = serialization.load_pem_private_key(key_pem, password=None)
+        if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+            raise ValueError("a CA key must be RSA or EC")
+        if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+            raise ValueError("the private key does not belong to the CA certificate")
+        return cls(certificate.subject, key, certificate)
+
+    def to_pem(self) -> tuple[str, str]:
+        """``(certificate PEM, private key PEM)``: keep the key secret (it is not encrypted)."""
+        return pem(self.certificate), key_pem(self.key)
+
+    @classmethod
     def root(
         cls, common_name: str, *, now: datetime.datetime | None = None
     ) -> CertificateAuthority:

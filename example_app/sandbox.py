@@ -1,0 +1,254 @@
+"""The sandbox Directory and AnyBank running together on loopback, in one working folder.
+
+Layout of the working folder (it is also the bank's Flask instance folder)::
+
+    anybank.json      the bank's effective OBDCR_* settings (written when it starts)
+    obdcr.db          the bank's registered clients and access tokens (SQLite)
+    tls/              the bank's HTTPS certificate and key (from the sandbox PKI)
+    directory/        the Directory's state: pki/, registry.json, ca-bundle.pem, tls/
+    tpp/              the TPP's files (python -m example_app.tpp --workdir <folder>/tpp)
+    logs/             the servers' output, when they run as processes with log files
+
+``Sandbox(folder).start()`` prepares the PKI and both HTTPS certificates, then starts the
+Directory and the bank, as child processes (``mode="process"``: ``python -m
+example_app.directory serve`` and ``python -m example_app.bank serve``, each stopping if its
+parent dies) or as threads of this process (``mode="thread"``). ``stop()`` always stops both;
+use it as a context manager.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import IO, Any
+
+from ._util import write_json
+from .directory import DirectoryState
+
+__all__ = ["Sandbox", "SandboxError"]
+
+LOOPBACK = "127.0.0.1"
+
+
+class SandboxError(RuntimeError):
+    """A server did not start (its log is in the message)."""
+
+
+def _package_root() -> str:
+    return str(Path(__file__).resolve().parent.parent)
+
+
+class Sandbox:
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        *,
+        host: str = LOOPBACK,
+        directory_port: int = 0,
+        bank_port: int = 0,
+        mode: str = "process",
+        log_files: bool = True,
+        startup_timeout: float = 30.0,
+    ) -> None:
+        if mode not in ("process", "thread"):
+            raise ValueError("mode is 'process' or 'thread'")
+        self.folder = Path(folder).resolve()
+        self.host = host
+        self.directory_port = directory_port
+        self.bank_port = bank_port
+        self.mode = mode
+        self.log_files = log_files
+        self.startup_timeout = startup_timeout
+        self.directory_url: str | None = None
+        self.bank_url: str | None = None
+        self.directory_state: DirectoryState | None = None
+        self.bank_app: Any = None
+        self._processes: list[tuple[str, subprocess.Popen, IO | None]] = []
+        self._servers: list[Any] = []
+
+    # -- paths -----------------------------------------------------------------------------
+
+    @property
+    def directory_folder(self) -> Path:
+        return self.folder / "directory"
+
+    @property
+    def ca_bundle(self) -> Path:
+        return self.directory_folder / "ca-bundle.pem"
+
+    @property
+    def tpp_folder(self) -> Path:
+        return self.folder / "tpp"
+
+    @property
+    def logs_folder(self) -> Path:
+        return self.folder / "logs"
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> Sandbox:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        state = DirectoryState.open(self.directory_folder)
+        self.directory_state = state
+        hosts = list(dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
+        directory_tls = state.issue_server_certificate(state.folder / "tls", hosts=hosts)
+        bank_tls = state.issue_server_certificate(self.folder / "tls", name="bank", hosts=hosts)
+        try:
+            if self.mode == "thread":
+                self._start_threads(state, directory_tls, bank_tls)
+            else:
+                self._start_processes()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_threads(self, state: DirectoryState, directory_tls, bank_tls) -> None:
+        from .bank import create_app, sandbox_config
+        from .directory import create_directory_app
+        from .serving import TLSServer, tls_context
+
+        directory = TLSServer(
+            None,
+            host=self.host,
+            port=self.directory_port,
+            ssl_context=tls_context(*directory_tls),
+            name="directory",
+        )
+        self._servers.append(directory)
+        directory.app = create_directory_app(state, base_url=directory.url)
+        directory.start()
+        self.directory_url = directory.url
+
+        bank = TLSServer(
+            None,
+            host=self.host,
+            port=self.bank_port,
+            ssl_context=tls_context(*bank_tls, client_ca_file=self.ca_bundle),
+            name="anybank",
+        )
+        self._servers.append(bank)
+        config = sandbox_config(
+            issuer=bank.url, directory_url=directory.url, ca_file=str(self.ca_bundle)
+        )
+        write_json(self.folder / "anybank.json", config)
+        self.bank_app = create_app(config, instance_path=self.folder)
+        bank.app = self.bank_app
+        bank.start()
+        self.bank_url = bank.url
+
+    def _start_processes(self) -> None:
+        run = self.folder / "run"
+        run.mkdir(exist_ok=True)
+        directory_url_file = run / "directory.url"
+        bank_url_file = run / "bank.url"
+        for stale in (directory_url_file, bank_url_file):
+            stale.unlink(missing_ok=True)
+        self.directory_url = self._spawn(
+            "directory",
+            [
+                "-m",
+                "example_app.directory",
+                "serve",
+                "--state",
+                str(self.directory_folder),
+                "--host",
+                self.host,
+                "--port",
+                str(self.directory_port),
+                "--url-file",
+                str(directory_url_file),
+                "--exit-with-parent",
+            ],
+            directory_url_file,
+        )
+        self.bank_url = self._spawn(
+            "bank",
+            [
+                "-m",
+                "example_app.bank",
+                "serve",
+                "--instance",
+                str(self.folder),
+                "--host",
+                self.host,
+                "--port",
+                str(self.bank_port),
+                "--directory-url",
+                self.directory_url,
+                "--ca",
+                str(self.ca_bundle),
+                "--url-file",
+                str(bank_url_file),
+                "--exit-with-parent",
+            ],
+            bank_url_file,
+        )
+
+    def _spawn(self, name: str, args: list[str], url_file: Path) -> str:
+        env = dict(os.environ)
+        # the example is importable from the checkout even before `pip install -e .` knew it
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (_package_root(), env.get("PYTHONPATH")) if p
+        )
+        env["PYTHONUNBUFFERED"] = "1"
+        log: IO | None = None
+        if self.log_files:
+            self.logs_folder.mkdir(exist_ok=True)
+            log = open(self.logs_folder / f"{name}.log", "ab")  # noqa: SIM115 - closed in stop()
+        process = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT if log is not None else None,
+            env=env,
+            cwd=str(self.folder),
+        )
+        self._processes.append((name, process, log))
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if url_file.exists():
+                url = url_file.read_text().strip()
+                if url:
+                    return url
+            if process.poll() is not None:
+                raise SandboxError(
+                    f"{name} exited with status {process.returncode}{self._log(name)}"
+                )
+            time.sleep(0.05)
+        raise SandboxError(f"{name} did not start in {self.startup_timeout:.0f} s{self._log(name)}")
+
+    def _log(self, name: str) -> str:
+        path = self.logs_folder / f"{name}.log"
+        if not self.log_files or not path.exists():
+            return ""
+        return f"; its log ({path}):\n" + path.read_text(errors="replace")[-4000:]
+
+    def stop(self) -> None:
+        """Stop whatever runs (bank first, then the Directory). Idempotent."""
+        while self._servers:
+            self._servers.pop().stop()
+        while self._processes:
+            _name, process, log = self._processes.pop()
+            if process.poll() is None:
+                process.terminate()
+                try:
+                    process.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait(timeout=10)
+            if log is not None:
+                log.close()
+
+    @property
+    def pids(self) -> list[int]:
+        return [process.pid for _name, process, _log in self._processes]
+
+    def __enter__(self) -> Sandbox:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()

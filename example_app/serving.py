@@ -1,0 +1,283 @@
+"""Serving the sandbox over HTTPS, and how the client certificate reaches the app.
+
+The bank needs the TPP's transport certificate on every registration, token and API call. How
+it gets there depends on what terminates TLS:
+
+**Werkzeug's server** (``make serve``, ``make demo``, the tests): :func:`tls_context` makes a
+server context that *asks* for a client certificate (``ssl.CERT_OPTIONAL``, so discovery works
+without one) and verifies it against the sandbox CA bundle. Werkzeug's request handler then
+puts the peer certificate, as PEM, in ``environ["SSL_CLIENT_CERT"]`` (``werkzeug/serving.py``,
+``WSGIRequestHandler.make_environ``: ``getpeercert(binary_form=True)`` then
+``ssl.DER_cert_to_PEM_cert``), which is where OpenBankingDCR looks by default.
+
+**gunicorn terminating TLS itself** (``--certfile --keyfile --ca-certs --cert-reqs 1``):
+gunicorn sets no ``SSL_CLIENT_CERT``; wrap the app in :class:`GunicornClientCertMiddleware`,
+which reads the certificate from the TLS socket gunicorn puts in ``environ["gunicorn.socket"]``
+(see :mod:`example_app.wsgi`).
+
+**nginx (or another proxy) terminating TLS**: the proxy verifies the certificate and forwards
+it in a header, RFC 9440 ``Client-Cert: :<base64 DER>:`` (or nginx's URL-escaped PEM in
+``X-SSL-Client-Cert``). Configure ``OBDCR_CLIENT_CERT_HEADER`` and ``OBDCR_TRUSTED_PROXIES``
+(the proxy's address as the app sees it in ``REMOTE_ADDR``) and use :func:`behind_proxy`;
+the header is ignored from any other peer.
+
+:class:`TLSServer` runs Werkzeug's threaded server in a background thread on a port chosen by
+the OS (port 0) or given, and always stops: ``with TLSServer(app, ...) as server: ...``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import ssl
+import threading
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+
+__all__ = [
+    "GunicornClientCertMiddleware",
+    "TLSServer",
+    "behind_proxy",
+    "tls_context",
+    "wait_for_signal",
+]
+
+log = logging.getLogger("example_app.serving")
+
+LOOPBACK = "127.0.0.1"
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def tls_context(
+    cert_file: str | os.PathLike[str],
+    key_file: str | os.PathLike[str],
+    *,
+    client_ca_file: str | os.PathLike[str] | None = None,
+) -> ssl.SSLContext:
+    """A TLS 1.2+ server context presenting ``cert_file`` (leaf first, then its chain).
+
+    With ``client_ca_file`` the server asks every client for a certificate and verifies the
+    ones it gets against those CAs (``CERT_OPTIONAL``): a client without a certificate still
+    connects, and the application decides which requests need one.
+    """
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(os.fspath(cert_file), os.fspath(key_file))
+    if client_ca_file is not None:
+        context.verify_mode = ssl.CERT_OPTIONAL
+        context.load_verify_locations(cafile=os.fspath(client_ca_file))
+    return context
+
+
+# -- Werkzeug's server in a thread -------------------------------------------------------------
+
+
+class _Handler(WSGIRequestHandler):
+    """Werkzeug's handler; idle keep-alive connections time out, open ones are tracked so that
+    ``stop()`` can cut them, and the request log goes to the ``werkzeug`` logger as usual."""
+
+    timeout = 30
+
+    def setup(self) -> None:
+        super().setup()
+        tracker = getattr(self.server, "_anybank_connections", None)
+        if tracker is not None:
+            tracker.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            tracker = getattr(self.server, "_anybank_connections", None)
+            if tracker is not None:
+                tracker.discard(self.connection)
+
+
+class _Connections:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+
+    def add(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.add(connection)
+
+    def discard(self, connection: socket.socket) -> None:
+        with self._lock:
+            self._open.discard(connection)
+
+    def close_all(self) -> None:
+        with self._lock:
+            connections = list(self._open)
+        for connection in connections:
+            try:
+                # the plain socket's shutdown: the handler's blocked read sees EOF and ends
+                socket.socket.shutdown(connection, socket.SHUT_RDWR)
+            except OSError:
+                pass
+
+
+class TLSServer:
+    """Werkzeug's threaded server on ``host:port`` (port 0: a free one), in a daemon thread.
+
+    The socket is bound in the constructor, so :attr:`url` is known before the application
+    is: ``server = TLSServer(None, ...)``, build the app with ``server.url``, set
+    ``server.app``, then ``start()``. ``stop()`` closes the port and open connections and is
+    idempotent; the context manager starts and stops.
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp | None,
+        *,
+        host: str = LOOPBACK,
+        port: int = 0,
+        ssl_context: ssl.SSLContext | None = None,
+        name: str = "server",
+    ) -> None:
+        self.app = app
+        self.name = name
+        self.host = host
+        self._server: BaseWSGIServer | None = make_server(
+            host,
+            port,
+            self._wsgi,
+            threaded=True,
+            request_handler=_Handler,
+            ssl_context=ssl_context,
+        )
+        self._server._anybank_connections = _Connections()  # type: ignore[attr-defined]
+        self.port: int = self._server.port
+        self.scheme = "https" if ssl_context is not None else "http"
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.scheme}://{host}:{self.port}"
+
+    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]):
+        if self.app is None:
+            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
+            return [b"starting\n"]
+        return self.app(environ, start_response)
+
+    def start(self) -> TLSServer:
+        if self._server is None:
+            raise RuntimeError(f"{self.name} has been stopped; make a new TLSServer")
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._server.serve_forever,
+                kwargs={"poll_interval": 0.1},
+                name=f"{self.name}:{self.port}",
+                daemon=True,
+            )
+            self._thread.start()
+            log.info("%s listening on %s", self.name, self.url)
+        return self
+
+    def stop(self) -> None:
+        server, thread = self._server, self._thread
+        if server is None:
+            return
+        self._server = self._thread = None
+        if thread is not None:
+            server.shutdown()  # returns once serve_forever has returned
+            thread.join(timeout=5)
+        server._anybank_connections.close_all()  # type: ignore[attr-defined]
+        server.server_close()
+
+    @property
+    def running(self) -> bool:
+        return self._thread is not None
+
+    def __enter__(self) -> TLSServer:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def wait_for_signal(*, parent_pid: int | None = None) -> None:
+    """Block until SIGINT or SIGTERM (or, with ``parent_pid``, until that parent process is
+    gone, so a server started by a demo never outlives it)."""
+    stop = threading.Event()
+
+    def handler(signum: int, frame: object) -> None:
+        stop.set()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        while not stop.wait(0.25):
+            if parent_pid is not None and os.getppid() != parent_pid:
+                log.info("parent process %s is gone; stopping", parent_pid)
+                return
+    finally:
+        for sig, old in previous.items():
+            signal.signal(sig, old)
+
+
+# -- production: gunicorn with TLS, or a TLS-terminating proxy --------------------------------
+
+
+class GunicornClientCertMiddleware:
+    """Give the app ``environ["SSL_CLIENT_CERT"]`` (PEM) under gunicorn's own TLS.
+
+    Gunicorn terminates TLS itself when started with ``--certfile``/``--keyfile``; with
+    ``--ca-certs <sandbox CA bundle> --cert-reqs 1`` (``ssl.CERT_OPTIONAL``) it asks for and
+    verifies client certificates, but it puts no certificate in the WSGI environ. It does put
+    the connection there, as ``environ["gunicorn.socket"]``: for a TLS listener that is an
+    ``ssl.SSLSocket``, and ``getpeercert(binary_form=True)`` gives the verified client
+    certificate (DER) or ``None``. This middleware converts it to PEM in ``SSL_CLIENT_CERT``,
+    the same variable Werkzeug's server and Apache mod_ssl set.
+
+    Any ``SSL_CLIENT_CERT`` already in the environ is removed first, so the value is always the
+    certificate of this TLS connection (or absent); on a plain-TCP socket (no TLS) it stays
+    absent. ::
+
+        app = GunicornClientCertMiddleware(create_app())
+    """
+
+    ENVIRON_KEY = "SSL_CLIENT_CERT"
+
+    def __init__(self, app: WSGIApp) -> None:
+        self.app = app
+
+    def __call__(self, environ: dict[str, Any], start_response: Callable[..., Any]):
+        environ.pop(self.ENVIRON_KEY, None)
+        der = self.peer_certificate(environ.get("gunicorn.socket"))
+        if der:
+            environ[self.ENVIRON_KEY] = ssl.DER_cert_to_PEM_cert(der)
+        return self.app(environ, start_response)
+
+    @staticmethod
+    def peer_certificate(sock: Any) -> bytes | None:
+        """The DER client certificate of a TLS socket, or None (no socket, no TLS, no cert)."""
+        getpeercert = getattr(sock, "getpeercert", None)
+        if getpeercert is None:
+            return None
+        try:
+            return getpeercert(binary_form=True)
+        except (ValueError, OSError):  # handshake not done, or the socket is closed
+            return None
+
+
+def behind_proxy(app: Any, *, x_proto: int = 1, x_host: int = 1, x_port: int = 1) -> Any:
+    """Prepare a Flask app for a TLS-terminating reverse proxy (nginx) on the same host.
+
+    Trusts one proxy's ``X-Forwarded-Proto``/``-Host``/``-Port``, so the URLs the bank builds
+    (``registration_client_uri``, discovery) are the public ``https://`` ones. It deliberately
+    does **not** rewrite ``REMOTE_ADDR`` from ``X-Forwarded-For`` (``x_for=0``): OpenBankingDCR
+    honours the client certificate header only when ``REMOTE_ADDR`` is one of
+    ``OBDCR_TRUSTED_PROXIES``, and that must be the proxy's own address. The app config must
+    set ``OBDCR_CLIENT_CERT_HEADER`` (``"Client-Cert"`` for RFC 9440) and
+    ``OBDCR_TRUSTED_PROXIES``. Returns the app (its ``wsgi_app`` wrapped).
+    """
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=x_proto, x_host=x_host, x_port=x_port)
+    return app

@@ -1,0 +1,401 @@
+"""SQLAlchemyStore (and SQLAlchemyTokenStore) against PostgreSQL and SQLite URLs.
+
+PostgreSQL is the server at ``OBDCR_TEST_POSTGRES_URL`` (default
+``postgresql+psycopg://postgres@127.0.0.1:5432/test``). This module works in a schema of its
+own, created at the start and dropped (with everything in it) at the end, and every test uses
+its own table prefix in it, so concurrent runs never meet. Without a reachable server the
+PostgreSQL tests are skipped, except in CI (``CI`` set), where they fail.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import threading
+import uuid
+from collections.abc import Callable
+
+import pytest
+
+sa = pytest.importorskip("sqlalchemy")
+pytest.importorskip("psycopg")
+
+from test_storage import ClientStoreContract, make_client  # noqa: E402
+
+from flask_obdcr.storage import ClientExists, ClientNotFound, StoreError  # noqa: E402
+from flask_obdcr.storage.sqlalchemy import (  # noqa: E402
+    SQLAlchemyStore,
+    SQLAlchemyTokenStore,
+    make_engine,
+)
+from flask_obdcr.testing.clock import FrozenClock  # noqa: E402
+from flask_obdcr.testing.fixtures import ISSUER  # noqa: E402
+
+POSTGRES_URL = os.environ.get(
+    "OBDCR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+)
+
+
+# -- fixtures ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def pg_engine():
+    engine = make_engine(POSTGRES_URL, connect_args={"connect_timeout": 5})
+    try:
+        with engine.connect() as conn:
+            conn.execute(sa.text("SELECT 1"))
+    except sa.exc.OperationalError as exc:
+        engine.dispose()
+        if os.environ.get("CI"):
+            pytest.fail(f"PostgreSQL at {POSTGRES_URL} is required in CI: {exc}")
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL}: {exc}")
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture(scope="module")
+def pg_schema(pg_engine):
+    """A schema of this module's own, dropped with its contents afterwards."""
+    name = f"obdcr_test_{uuid.uuid4().hex[:12]}"
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f'CREATE SCHEMA "{name}"'))
+    yield name
+    with pg_engine.begin() as conn:
+        conn.execute(sa.text(f'DROP SCHEMA "{name}" CASCADE'))
+
+
+@pytest.fixture
+def table_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}_"
+
+
+@pytest.fixture
+def pg_store_factory(pg_engine, pg_schema, table_prefix) -> Callable[..., SQLAlchemyStore]:
+    """Store objects over this test's table. Each has its own engine (its own pool), as
+    separate server processes would; ``engine=`` shares one instead."""
+    made: list[SQLAlchemyStore] = []
+
+    def make(*, engine=None, **kw) -> SQLAlchemyStore:
+        kw.setdefault("table_prefix", table_prefix)
+        store = SQLAlchemyStore(engine or POSTGRES_URL, schema=pg_schema, **kw)
+        made.append(store)
+        return store
+
+    yield make
+    for store in made:
+        store.close()
+
+
+def table_names(engine, schema) -> set[str]:
+    return set(sa.inspect(engine).get_table_names(schema=schema))
+
+
+def run_threads(target, args_list) -> list[BaseException]:
+    """Start one thread per args tuple at once; the exceptions they raised."""
+    barrier = threading.Barrier(len(args_list))
+    errors: list[BaseException] = []
+
+    def run(*args):
+        try:
+            barrier.wait(timeout=10)
+            target(*args)
+        except BaseException as exc:  # reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=args) for args in args_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return errors
+
+
+# -- PostgreSQL ----------------------------------------------------------------------------
+
+
+class TestPostgresStore(ClientStoreContract):
+    """The contract on PostgreSQL, then what only a database server can show."""
+
+    @pytest.fixture
+    def store(self, pg_store_factory):
+        return pg_store_factory()
+
+    def test_schema_created_on_first_use(self, pg_engine, pg_schema, store, table_prefix):
+        table = f"{table_prefix}clients"
+        assert table not in table_names(pg_engine, pg_schema)
+        assert store.get("nobody") is None
+        inspector = sa.inspect(pg_engine)
+        assert table in inspector.get_table_names(schema=pg_schema)
+        primary_key = inspector.get_pk_constraint(table, schema=pg_schema)
+        assert primary_key["constrained_columns"] == ["client_id"]
+        indexes = inspector.get_indexes(table, schema=pg_schema)
+        assert {("software_id",), ("org_id",)} <= {tuple(ix["column_names"]) for ix in indexes}
+
+    def test_concurrent_first_use_by_many_processes(self, pg_store_factory):
+        """Eight 'processes' (own engines) racing to create the table all end up using it."""
+        stores = [pg_store_factory() for _ in range(8)]
+        errors = run_threads(
+            lambda n, store: store.add(make_client(f"racer-{n}", issued_at=n)),
+            list(enumerate(stores)),
+        )
+        assert errors == []
+        assert [c.client_id for c in stores[0].list()] == [f"racer-{n}" for n in range(8)]
+
+    def test_processes_share_one_table(self, pg_store_factory):
+        one, two = pg_store_factory(), pg_store_factory()
+        one.add(make_client("dup"))
+        with pytest.raises(ClientExists):
+            two.add(make_client("dup", issued_at=5))
+        assert two.get("dup") == make_client("dup")
+        two.replace(make_client("dup", updated_at=7))
+        assert one.get("dup").updated_at == 7
+        with pytest.raises(ClientNotFound):
+            two.replace(make_client("ghost"))
+        assert two.delete("dup") is True
+        assert one.delete("dup") is False
+
+    def test_table_prefix_isolates_deployments(self, pg_store_factory, table_prefix):
+        mine = pg_store_factory()
+        theirs = pg_store_factory(table_prefix=table_prefix + "other_")
+        mine.add(make_client("shared-id"))
+        theirs.add(make_client("shared-id"))  # no clash: another table
+        assert len(mine) == 1 and len(theirs) == 1
+        mine.delete("shared-id")
+        assert theirs.get("shared-id") is not None
+
+    def test_round_trip_of_text_jsonb_would_refuse(self, store):
+        awkward = make_client(
+            "awkward",
+            metadata={
+                "nul": "a\u0000b",  # JSONB refuses \u0000; JSON text keeps it
+                "astral": "\U0001f3e6 \u6771\u4eac",
+                "big": 2**62,
+                "float": 0.1,
+                "nested": {"z": [1, {"y": None}], "a": True},
+            },
+        )
+        store.add(awkward)
+        assert store.get("awkward") == awkward
+
+    def test_failed_transaction_leaves_nothing(self, store):
+        store.add(make_client("existing"))
+        with pytest.raises(ClientExists), store.transaction():
+            store.add(make_client("new-1"))
+            store.replace(make_client("existing", updated_at=9))
+            assert store.get("new-1") is not None  # visible inside the transaction
+            store.add(make_client("existing"))  # the duplicate in the middle
+            store.add(make_client("new-2"))  # never reached
+        assert store.get("new-1") is None
+        assert store.get("new-2") is None
+        assert store.get("existing") == make_client("existing")
+        assert len(store) == 1
+
+    def test_failed_write_caught_inside_a_transaction_still_spoils_it(self, store):
+        store.add(make_client("existing"))
+        with pytest.raises(StoreError, match="nothing was committed"), store.transaction():
+            store.add(make_client("new-1"))
+            with pytest.raises(ClientExists):
+                store.add(make_client("existing"))
+        assert [c.client_id for c in store.list()] == ["existing"]
+
+    def test_transaction_commits_all_writes_at_the_end(self, pg_store_factory):
+        store, observer = pg_store_factory(), pg_store_factory()
+        with store.transaction():
+            store.add(make_client("t-1", issued_at=1))
+            with store.transaction():  # nested: joins the outer one
+                store.add(make_client("t-2", issued_at=2))
+            assert observer.get("t-1") is None  # not committed yet
+        assert [c.client_id for c in observer.list()] == ["t-1", "t-2"]
+
+    def test_exception_inside_a_transaction_rolls_back(self, store):
+        with pytest.raises(RuntimeError, match="boom"), store.transaction():
+            store.add(make_client("t-1"))
+            raise RuntimeError("boom")
+        assert store.get("t-1") is None
+
+    def test_failed_single_write_leaves_nothing_and_the_store_recovers(self, store):
+        store.add(make_client("good"))
+        # PostgreSQL refuses NUL in text: the database itself fails these writes
+        with pytest.raises(sa.exc.DBAPIError):
+            store.add(make_client("bad", client_secret_hash="sha256:\u0000"))
+        with pytest.raises(sa.exc.DBAPIError):
+            store.replace(make_client("good", client_secret_hash="sha256:\u0000"))
+        assert store.get("bad") is None
+        assert store.get("good") == make_client("good")
+        store.add(make_client("after"))  # the pooled connection is clean again
+        assert len(store) == 2
+
+    def test_dropped_connections_are_replaced(self, pg_engine, pg_store_factory):
+        """pool_pre_ping: connections the server killed are not handed out."""
+        name = f"obdcr-{uuid.uuid4().hex[:8]}"
+        store = pg_store_factory(engine_options={"connect_args": {"application_name": name}})
+        store.add(make_client("before", issued_at=1))
+        with pg_engine.begin() as conn:
+            killed = conn.execute(
+                sa.text(
+                    "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
+                    " WHERE application_name = :name"
+                ),
+                {"name": name},
+            ).scalar()
+        assert killed >= 1
+        assert store.get("before") == make_client("before", issued_at=1)
+        store.add(make_client("after", issued_at=2))
+        assert len(store) == 2
+
+    def test_processes_racing_on_the_same_ids(self, pg_store_factory):
+        """8 'processes' (own pools) x 50 adds of the same ids: each id stored exactly once."""
+        stores = [pg_store_factory() for _ in range(8)]
+        stores[0].create_schema()
+        outcomes: list[tuple[str, str]] = []
+
+        def writer(n: int, store: SQLAlchemyStore) -> None:
+            for i in range(50):
+                try:
+                    store.add(make_client(f"same-{i}", issued_at=i, extra={"writer": n}))
+                    outcomes.append((f"same-{i}", "added"))
+                except ClientExists:
+                    outcomes.append((f"same-{i}", "exists"))
+
+        assert run_threads(writer, list(enumerate(stores))) == []
+        added = sorted(client_id for client_id, outcome in outcomes if outcome == "added")
+        assert added == sorted(f"same-{i}" for i in range(50))
+        assert len(outcomes) == 400
+        assert [c.client_id for c in stores[5].list()] == [f"same-{i}" for i in range(50)]
+
+    def test_forked_processes_get_their_own_connections(self, store):
+        """A pre-forking server: the parent used the store, then forks its workers."""
+        store.add(make_client("parent", issued_at=0))
+        ctx = multiprocessing.get_context("fork")
+        barrier = ctx.Barrier(4)
+        results = ctx.Queue()
+        children = [
+            ctx.Process(target=_forked_writer, args=(store, n, barrier, results)) for n in range(4)
+        ]
+        for child in children:
+            child.start()
+        outcomes = sorted(results.get(timeout=60) for _ in children)
+        for child in children:
+            child.join(timeout=60)
+        assert outcomes == [(n, "ok") for n in range(4)]
+        assert len(store) == 4 * 50 + 1
+        store.add(make_client("after", issued_at=99))  # the parent's pool still works
+        assert store.get("after") == make_client("after", issued_at=99)
+
+    def test_registration_through_the_app(self, store, ob_app_factory, ob_directory, ob_software):
+        app = ob_app_factory(store=store)
+        body = ob_directory.registration_request(ob_software, aud=ISSUER)
+        with app.test_client() as http:
+            response = http.post(
+                "/register",
+                data=body,
+                content_type="application/jwt",
+                environ_base=ob_software.environ(),
+            )
+        assert response.status_code == 201, response.get_json()
+        data = response.get_json()
+        stored = store.get(data["client_id"])
+        assert stored is not None and stored.software_id == ob_software.software_id
+        once = ("registration_access_token", "registration_client_uri")
+        assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
+
+
+def _forked_writer(store, n, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=30)
+        for i in range(50):
+            store.add(make_client(f"p{n}-{i}", issued_at=i))
+        results.put((n, "ok"))
+    except BaseException as exc:  # reported to the parent
+        results.put((n, f"{type(exc).__name__}: {exc}"))
+
+
+# -- SQLite URLs ---------------------------------------------------------------------------
+
+
+class TestSQLAlchemySQLiteStore(ClientStoreContract):
+    """The same class over ``sqlite://`` URLs: in memory (one shared connection) and a file."""
+
+    @pytest.fixture(params=["memory", "file"])
+    def store(self, request, tmp_path):
+        if request.param == "memory":
+            store = SQLAlchemyStore("sqlite://")
+        else:
+            store = SQLAlchemyStore(f"sqlite:///{tmp_path / 'clients.db'}")
+        yield store
+        store.close()
+
+    def test_failed_transaction_leaves_nothing(self, store):
+        store.add(make_client("a"))
+        with pytest.raises(ClientExists), store.transaction():
+            store.add(make_client("b"))
+            store.add(make_client("a"))
+        assert [c.client_id for c in store.list()] == ["a"]
+
+
+# -- configuration -------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["", "1abc", "a-b", "a b", "abc\n", 'a"b', "x" * 42, None])
+def test_table_prefix_is_checked(bad):
+    with pytest.raises(ValueError, match="table_prefix"):
+        SQLAlchemyStore("sqlite://", table_prefix=bad)
+
+
+def test_repr_hides_the_password():
+    store = SQLAlchemyStore("postgresql+psycopg://obdcr:hunter2@db.example:5432/obdcr")
+    assert "hunter2" not in repr(store)
+    assert "db.example" in repr(store)
+
+
+def test_engine_is_shared_not_disposed(tmp_path):
+    engine = make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+    store = SQLAlchemyStore(engine)
+    tokens = store.token_store()
+    assert store.engine is engine and tokens.engine is engine
+    assert engine.pool._pre_ping
+    store.add(make_client())
+    store.close()  # not ours to dispose of
+    assert store.get("client-1") == make_client()
+    with pytest.raises(TypeError, match="engine_options"):
+        SQLAlchemyStore(engine, engine_options={"pool_size": 1})
+    engine.dispose()
+
+
+# -- SQLAlchemyTokenStore ------------------------------------------------------------------
+
+
+@pytest.fixture(params=["postgresql", "sqlite"])
+def token_store(request, tmp_path, table_prefix):
+    clock = FrozenClock(1_000_000)
+    if request.param == "postgresql":
+        base = request.getfixturevalue("pg_store_factory")()
+        tokens = base.token_store(clock=clock)
+        assert tokens.engine is base.engine  # one pool for clients and tokens
+    else:
+        tokens = SQLAlchemyTokenStore(f"sqlite:///{tmp_path / 't.db'}", clock=clock)
+    yield tokens
+    tokens.close()
+
+
+def test_token_store(token_store):
+    clock = token_store.clock
+    fields = {"client_id": "c1", "scope": "accounts", "issued_at": 1_000_000}
+    token_store.save("tok-a", expires_at=1_000_300, x5t_s256="thumb", **fields)
+    token_store.save("tok-b", expires_at=1_000_100, **fields)
+    token_store.save("tok-c", expires_at=1_000_300, **{**fields, "client_id": "c2"})
+    record = token_store.find("tok-a")
+    assert record is not None and record.cnf == {"x5t#S256": "thumb"}
+    assert record.client_id == "c1" and record.scope == "accounts"
+    assert token_store.find("tok-a" + "x") is None
+    # saving the same token again overwrites it
+    token_store.save("tok-a", expires_at=1_000_400, **{**fields, "scope": "payments"})
+    assert token_store.find("tok-a").scope == "payments"
+    clock.advance(100)
+    assert token_store.find("tok-b") is None  # expired
+    assert token_store.purge_expired() == 1
+    token_store.revoke("tok-c")
+    assert token_store.find("tok-c") is None
+    assert token_store.revoke_client("c1") == 1
+    assert token_store.find("tok-a") is None
