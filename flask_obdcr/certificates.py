@@ -28,6 +28,7 @@ from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import Encoding
@@ -91,7 +92,7 @@ def _load_certificate_cached(data: str | bytes) -> x509.Certificate:
 
 @functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
 def _load_der_cached(der: bytes) -> x509.Certificate:
-    return x509.load_der_x509_certificate(der)
+    return _fully_parsed(x509.load_der_x509_certificate(der))
 
 
 def _load_certificate(data: str | bytes) -> x509.Certificate:
@@ -108,8 +109,8 @@ def _load_certificate(data: str | bytes) -> x509.Certificate:
         # possibly after text such as openssl's "subject=..." or "Bag Attributes" lines.
         if raw[:1] == b"\x30":
             try:
-                return x509.load_der_x509_certificate(raw)
-            except ValueError as exc:
+                return _fully_parsed(x509.load_der_x509_certificate(raw))
+            except (ValueError, x509.InvalidVersion) as exc:
                 if b"-----BEGIN" not in raw:
                     raise ValueError(f"not a DER certificate: {exc}") from None
         return _load_pem(raw.strip())
@@ -120,9 +121,28 @@ def _load_pem(raw: bytes) -> x509.Certificate:
     if not raw:
         raise ValueError("not a certificate: empty input")
     try:
-        return x509.load_pem_x509_certificate(raw)
-    except ValueError as exc:
+        return _fully_parsed(x509.load_pem_x509_certificate(raw))
+    except (ValueError, x509.InvalidVersion) as exc:
         raise ValueError(f"not a PEM certificate: {exc}") from None
+
+
+def _fully_parsed(certificate: x509.Certificate) -> x509.Certificate:
+    """cryptography decodes names, the key and the extensions lazily, on first use: decode
+    them now, so a malformed certificate is refused here, not by a crash in a later check."""
+    try:
+        certificate.subject.rfc4514_string()
+        certificate.issuer.rfc4514_string()
+        certificate.public_key()
+        certificate.extensions  # noqa: B018
+    except (
+        ValueError,
+        TypeError,
+        UnsupportedAlgorithm,
+        x509.DuplicateExtension,
+        x509.UnsupportedGeneralNameType,
+    ) as exc:
+        raise ValueError(f"malformed certificate: {type(exc).__name__}: {exc}") from None
+    return certificate
 
 
 # --------------------------------------------------------------------------------------------
@@ -189,8 +209,8 @@ def _parse_rfc9440(value: Any, header: str) -> x509.Certificate:
         der = base64.b64decode(b64 + "=" * (-len(b64) % 4), validate=True)
         if len(der) <= _CERT_CACHE_MAX_INPUT:
             return _load_der_cached(der)
-        return x509.load_der_x509_certificate(der)
-    except (ValueError, binascii.Error) as exc:
+        return _fully_parsed(x509.load_der_x509_certificate(der))
+    except (ValueError, binascii.Error, x509.InvalidVersion) as exc:
         raise InvalidClient(_UNPARSEABLE, detail=f"{header}: {exc}") from exc
 
 

@@ -11,9 +11,11 @@ from ..errors import InvalidRedirectURI
 from .base import RegistrationContext, claim_strings
 
 MAX_URI_LENGTH = 256
+_VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
 def _is_local(host: str) -> bool:
+    host = host.rstrip(".")  # "localhost." is the fully qualified "localhost"
     if host == "localhost" or host.endswith(".localhost"):
         return True
     try:
@@ -22,6 +24,8 @@ def _is_local(host: str) -> bool:
         address = _legacy_ipv4(host)
         if address is None:
             return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # ::ffff:127.0.0.1 is not is_loopback before Python 3.13
     return address.is_loopback or address.is_unspecified
 
 
@@ -44,6 +48,9 @@ class RedirectURIs:
             raise InvalidRedirectURI("redirect_uris must be a non-empty list of https URIs.")
         registered = claim_strings(context.ssa_claims.get("software_redirect_uris")) or []
         for uri in uris:
+            # urlsplit silently drops tabs and newlines: refuse anything but visible ASCII
+            if not _VISIBLE_ASCII.fullmatch(uri):
+                raise InvalidRedirectURI(f"{uri[:100]!r} contains characters a URI may not.")
             try:
                 parts = urlsplit(uri)
                 host = (parts.hostname or "").lower()
