@@ -30,6 +30,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check flask_obdcr example_app tests benchmarks
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e ".[bench]"
 	$(BIN)/python benchmarks/registration.py
 
 clean:

@@ -11,7 +11,6 @@ import base64
 import binascii
 import json
 import math
-import re
 from collections.abc import Iterable
 from typing import Any
 
@@ -22,7 +21,6 @@ from jwcrypto.jwa import JWA
 #: header parameters that carry or point at key material (RFC 7515 section 4.1)
 KEY_BEARING_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
 
-_COMPACT_RE = re.compile(r"^[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+$")
 _B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 
 
@@ -69,9 +67,9 @@ def _json_object(segment: str, what: str) -> dict[str, Any]:
 
 
 def _is_compact(token: str) -> bool:
-    """``_COMPACT_RE.match(token)`` (three non-empty base64url parts; the ``$`` also lets one
-    trailing newline through), several times faster on a 4 kB token than the regex."""
-    text = token[:-1] if token.endswith("\n") else token
+    """Three non-empty base64url parts and nothing else (not even a trailing newline);
+    several times faster on a 4 kB token than a regex."""
+    text = token
     try:
         ascii_text = text.encode("ascii")
     except UnicodeEncodeError:
@@ -104,6 +102,13 @@ def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> None:
     verifies it.
     """
     keys = list(keys)
+    size = _EC_SIGNATURE_BYTES.get(alg)
+    if size is not None and isinstance(token, str):
+        # R || S of fixed width (RFC 7518 3.4): refuse other lengths, which jwcrypto would
+        # split in half and could verify (a malleable signature)
+        signature_b64 = token.rpartition(".")[2]
+        if len(b64url_decode(signature_b64)) != size:
+            raise BadSignature(f"an {alg} signature is {size} bytes")
     fast = _plain_compact(token, alg, keys)
     if fast is not None:
         signing_input, signature = fast
@@ -153,6 +158,7 @@ _ALG_KTY: dict[str, str] = {
     **{alg: "EC" for alg in ("ES256", "ES384", "ES512")},
 }
 _ENGINES: dict[str, Any] = {}
+_EC_SIGNATURE_BYTES = {"ES256": 64, "ES384": 96, "ES512": 132}
 _B64URL_VALUE = {char: value for value, char in enumerate(_B64URL_ALPHABET.decode())}
 
 
