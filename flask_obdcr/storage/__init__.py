@@ -30,4 +30,8 @@ def __getattr__(name: str):  # PEP 562: the SQLAlchemy backend needs the `postgr
         from . import sqlalchemy
 
         return getattr(sqlalchemy, name)
+    if name == "LDAPStore":  # PEP 562: the LDAP backend needs the `ldap` extra (ldap3)
+        from . import ldap
+
+        return ldap.LDAPStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
