@@ -9,9 +9,12 @@ child process (its own session: the whole process group is signalled), with guni
 terminating TLS and asking for client certificates (``--cert-reqs 1``).
 
 * burst: 8 client threads x ``PER_CLIENT`` registrations with distinct jtis, over SQLite
-  (sync workers, per-worker replay cache; gthread workers with Redis) and PostgreSQL (with
-  Redis, ``--preload``): every response is 201, the client_ids are distinct, the store holds
-  exactly those clients, each one complete and equal to what the 201 said.
+  (sync workers, per-worker replay cache; gthread workers with Redis) and PostgreSQL (gthread,
+  Redis): every response is 201 (no 5xx, no "database is locked"), the client_ids are
+  distinct, the store holds exactly those clients, each one complete and equal to what the 201
+  said; the access log shows several workers answered; with Redis a replay is refused by
+  every worker. The ``--preload`` variants build the app and use its stores in the master
+  before fork (tests/concurrency_bank.py): workers must not reuse the master's connections.
 * kill -9: the same burst, SIGKILL to the whole gunicorn process group once some 201s are in,
   restart on the same store: every acknowledged client is there, every stored record is whole
   and belongs to exactly one request sent, the restarted bank serves them.
@@ -46,7 +49,12 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from jwcrypto import jwk
 
-pytest.importorskip("gunicorn")
+try:
+    import gunicorn  # noqa: F401 - the `test` extra installs it
+except ImportError:  # pragma: no cover
+    if os.environ.get("CI"):
+        raise
+    pytest.skip("gunicorn is not installed (pip install -e '.[test]')", allow_module_level=True)
 if not hasattr(os, "killpg"):  # pragma: no cover
     pytest.skip("needs POSIX process groups", allow_module_level=True)
 
@@ -67,12 +75,14 @@ REDIS_URL = os.environ.get("OBDCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 ISSUER = "https://anybank.concurrency.test"
 REDIRECT_URI = "https://tpp.example.com/cb"
 CLIENTS = 8
-PER_CLIENT = 12
+PER_CLIENT = 15
 #: the kill test: registrations queued per client, and how many 201s before the SIGKILL
 KILL_PER_CLIENT = 20
 KILL_AFTER = 40
 METHODS = ("private_key_jwt", "tls_client_auth", "client_secret_basic")
 HTTP_TIMEOUT = (5, 30)  # connect, read
+#: gunicorn's access log: status, worker pid, method, path
+ACCESS_FORMAT = "access %(s)s pid=%(p)s %(m)s %(U)s"
 START_TIMEOUT = 30.0
 BURST_TIMEOUT = 60.0
 
@@ -224,6 +234,7 @@ class Gunicorn:
     process group. Its output goes to ``log``."""
 
     LISTENING = re.compile(rb"Listening at: https://127\.0\.0\.1:(\d+)")
+    ACCESS = re.compile(r"^access (\d{3}) pid=<?(\d+)>? (\S+) (\S+)$", re.MULTILINE)
 
     def __init__(
         self,
@@ -256,7 +267,10 @@ class Gunicorn:
     def start(self) -> str:
         self.starts += 1
         cert, key = self.directory.bank_cert
-        app = f"example_app.wsgi:gunicorn_tls(instance_path={str(self.instance)!r})"
+        if self.preload:  # the app built, and its stores used, in the master (see the module)
+            app = f"concurrency_bank:warm_bank(instance_path={str(self.instance)!r})"
+        else:
+            app = f"example_app.wsgi:gunicorn_tls(instance_path={str(self.instance)!r})"
         args = [
             sys.executable, "-m", "gunicorn", app,
             "--bind", "127.0.0.1:0",
@@ -267,13 +281,15 @@ class Gunicorn:
             "--graceful-timeout", "5",
             "--certfile", cert, "--keyfile", key,
             "--ca-certs", self.directory.ca_bundle, "--cert-reqs", "1",
+            "--access-logfile", "-", "--access-logformat", ACCESS_FORMAT,
         ]  # fmt: skip
         if self.preload:
             args.append("--preload")
         if _gunicorn_accepts("control_socket_disable"):
             args.append("--no-control-socket")  # gunicorn 25+: no socket file in ~/.gunicorn
         env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+        path = (str(REPO), str(REPO / "tests"), env.get("PYTHONPATH"))
+        env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
         with open(self.log, "wb") as log:
             self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
                 args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
@@ -285,6 +301,15 @@ class Gunicorn:
             self.kill()
             raise
         return self.url
+
+    def served(self, method: str, path: str) -> Counter:
+        """(status, worker pid) of every ``method path`` request, from the access log."""
+        text = self.log.read_text(errors="replace")
+        return Counter(
+            (int(status), int(pid))
+            for status, pid, m, p in self.ACCESS.findall(text)
+            if (m, p) == (method, path)
+        )
 
     def _wait_until_serving(self) -> str:
         deadline = time.monotonic() + START_TIMEOUT
@@ -329,6 +354,7 @@ class Gunicorn:
         self.process = None
 
     def stop(self) -> None:
+        """SIGTERM (a graceful shutdown), then SIGKILL for whatever is left."""
         if self.process is None:
             return
         self._signal_group(signal.SIGTERM)
@@ -339,15 +365,39 @@ class Gunicorn:
         self.kill()
 
     def _wait_group_gone(self) -> None:
-        # workers orphaned by the master's death are reaped by init; give them a moment
+        """Until no process of the group is alive (zombies hold no socket, file or lock: the
+        orphaned workers are reaped by whatever init there is, if at all)."""
         deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            try:
-                os.killpg(self.process.pid, 0)
-            except ProcessLookupError:
-                return
+        while _group_alive(self.process.pid):
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"gunicorn's process group {self.process.pid} survived SIGKILL"
+                )
             self._signal_group(signal.SIGKILL)
             time.sleep(0.05)
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of group ``pgid`` is alive (not a zombie)."""
+    if not os.path.isdir("/proc/self"):  # not Linux: zombies count as alive
+        try:
+            os.killpg(pgid, 0)
+        except ProcessLookupError:
+            return False
+        return True
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry.name}/stat", "rb") as handle:
+                stat = handle.read()
+        except OSError:
+            continue  # gone meanwhile
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat[stat.rindex(b")") + 2 :].split()
+        if int(fields[2]) == pgid and fields[0] != b"Z":
+            return True
+    return False
 
 
 @pytest.fixture
@@ -491,15 +541,18 @@ class Burst:
 
     def _post_all(self, batch: list[Attempt], barrier: threading.Barrier) -> None:
         with requests.Session() as session:
+            # not session.verify: requests lets REQUESTS_CA_BUNDLE override that one
+            session.trust_env = False
             session.cert = batch[0].tpp.cert
-            session.verify = self.ca_bundle
             barrier.wait(timeout=30)
             for attempt in batch:
                 try:
                     response = session.post(
                         f"{self.url}/register",
                         data=attempt.body,
-                        headers={"Content-Type": "application/jwt"},
+                        # a new TLS connection each time: any worker may take the next one
+                        headers={"Content-Type": "application/jwt", "Connection": "close"},
+                        verify=self.ca_bundle,
                         timeout=HTTP_TIMEOUT,
                     )
                 except requests.RequestException as exc:
@@ -601,7 +654,7 @@ def assert_sqlite_intact(path: Path) -> None:
 # -- the tests -------------------------------------------------------------------------------
 
 VARIANTS = [
-    pytest.param("sqlite", False, 2, 1, False, id="sqlite-sync2"),
+    pytest.param("sqlite", False, 2, 1, True, id="sqlite-sync2-preload"),
     pytest.param("sqlite", True, 3, 2, False, id="sqlite-gthread3x2-redis"),
     pytest.param("postgres", True, 2, 4, True, id="postgres-gthread2x4-redis-preload"),
 ]
@@ -669,11 +722,22 @@ def test_concurrent_registrations_are_all_stored_once(
                 assert len(store) == total
         finally:
             store.close()
-        # "error" lines would be 5xx or worker crashes that the statuses did not show
-        assert b"Traceback" not in server.log.read_bytes(), server.log_tail()
     finally:
         server.stop()
-    print(f"\n{request.node.callspec.id}: {total} registrations in {burst.elapsed:.2f} s")
+    # its log, complete once it has stopped: no worker crashed or logged an error...
+    assert b"Traceback" not in server.log.read_bytes(), server.log_tail()
+    assert b"[ERROR]" not in server.log.read_bytes(), server.log_tail()
+    # ...and the workers really shared the burst: several of them answered it
+    served = server.served("POST", "/register")
+    expected = total + (CLIENTS if with_redis else 0)  # the replays
+    assert sum(served.values()) == expected
+    assert {status for status, _pid in served} == ({201, 400} if with_redis else {201})
+    pids = Counter(pid for (status, pid), n in served.items() for _ in range(n) if status == 201)
+    assert 2 <= len(pids) <= workers, pids
+    print(
+        f"\n{request.node.callspec.id}: {total} registrations in {burst.elapsed:.2f} s,"
+        f" per worker {sorted(pids.values())}"
+    )
 
 
 KILL_VARIANTS = [
@@ -744,12 +808,13 @@ def test_kill_9_mid_burst_loses_no_acknowledged_client(
                 session = sessions.get(attempt.tpp.software_id)
                 if session is None:
                     session = sessions[attempt.tpp.software_id] = requests.Session()
-                    session.cert, session.verify = attempt.tpp.cert, directory.ca_bundle
+                    session.trust_env, session.cert = False, attempt.tpp.cert
                 read = session.get(
                     f"{url}/register/{attempt.client_id}",
                     headers={
                         "Authorization": f"Bearer {attempt.response['registration_access_token']}"
                     },
+                    verify=directory.ca_bundle,
                     timeout=HTTP_TIMEOUT,
                 )
                 assert read.status_code == 200, read.text
