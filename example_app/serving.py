@@ -30,13 +30,14 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import ssl
 import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
+from werkzeug.serving import BaseWSGIServer, make_server
+
+from flask_obdcr.testing.server import ConnectionTracker, TrackedRequestHandler
 
 __all__ = [
     "GunicornClientCertMiddleware",
@@ -76,49 +77,11 @@ def tls_context(
 # -- Werkzeug's server in a thread -------------------------------------------------------------
 
 
-class _Handler(WSGIRequestHandler):
-    """Werkzeug's handler; idle keep-alive connections time out, open ones are tracked so that
-    ``stop()`` can cut them, and the request log goes to the ``werkzeug`` logger as usual."""
+class _Handler(TrackedRequestHandler):
+    """Werkzeug's handler with the request log as usual; idle keep-alive connections time
+    out, open ones are tracked so that ``stop()`` can cut them."""
 
     timeout = 30
-
-    def setup(self) -> None:
-        super().setup()
-        tracker = getattr(self.server, "_anybank_connections", None)
-        if tracker is not None:
-            tracker.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            tracker = getattr(self.server, "_anybank_connections", None)
-            if tracker is not None:
-                tracker.discard(self.connection)
-
-
-class _Connections:
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._open: set[socket.socket] = set()
-
-    def add(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._open.add(connection)
-
-    def discard(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._open.discard(connection)
-
-    def close_all(self) -> None:
-        with self._lock:
-            connections = list(self._open)
-        for connection in connections:
-            try:
-                # the plain socket's shutdown: the handler's blocked read sees EOF and ends
-                socket.socket.shutdown(connection, socket.SHUT_RDWR)
-            except OSError:
-                pass
 
 
 class TLSServer:
@@ -150,7 +113,7 @@ class TLSServer:
             request_handler=_Handler,
             ssl_context=ssl_context,
         )
-        self._server._anybank_connections = _Connections()  # type: ignore[attr-defined]
+        self._server.connection_tracker = ConnectionTracker()  # type: ignore[attr-defined]
         self.port: int = self._server.port
         self.scheme = "https" if ssl_context is not None else "http"
         self._thread: threading.Thread | None = None
@@ -188,7 +151,7 @@ class TLSServer:
         if thread is not None:
             server.shutdown()  # returns once serve_forever has returned
             thread.join(timeout=5)
-        server._anybank_connections.close_all()  # type: ignore[attr-defined]
+        server.connection_tracker.shutdown_all()  # type: ignore[attr-defined]
         server.server_close()
 
     @property

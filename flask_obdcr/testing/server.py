@@ -63,28 +63,10 @@ class RecordedRequest:
     headers: Mapping[str, str] = field(default_factory=dict)
 
 
-class _Handler(WSGIRequestHandler):
-    """Werkzeug's handler, logging quietly and tracking open connections for ``stop()``."""
+class ConnectionTracker:
+    """The connections a Werkzeug server has open, so that ``stop()`` can cut them (a
+    kept-alive connection would otherwise hold its handler thread past shutdown)."""
 
-    def setup(self) -> None:
-        super().setup()
-        tracker = getattr(self.server, "_obdcr_tracker", None)
-        if tracker is not None:
-            tracker.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            tracker = getattr(self.server, "_obdcr_tracker", None)
-            if tracker is not None:
-                tracker.discard(self.connection)
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        log.debug("%s: " + message, self.address_string(), *args)
-
-
-class _ConnectionTracker:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._connections: set[socket.socket] = set()
@@ -108,6 +90,32 @@ class _ConnectionTracker:
                 socket.socket.shutdown(connection, socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class TrackedRequestHandler(WSGIRequestHandler):
+    """Werkzeug's handler, registering its connection with the server's ``connection_tracker``
+    (a :class:`ConnectionTracker`, when the server has one)."""
+
+    def setup(self) -> None:
+        super().setup()
+        tracker = getattr(self.server, "connection_tracker", None)
+        if tracker is not None:
+            tracker.add(self.connection)
+
+    def finish(self) -> None:
+        try:
+            super().finish()
+        finally:
+            tracker = getattr(self.server, "connection_tracker", None)
+            if tracker is not None:
+                tracker.discard(self.connection)
+
+
+class _Handler(TrackedRequestHandler):
+    """Logging quietly: test output stays readable."""
+
+    def log(self, type: str, message: str, *args: Any) -> None:
+        log.debug("%s: " + message, self.address_string(), *args)
 
 
 def server_ssl_context(
@@ -158,7 +166,7 @@ class _LoopbackServer:
         self._ssl_context = ssl_context
         self._server: BaseWSGIServer | None = None
         self._thread: threading.Thread | None = None
-        self._tracker = _ConnectionTracker()
+        self._tracker = ConnectionTracker()
         self._port: int | None = None
         #: the raw path (with query) of every request received, in order
         self.requests: list[str] = []
@@ -181,7 +189,7 @@ class _LoopbackServer:
             request_handler=_Handler,
             ssl_context=self._ssl_context,
         )
-        server._obdcr_tracker = self._tracker  # type: ignore[attr-defined]
+        server.connection_tracker = self._tracker  # type: ignore[attr-defined]
         self._server = server
         self._port = server.port
         self._thread = threading.Thread(
