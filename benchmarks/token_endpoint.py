@@ -1,0 +1,341 @@
+"""Token endpoint requests per second with private_key_jwt: flask-obdcr against node-oidc-provider.
+
+The same set-up as ``http_registration.py`` (wrk with ``benchmarks/wrk/post_lines.lua``, both
+servers side by side on loopback, 1 and 8 connections), for ``POST /token`` with
+``grant_type=client_credentials`` and a ``private_key_jwt`` client assertion (RFC 7523,
+PS256, a different ``jti`` on every call: both servers refuse a replayed assertion):
+
+* **flask-obdcr**: the example bank under gunicorn behind an (imagined) nginx, the client
+  certificate in ``X-SSL-Client-Cert``. The client was registered through ``POST /register``
+  first; its keys come from the software's JWKS at the sandbox Directory (HTTPS), fetched once
+  per worker and then cached (warm: the warm-up run fills the cache). Per call: the bank checks
+  the transport certificate's chain, verifies the assertion with the cached key, looks the
+  client up in the store, checks the jti, issues an access token bound to the certificate
+  (RFC 8705 ``cnf``) and stores it (hashed) in the same database as the clients.
+* **node-oidc-provider**: ``features.clientCredentials``, the client registered through its
+  registration endpoint with the same public key inline (``jwks``); per call it verifies the
+  assertion, checks the jti and stores an opaque token in its in-memory adapter.
+
+Assertions are signed before each cell (signing is the client's cost) with ``exp`` 10 minutes
+ahead (flask-obdcr refuses longer-lived ones).
+
+    .venv/bin/python benchmarks/token_endpoint.py
+    .venv/bin/python benchmarks/token_endpoint.py --only flask-sqlite --connections 8
+
+Output: a markdown table on stdout, ``benchmarks/out/token_endpoint.{json,png}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import requests
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from http_registration import (  # noqa: E402
+    CERT_HEADER,
+    DEFAULT_PG_URL,
+    ISSUER,
+    OUT_DIR,
+    REDIRECT_URIS,
+    Cell,
+    GunicornOptions,
+    Load,
+    Onboarded,
+    Processes,
+    _init_signer,
+    chart,
+    git_version,
+    node_registration_metadata,
+    onboard,
+    parallel_sign,
+    platform_node_version,
+    registration_claims,
+    require_tools,
+    run_undisturbed,
+    run_wrk,
+    sign_ps256,
+    start_bank,
+    start_directory,
+    start_node,
+    table,
+    wait_for_quiet,
+)
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_LIFETIME = 600  # flask-obdcr's MAX_ASSERTION_LIFETIME
+SCOPE = "accounts"
+
+WORK = {
+    "node-oidc-provider": "PS256 verification; opaque token in memory",
+    "flask-obdcr": (
+        "PS256 verification + certificate chain check; certificate-bound token, durable store"
+    ),
+}
+
+
+def _sign_assertion_chunk(args: tuple[str, str, int, int]) -> list[str]:
+    client_id, aud, count, now = args
+    lines = []
+    for _ in range(count):
+        assertion = sign_ps256(
+            {
+                "iss": client_id,
+                "sub": client_id,
+                "aud": aud,
+                "jti": str(uuid.uuid4()),
+                "iat": now,
+                "exp": now + ASSERTION_LIFETIME - 10,
+            }
+        )
+        lines.append(
+            urlencode(
+                {
+                    "grant_type": "client_credentials",
+                    "scope": SCOPE,
+                    "client_assertion_type": ASSERTION_TYPE,
+                    "client_assertion": assertion,
+                }
+            )
+        )
+    return lines
+
+
+def write_assertions(tpp: Onboarded, path: Path, client_id: str, aud: str, count: int) -> None:
+    now = int(time.time())
+    chunk = 1000
+    chunks = [(client_id, aud, min(chunk, count - s), now) for s in range(0, count, chunk)]
+    with open(path, "w") as handle:
+        for lines in parallel_sign(_sign_assertion_chunk, tpp, chunks):
+            handle.write("\n".join(lines) + "\n")
+
+
+def register_at_bank(url: str, tpp: Onboarded) -> str:
+    _init_signer(tpp.signing_key_pem, tpp.signing_kid)
+    body = sign_ps256(registration_claims(tpp, aud=ISSUER, now=int(time.time()), lifetime=300))
+    response = requests.post(
+        url + "/register",
+        data=body,
+        headers={"Content-Type": "application/jwt", CERT_HEADER: tpp.escaped_transport_pem},
+        timeout=30,
+    )
+    if response.status_code != 201:
+        raise SystemExit(f"registration at the bank: {response.status_code} {response.text}")
+    return response.json()["client_id"]
+
+
+def register_at_node(url: str, tpp: Onboarded) -> str:
+    metadata = node_registration_metadata(tpp, 0)
+    metadata.update(grant_types=["client_credentials"], response_types=[], scope=SCOPE)
+    metadata.pop("redirect_uris", None)
+    response = requests.post(url + "/reg", json=metadata, timeout=30)
+    if response.status_code != 201:
+        raise SystemExit(f"registration at oidc-provider: {response.status_code} {response.text}")
+    return response.json()["client_id"]
+
+
+def run_cell(
+    args: argparse.Namespace,
+    work: Path,
+    tpp: Onboarded,
+    server: dict[str, Any],
+    target: str,
+    conns: int,
+    repeat: int,
+) -> Cell:
+    """Fresh assertions, a warm-up run and a measured run against a running server."""
+    path = work / f"assertions-{target}.form"
+    t0 = time.perf_counter()
+    write_assertions(tpp, path, server["client_id"], server["aud"], server["count"])
+    server["signed_in"] = time.perf_counter() - t0
+    warm_lines = server["count"] // 4
+    if args.quiet_wait > 0:
+        wait_for_quiet(args.quiet_wait)
+    form = "application/x-www-form-urlencoded"
+    header = server["header"]
+    warm = Load(server["url"], "/token", path, 0, warm_lines, form, 200, *header)
+    measured = Load(
+        server["url"], "/token", path, warm_lines, server["count"] - warm_lines, form, 200, *header
+    )
+    if args.warmup > 0:
+        run_wrk(warm, connections=conns, duration=args.warmup)
+    result = run_wrk(
+        measured, connections=conns, duration=args.duration, server_pid=server["process"].pid
+    )
+    cell = Cell(
+        target if target.startswith("node") else "flask-obdcr",
+        server["store"],
+        server["setup"],
+        conns,
+        repeat,
+        result,
+    )
+    print(
+        f"  {cell.label:32} c={conns:<2} {result.good_rps:8.0f} req/s"
+        f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
+        f"  server CPU {result.server_cpu_us_per_request:6.0f} us/req  non-200: {result.bad}"
+        f"  other load {result.other_cpu_cores:.2f} cores  (signed in {server['signed_in']:.0f} s)"
+        + (" (ran out of assertions)" if result.wrapped else ""),
+        file=sys.stderr,
+    )
+    return cell
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=12.0)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--connections", default="1,8")
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument(
+        "--only", action="append", choices=["node-oidc-provider", "flask-sqlite", "flask-postgres"]
+    )
+    parser.add_argument(
+        "--gunicorn",
+        default="gthread:2x4",
+        help="sync:N (N sync workers) or gthread:NxT; default gthread:2x4",
+    )
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
+    parser.add_argument("--redis-url", default=None)
+    parser.add_argument(
+        "--assertions-flask",
+        type=int,
+        default=20000,
+        help="assertions signed per flask-obdcr cell (warm-up + measured)",
+    )
+    parser.add_argument(
+        "--assertions-node",
+        type=int,
+        default=60000,
+        help="assertions signed per node-oidc-provider cell",
+    )
+    parser.add_argument("--quiet-wait", type=float, default=120.0)
+    parser.add_argument("--max-other-load", type=float, default=0.3)
+    parser.add_argument("--retries", type=int, default=3)
+    args = parser.parse_args(argv)
+
+    # what run_undisturbed reads
+    plan = argparse.Namespace(max_other_load=args.max_other_load, retries=args.retries)
+    targets = args.only or ["node-oidc-provider", "flask-sqlite", "flask-postgres"]
+    connections = [int(c) for c in args.connections.split(",")]
+    gunicorn = GunicornOptions.parse(args.gunicorn)
+    require_tools(node="node-oidc-provider" in targets)
+    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="obdcr-token-bench-"))
+    cells: list[Cell] = []
+    try:
+        with Processes() as procs:
+            directory_url, ca_file = start_directory(procs, work)
+            tpp = onboard(directory_url, ca_file)
+            header_file = work / "client-cert.header"
+            header_file.write_text(tpp.escaped_transport_pem)
+            # every server up at once (idle servers cost nothing), so the cells can alternate
+            servers: dict[str, dict[str, Any]] = {}
+            for target in targets:
+                if target == "node-oidc-provider":
+                    process, url = start_node(procs, work)
+                    client_id = register_at_node(url, tpp)
+                    servers[target] = dict(
+                        process=process,
+                        url=url,
+                        client_id=client_id,
+                        aud=f"{url}/token",
+                        count=args.assertions_node,
+                        header=(None, None),
+                        store="memory",
+                        setup=f"node {platform_node_version()}, 1 process",
+                    )
+                else:
+                    store = target.removeprefix("flask-")
+                    process, url = start_bank(
+                        procs,
+                        work,
+                        tpp,
+                        store=store,
+                        gunicorn=gunicorn,
+                        pg_url=args.pg_url,
+                        redis_url=args.redis_url,
+                    )
+                    client_id = register_at_bank(url, tpp)
+                    servers[target] = dict(
+                        process=process,
+                        url=url,
+                        client_id=client_id,
+                        aud=ISSUER,
+                        count=args.assertions_flask,
+                        header=(CERT_HEADER, header_file),
+                        store=store,
+                        setup=gunicorn.describe() + (", Redis caches" if args.redis_url else ""),
+                    )
+            for repeat in range(args.repeat):
+                for conns in connections:
+                    for target in targets:
+                        cell = run_undisturbed(
+                            plan,
+                            lambda t=target, c=conns, r=repeat: run_cell(
+                                args, work, tpp, servers[t], t, c, r
+                            ),
+                        )
+                        cells.append(cell)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    duration = args.duration
+    print()
+    print(
+        f"Token endpoint, client_credentials with private_key_jwt (PS256), over HTTP on"
+        f" loopback ({os.cpu_count()} cores, wrk, {duration:g} s per cell after"
+        f" {args.warmup:g} s warm-up, median of {args.repeat}); successful (200) only."
+    )
+    print()
+    print(table(cells, work=WORK, noun="token request"))
+    print()
+    print(
+        "flask-obdcr does more per token request: it also checks the transport certificate's"
+        " chain (mutual TLS behind the proxy), binds the token to the certificate and stores"
+        " it durably; both verify the PS256 assertion with a cached key and check its jti."
+    )
+    record = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "node": platform_node_version(),
+            "git": git_version(),
+        },
+        "options": vars(args),
+        "redirect_uris": REDIRECT_URIS,
+        "cells": [
+            {
+                **{k: v for k, v in asdict(c).items() if k != "result"},
+                "label": c.label,
+                **asdict(c.result),
+                "good_rps": c.result.good_rps,
+                "server_cpu_us_per_request": c.result.server_cpu_us_per_request,
+            }
+            for c in cells
+        ],
+    }
+    (OUT_DIR / "token_endpoint.json").write_text(json.dumps(record, indent=1))
+    chart(
+        cells,
+        OUT_DIR / "token_endpoint.png",
+        "client_credentials + private_key_jwt over HTTP (loopback)",
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
