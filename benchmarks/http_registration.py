@@ -18,23 +18,30 @@ Both servers run side by side on this machine, driven by the same load generator
   its in-memory adapter; JSON metadata (the same metadata, with the software's public keys
   inline as ``jwks``, without a software statement), no signature and no certificate to check.
 
+* **Flask no-op POST** (``--only flask-noop``, not run by default): the same gunicorn and Flask
+  with a handler that reads the body and answers 201, the ceiling of the web stack here.
+
 flask-obdcr does strictly more work per request (two signature verifications, a certificate
 chain check, a durable store); the table says so. Requests are built and signed before the
 timed runs (signing is the TPP's cost), one per line of a file the Lua script reads; each cell
-gets a fresh server (so a fresh jti replay cache), a warm-up run, then a measured run.
+gets a fresh server (so a fresh jti replay cache), a warm-up run, then a measured run. Before
+each cell the script waits for the machine to be idle, and runs a cell again when other work
+took more than ``--max-other-load`` cores during it; the table shows that load and the server's
+CPU time per request (which other work hardly changes).
 
     .venv/bin/python benchmarks/http_registration.py                 # the full comparison
     .venv/bin/python benchmarks/http_registration.py --duration 15 --repeat 2
-    .venv/bin/python benchmarks/http_registration.py --only flask-sqlite --connections 8 \\
-        --workers 3 --worker-class gthread --threads 2            # try a gunicorn setting
-    .venv/bin/python benchmarks/http_registration.py --profile       # py-spy: where time goes
+    .venv/bin/python benchmarks/http_registration.py --only flask-sqlite --only flask-noop \
+        --connections 8 --gunicorn sync:2,gthread:2x4,gthread:4x2 --tag sweep
+    .venv/bin/python benchmarks/http_registration.py --profile --gunicorn sync:2   # py-spy
 
-Needs: ``wrk`` (``apt-get install wrk``), node + ``npm install`` in
-``benchmarks/oidc_provider``, gunicorn (and py-spy for ``--profile``, matplotlib for the
-chart) in the venv, PostgreSQL for the ``flask-postgres`` rows (``--pg-url``; a database
-``obdcr_bench`` is created if missing and its ``obdcr_*`` tables are dropped between cells).
-Output: a markdown table on stdout, ``benchmarks/out/http_registration.{json,png}``,
-``--profile``: ``benchmarks/out/profile-registration.{svg,txt}``.
+Needs: ``wrk`` (``apt-get install wrk``), node + ``npm ci`` in ``benchmarks/oidc_provider``,
+gunicorn (and py-spy for ``--profile``, matplotlib for the chart) in the venv (the ``bench``
+extra), PostgreSQL for the ``flask-postgres`` rows (``--pg-url``; a database ``obdcr_bench`` is
+created if missing and its ``obdcr_*`` tables are dropped between cells).
+Output: a markdown table on stdout, ``benchmarks/out/http_registration[-<tag>].{json,png}``;
+``--profile``: ``benchmarks/out/profile-registration-<store>.{svg,txt}`` and
+``profile-registration-<store>-summary.md``.
 """
 
 from __future__ import annotations
@@ -179,6 +186,22 @@ def process_tree_cpu(pid: int) -> float:
         with contextlib.suppress(OSError, IndexError):
             fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
             total += (int(fields[11]) + int(fields[12])) / tick
+    return total
+
+
+def named_processes_cpu(name: str) -> float:
+    """CPU seconds (user + system) used so far by the live processes called ``name`` (e.g.
+    ``postgres``: the database server's backends work for the bank, not for "other load")."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    with contextlib.suppress(OSError):
+        for entry in os.listdir("/proc"):
+            if entry.isdigit():
+                with contextlib.suppress(OSError, IndexError, ValueError):
+                    stat = Path(f"/proc/{entry}/stat").read_text()
+                    if stat[stat.index("(") + 1 : stat.rindex(")")] == name:
+                        fields = stat.rsplit(")", 1)[1].split()
+                        total += (int(fields[11]) + int(fields[12])) / tick
     return total
 
 
@@ -520,7 +543,7 @@ def start_bank(
     if store == "postgres":
         pg_prepare(pg_url)
     (instance / "anybank.json").write_text(
-        json.dumps(bank_config(tpp, store, pg_url, redis_url), indent=2)
+        json.dumps(config := bank_config(tpp, store, pg_url, redis_url), indent=2)
     )
     port = free_port()
     app = (
@@ -548,8 +571,27 @@ def start_bank(
         cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}"
+    if redis_url:
+        # stop_bank deletes this run's keys (they would otherwise expire with the jti's exp)
+        process._redis = (redis_url, config["OBDCR_REDIS_PREFIX"])  # type: ignore[attr-defined]
     wait_until(lambda: requests.get(url + "/", timeout=2).ok, process, "gunicorn")
     return process, url
+
+
+def stop_bank(procs: Processes, process: subprocess.Popen) -> None:
+    """Stop gunicorn; delete the Redis keys it made (its own prefix), if it used Redis."""
+    procs.stop(process)
+    redis_url, prefix = getattr(process, "_redis", (None, None))
+    if redis_url:
+        import redis
+
+        client = redis.Redis.from_url(redis_url)
+        try:
+            keys = list(client.scan_iter(match=f"{prefix}*", count=1000))
+            for start in range(0, len(keys), 1000):
+                client.delete(*keys[start : start + 1000])
+        finally:
+            client.close()
 
 
 def noop_app():
@@ -616,6 +658,8 @@ class WrkResult:
     mean_ms: float
     bad_statuses: dict[str, int]
     server_cpu_s: float = 0.0
+    #: CPU of the database server's processes during the run (PostgreSQL), not in server_cpu_s
+    database_cpu_s: float = 0.0
     wrk_cpu_s: float = 0.0
     #: CPU (cores, averaged over the run) used by everything else on the machine
     other_cpu_cores: float = 0.0
@@ -627,6 +671,17 @@ class WrkResult:
     @property
     def server_cpu_us_per_request(self) -> float:
         return 1e6 * self.server_cpu_s / self.good if self.good else float("nan")
+
+    @property
+    def database_cpu_us_per_request(self) -> float:
+        return 1e6 * self.database_cpu_s / self.good if self.good else float("nan")
+
+    def cpu_text(self) -> str:
+        """Server CPU per request, with the database's share when there is one."""
+        text = f"{self.server_cpu_us_per_request:,.0f}"
+        if self.database_cpu_s > 0:
+            text += f" + {self.database_cpu_us_per_request:,.0f} db"
+        return text
 
 
 @dataclass
@@ -649,7 +704,12 @@ def wrk_threads(connections: int) -> int:
 
 
 def run_wrk(
-    load: Load, *, connections: int, duration: float, server_pid: int | None = None
+    load: Load,
+    *,
+    connections: int,
+    duration: float,
+    server_pid: int | None = None,
+    database_process: str | None = None,
 ) -> WrkResult:
     threads = wrk_threads(connections)
     env = {
@@ -680,6 +740,7 @@ def run_wrk(
         load.url + load.path,
     ]
     cpu_before = process_tree_cpu(server_pid) if server_pid else 0.0
+    db_before = named_processes_cpu(database_process) if database_process else 0.0
     machine_before = machine_busy_cpu()
     started = time.monotonic()
     process = subprocess.Popen(  # noqa: S603
@@ -693,6 +754,7 @@ def run_wrk(
     process.returncode = os.waitstatus_to_exitcode(status)
     stdout, stderr = process.stdout.read(), process.stderr.read()  # type: ignore[union-attr]
     cpu_after = process_tree_cpu(server_pid) if server_pid else 0.0
+    db_cpu = named_processes_cpu(database_process) - db_before if database_process else 0.0
     machine = machine_busy_cpu() - machine_before
     elapsed = time.monotonic() - started
     line = next((ln for ln in stdout.splitlines() if ln.startswith("BENCH_JSON ")), None)
@@ -718,10 +780,12 @@ def run_wrk(
         mean_ms=lat["mean"] / 1000,
         bad_statuses=data["bad_statuses"],
         server_cpu_s=cpu_after - cpu_before,
+        database_cpu_s=db_cpu,
         wrk_cpu_s=usage.ru_utime + usage.ru_stime,
         other_cpu_cores=max(
             0.0,
-            (machine - (cpu_after - cpu_before) - usage.ru_utime - usage.ru_stime) / elapsed,
+            (machine - (cpu_after - cpu_before) - db_cpu - usage.ru_utime - usage.ru_stime)
+            / elapsed,
         )
         if server_pid
         else 0.0,
@@ -839,10 +903,14 @@ def run_target(
         if plan.warmup > 0:
             run_wrk(warm, connections=connections, duration=plan.warmup)
         result = run_wrk(
-            measured, connections=connections, duration=plan.duration, server_pid=process.pid
+            measured,
+            connections=connections,
+            duration=plan.duration,
+            server_pid=process.pid,
+            database_process="postgres" if store == "postgres" else None,
         )
     finally:
-        procs.stop(process)
+        stop_bank(procs, process)
     cell = Cell(
         target if target.startswith("node") else SERVER_NAMES.get(store, "flask-obdcr"),
         store,
@@ -857,7 +925,7 @@ def run_target(
     print(
         f"  {cell.label:32} c={connections:<2} {result.good_rps:8.0f} req/s"
         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-        f"  server CPU {result.server_cpu_us_per_request:7.0f} us/req"
+        f"  server CPU {result.cpu_text()} us/req"
         f"  non-{expect}: {result.bad}  other load {result.other_cpu_cores:.2f} cores{flag}",
         file=sys.stderr,
     )
@@ -908,16 +976,38 @@ def platform_node_version() -> str:
     return _NODE_VERSION
 
 
-def median_cells(cells: list[Cell]) -> list[Cell]:
-    """One cell per (label, connections): the repeat with the median throughput."""
+def best_cells(cells: list[Cell]) -> list[Cell]:
+    """One cell per (label, setup, connections): the repeat with the highest throughput (other
+    work on the machine, or on the host of this virtual machine, only ever slows a run down)."""
     groups: dict[tuple[str, str, int], list[Cell]] = defaultdict(list)
     for cell in cells:
         groups[(cell.label, cell.setup, cell.connections)].append(cell)
-    chosen = []
-    for group in groups.values():
-        group.sort(key=lambda c: c.result.good_rps)
-        chosen.append(group[len(group) // 2])
-    return chosen
+    return [max(group, key=lambda c: c.result.good_rps) for group in groups.values()]
+
+
+def paired_ratios(cells: list[Cell], baseline: str) -> dict[tuple[str, str, int], list[float]]:
+    """Throughput / the baseline's in the same repeat and at the same concurrency: the ratios
+    of runs made minutes apart, side by side, which host-level noise moves far less than the
+    absolute figures."""
+    base = {
+        (c.repeat, c.connections): c.result.good_rps
+        for c in cells
+        if c.label == baseline and c.result.good_rps
+    }
+    ratios: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for c in cells:
+        if (c.repeat, c.connections) in base:
+            ratios[(c.label, c.setup, c.connections)].append(
+                c.result.good_rps / base[(c.repeat, c.connections)]
+            )
+    return ratios
+
+
+def _ratio_text(values: list[float]) -> str:
+    if not values:
+        return "-"
+    low, high = min(values), max(values)
+    return f"{low:.2f}x" if f"{low:.2f}" == f"{high:.2f}" else f"{low:.2f}-{high:.2f}x"
 
 
 def table(
@@ -927,11 +1017,11 @@ def table(
     work: dict[str, str] = WORK,
     noun: str = "registration",
 ) -> str:
-    cells = median_cells(cells)
-    base = {c.connections: c.result.good_rps for c in cells if c.label == baseline}
+    ratios = paired_ratios(cells, baseline)
+    best = best_cells(cells)
     lines = [
         "| server | store | setup | conns | req/s | p50 ms | p99 ms | server CPU µs/req"
-        f" | vs {baseline} | other load | work per {noun} |",
+        f" | vs {baseline} (per repeat) | other load | work per {noun} |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
     ]
     order = {
@@ -940,14 +1030,13 @@ def table(
         "flask-obdcr (postgres)": 2,
         "Flask no-op POST (ceiling)": 3,
     }
-    for cell in sorted(cells, key=lambda c: (c.connections, order.get(c.label, 9), c.label)):
+    for cell in sorted(best, key=lambda c: (c.connections, order.get(c.label, 9), c.label)):
         r = cell.result
-        ratio = r.good_rps / base[cell.connections] if base.get(cell.connections) else None
         lines.append(
             f"| {cell.server} | {cell.store} | {cell.setup} | {cell.connections} |"
             f" {r.good_rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
-            f" {r.server_cpu_us_per_request:,.0f} |"
-            f" {f'{ratio:.2f}x' if ratio is not None else '-'} |"
+            f" {r.cpu_text()} |"
+            f" {_ratio_text(ratios.get((cell.label, cell.setup, cell.connections), []))} |"
             f" {r.other_cpu_cores:.2f} |"
             f" {work.get(cell.server, '')} |"
         )
@@ -963,7 +1052,7 @@ def chart(cells: list[Cell], path: Path, title: str, *, baseline: str = "node-oi
     except ImportError:
         print("(matplotlib is not installed: no chart; pip install matplotlib)", file=sys.stderr)
         return
-    cells = median_cells(cells)
+    cells = best_cells(cells)
     setups: dict[str, set[str]] = defaultdict(set)
     for c in cells:
         setups[c.label].add(c.setup)
@@ -997,8 +1086,9 @@ def chart(cells: list[Cell], path: Path, title: str, *, baseline: str = "node-oi
                     va="bottom",
                     fontsize=8,
                 )
-        ax2.bar(xs, p99, width, label=f"{label} p99", alpha=0.45)
-        ax2.bar(xs, p50, width * 0.5, label=f"{label} p50")
+        color = bars.patches[0].get_facecolor() if bars.patches else None
+        ax2.bar(xs, p99, width, label=f"{label} p99", alpha=0.35, color=color)
+        ax2.bar(xs, p50, width * 0.5, label=f"{label} p50", color=color)
     for ax in (ax1, ax2):
         ax.set_xticks(range(len(conns)), [f"{c} connection{'s' if c > 1 else ''}" for c in conns])
     ax1.set_ylabel("requests / s (successful)")
@@ -1036,8 +1126,9 @@ PROFILE_BUCKETS: list[tuple[str, str]] = [
     ("JSON encode/decode", r"[(/]json/"),
     ("JOSE parsing (jwcrypto objects, base64)", r"[(/](jwcrypto/|base64\.py|flask_obdcr/jose\.py)"),
     (
-        "store write (SQLite / PostgreSQL)",
-        r"[(/](sqlite3/|sqlite_utils/|flask_obdcr/storage/|psycopg/|sqlalchemy/)",
+        "store (SQLite / PostgreSQL: clients, tokens)",
+        r"[(/](sqlite3/|sqlite_utils/|flask_obdcr/storage/|flask_obdcr/tokens\.py|psycopg/"
+        r"|sqlalchemy/)",
     ),
     (
         "gunicorn sync worker: response write, graceful close (waits on the client)",
@@ -1045,12 +1136,15 @@ PROFILE_BUCKETS: list[tuple[str, str]] = [
     ),
     ("gunicorn: accept, HTTP parsing, WSGI environ", r"[(/]gunicorn/|^socket\.accept "),
     ("Flask / Werkzeug request & response", r"[(/](flask|werkzeug|blinker)/"),
-    ("registration pipeline and views (Python)", r"[(/](flask_obdcr|example_app)/"),
+    (
+        "flask-obdcr, Authlib and the example bank (Python: policies, grant, views)",
+        r"[(/](flask_obdcr|example_app|authlib)/",
+    ),
 ]
 _BUCKET_RES = [(name, re.compile(pattern)) for name, pattern in PROFILE_BUCKETS]
 
 
-def summarize_profile(raw: Path, top: int = 25) -> str:
+def summarize_profile(raw: Path, top: int = 30) -> str:
     """Where the samples are: by bucket (leaf-most matching frame), then by function,
     inclusive (a function anywhere in the stack) and self (the leaf)."""
     stacks: list[tuple[list[str], int]] = []
@@ -1080,8 +1174,10 @@ def summarize_profile(raw: Path, top: int = 25) -> str:
         buckets[bucket] += n
     out = [f"samples: {total}", "", "| where (leaf-most matching frame) | share |", "|---|---:|"]
     out += [f"| {b} | {100 * n / total:.1f}% |" for b, n in buckets.most_common()]
-    out += ["", f"top {top} functions, inclusive (anywhere in the stack):", ""]
-    out += [f"{100 * n / total:6.1f}%  {name}" for name, n in inclusive.most_common(top)]
+    # the frames every sample has (gunicorn's arbiter, the worker loop) say nothing
+    inner = [(name, n) for name, n in inclusive.most_common() if n < 0.9 * total]
+    out += ["", f"top {top} functions, inclusive (anywhere in the stack; below 90%):", ""]
+    out += [f"{100 * n / total:6.1f}%  {name}" for name, n in inner[:top]]
     out += ["", f"top {top} functions, self (leaf):", ""]
     out += [f"{100 * n / total:6.1f}%  {name}" for name, n in leaf.most_common(top)]
     return "\n".join(out)
@@ -1098,6 +1194,62 @@ def _short(frame: str) -> str:
     return f"{name} ({path})"
 
 
+def profiled_run(
+    pid: int,
+    measured: Load,
+    *,
+    connections: int,
+    duration: float,
+    output: Path,
+    fmt: str,
+    gil: bool,
+) -> WrkResult:
+    """wrk drives ``measured`` while ``py-spy record`` samples the server ``pid`` and its
+    children (``fmt``: ``raw`` collapsed stacks or ``flamegraph`` SVG, written to ``output``)."""
+    pyspy = VENV_BIN / "py-spy"
+    if not pyspy.exists():
+        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
+    output.parent.mkdir(parents=True, exist_ok=True)
+    spy = subprocess.Popen(  # noqa: S603
+        [
+            str(pyspy),
+            "record",
+            "--pid",
+            str(pid),
+            "--subprocesses",
+            "--rate",
+            "200",
+            "--duration",
+            f"{duration:g}",
+            "--format",
+            fmt,
+            "--output",
+            str(output),
+            "--nonblocking",
+            # threads waiting for the GIL or for work would otherwise count as busy
+            *(["--gil"] if gil else []),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        time.sleep(1.0)
+        result = run_wrk(measured, connections=connections, duration=duration - 2, server_pid=pid)
+        out, _ = spy.communicate(timeout=duration + 60)
+    except BaseException:
+        spy.kill()
+        spy.wait()
+        raise
+    if spy.returncode != 0:
+        raise SystemExit(f"py-spy failed: {out}")
+    print(
+        f"profile ({fmt}): {output.relative_to(ROOT)}  [{result.good_rps:.0f} req/s under py-spy]",
+        file=sys.stderr,
+    )
+    return result
+
+
 def profile(
     plan: Plan,
     procs: Processes,
@@ -1108,10 +1260,8 @@ def profile(
     connections: int = 8,
 ) -> None:
     """py-spy on the gunicorn workers while wrk drives registrations at ``connections``."""
-    pyspy = VENV_BIN / "py-spy"
-    if not pyspy.exists():
-        raise SystemExit("py-spy is not installed: .venv/bin/pip install py-spy")
-    OUT_DIR.mkdir(parents=True, exist_ok=True)
+    header_file = work / "client-cert.header"
+    stem = f"profile-registration-{store}" + ("-redis" if plan.redis_url else "")
     for fmt, suffix in (("raw", "txt"), ("flamegraph", "svg")):
         process, url = start_bank(
             procs,
@@ -1123,71 +1273,33 @@ def profile(
             redis_url=plan.redis_url,
         )
         try:
-            header_file = work / "client-cert.header"
-            load = Load(
-                url,
-                "/register",
-                files["flask"],
-                1,
-                plan.warmup_requests,
-                "application/jwt",
-                201,
-                CERT_HEADER,
-                header_file,
-            )
-            run_wrk(load, connections=connections, duration=plan.warmup)
-            target = OUT_DIR / f"profile-registration-{store}.{suffix}"
-            spy = subprocess.Popen(  # noqa: S603
-                [
-                    str(pyspy),
-                    "record",
-                    "--pid",
-                    str(process.pid),
-                    "--subprocesses",
-                    "--rate",
-                    "200",
-                    "--duration",
-                    f"{plan.duration:g}",
-                    "--format",
-                    fmt,
-                    "--output",
-                    str(target),
-                    "--nonblocking",
-                    # threads waiting for the GIL or for work would otherwise count as busy
-                    *(["--gil"] if plan.gunicorn.worker_class == "gthread" else []),
-                ],
-                stdout=subprocess.PIPE,
-                stderr=subprocess.STDOUT,
-                text=True,
-            )
-            time.sleep(1.0)
-            load = Load(
-                url,
-                "/register",
-                files["flask"],
-                1 + plan.warmup_requests,
-                plan.requests - 1 - plan.warmup_requests,
-                "application/jwt",
-                201,
-                CERT_HEADER,
-                header_file,
-            )
-            result = run_wrk(
-                load, connections=connections, duration=plan.duration - 2, server_pid=process.pid
-            )
-            out, _ = spy.communicate(timeout=plan.duration + 60)
-            if spy.returncode != 0:
-                raise SystemExit(f"py-spy failed: {out}")
-            print(
-                f"profile ({fmt}): {target.relative_to(ROOT)}  [{result.good_rps:.0f} req/s"
-                " under py-spy]",
-                file=sys.stderr,
+            jwt = "application/jwt"
+            warm = Load(
+                url, "/register", files["flask"], 1, plan.warmup_requests, jwt, 201,
+                CERT_HEADER, header_file,
+            )  # fmt: skip
+            run_wrk(warm, connections=connections, duration=plan.warmup)
+            measured = Load(
+                url, "/register", files["flask"], 1 + plan.warmup_requests,
+                plan.requests - 1 - plan.warmup_requests, jwt, 201, CERT_HEADER, header_file,
+            )  # fmt: skip
+            profiled_run(
+                process.pid,
+                measured,
+                connections=connections,
+                duration=plan.duration,
+                output=OUT_DIR / f"{stem}.{suffix}",
+                fmt=fmt,
+                gil=plan.gunicorn.worker_class == "gthread",
             )
         finally:
-            procs.stop(process)
-    raw = OUT_DIR / f"profile-registration-{store}.txt"
+            stop_bank(procs, process)
+    write_profile_summary(OUT_DIR / f"{stem}.txt")
+
+
+def write_profile_summary(raw: Path) -> None:
     summary = summarize_profile(raw)
-    (OUT_DIR / f"profile-registration-{store}-summary.md").write_text(summary + "\n")
+    raw.with_name(raw.stem + "-summary.md").write_text(summary + "\n")
     print(summary)
 
 
@@ -1218,7 +1330,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per cell")
     parser.add_argument("--connections", default="1,8", help="comma-separated (default 1,8)")
-    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (median reported)")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per cell (the best is shown)")
     parser.add_argument(
         "--only",
         action="append",
@@ -1323,8 +1435,9 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print(
         f"Registrations over HTTP on loopback ({os.cpu_count()} cores, wrk, "
-        f"{plan.duration:g} s per cell after {plan.warmup:g} s warm-up, median of"
-        f" {plan.repeat}); successful registrations only (201)."
+        f"{plan.duration:g} s per cell after {plan.warmup:g} s warm-up, best of"
+        f" {plan.repeat}; the ratio column pairs each run with node-oidc-provider's run of the"
+        " same repeat); successful registrations only (201)."
     )
     print()
     print(table(plan.cells))
@@ -1352,6 +1465,7 @@ def main(argv: list[str] | None = None) -> int:
                 **asdict(c.result),
                 "good_rps": c.result.good_rps,
                 "server_cpu_us_per_request": c.result.server_cpu_us_per_request,
+                "database_cpu_us_per_request": c.result.database_cpu_us_per_request,
             }
             for c in plan.cells
         ],

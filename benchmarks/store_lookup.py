@@ -11,11 +11,19 @@ Directory, ``POST /register``), and its record is the template for every row, wi
 ``client_id``, ``software_id`` and ``org_id`` (substituted in the JSON too). ``--record slim``
 drops the software statement (the largest field) from the metadata, for small disks. Rows are
 bulk-loaded directly (SQLite ``executemany`` in the store's own table, PostgreSQL ``COPY``)
-rather than through ``store.add``, which would take an hour at 1M.
+rather than through ``store.add``, which would take an hour at 1M. For context each size also
+times the same row through the driver alone (``sqlite3``; ``psycopg`` in autocommit: one round
+trip) and ``StoredClient.from_record`` alone (the JSON decoding every ``get`` pays);
+``--pg-tuned`` times a prototype engine on the same PostgreSQL data (no ``pool_pre_ping``,
+autocommit reads: one round trip instead of four).
 
     .venv/bin/python benchmarks/store_lookup.py
     .venv/bin/python benchmarks/store_lookup.py --sizes 1000,100000 --stores sqlite
     .venv/bin/python benchmarks/store_lookup.py --record slim --lookups 50000
+    .venv/bin/python benchmarks/store_lookup.py --pg-tuned
+
+Full records take about 4.5 GB per backend at 1M clients (checked against the free space
+first); the databases are in the page cache while timed (cold-cache latency is not measured).
 
 PostgreSQL: ``--pg-url`` (default: database ``obdcr_bench`` on 127.0.0.1, created if
 missing; the table ``bench_lookup_clients`` is dropped at the end unless ``--keep``).
@@ -428,7 +436,7 @@ def chart(results: list[dict], path: Path) -> None:
     except ImportError:
         print("(matplotlib is not installed: no chart; pip install matplotlib)", file=sys.stderr)
         return
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    fig, ax = plt.subplots(figsize=(9.5, 4.5))
     for name in dict.fromkeys(r["store"] for r in results):
         rows = [r for r in results if r["store"] == name]
         xs = [r["clients"] for r in rows]
@@ -446,7 +454,7 @@ def chart(results: list[dict], path: Path) -> None:
     ax.set_xlabel("stored clients")
     ax.set_ylabel("store.get latency, µs")
     ax.set_title("Client lookup by client_id")
-    ax.legend()
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -21,8 +21,10 @@ ahead (flask-obdcr refuses longer-lived ones).
 
     .venv/bin/python benchmarks/token_endpoint.py
     .venv/bin/python benchmarks/token_endpoint.py --only flask-sqlite --connections 8
+    .venv/bin/python benchmarks/token_endpoint.py --profile --gunicorn sync:2   # py-spy
 
-Output: a markdown table on stdout, ``benchmarks/out/token_endpoint.{json,png}``.
+Output: a markdown table on stdout, ``benchmarks/out/token_endpoint.{json,png}``;
+``--profile``: ``benchmarks/out/profile-token-<store>.{svg,txt}`` and ``-summary.md``.
 """
 
 from __future__ import annotations
@@ -63,6 +65,7 @@ from http_registration import (  # noqa: E402
     onboard,
     parallel_sign,
     platform_node_version,
+    profiled_run,
     registration_claims,
     require_tools,
     run_undisturbed,
@@ -71,8 +74,10 @@ from http_registration import (  # noqa: E402
     start_bank,
     start_directory,
     start_node,
+    stop_bank,
     table,
     wait_for_quiet,
+    write_profile_summary,
 )
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -173,7 +178,11 @@ def run_cell(
     if args.warmup > 0:
         run_wrk(warm, connections=conns, duration=args.warmup)
     result = run_wrk(
-        measured, connections=conns, duration=args.duration, server_pid=server["process"].pid
+        measured,
+        connections=conns,
+        duration=args.duration,
+        server_pid=server["process"].pid,
+        database_process="postgres" if server["store"] == "postgres" else None,
     )
     cell = Cell(
         target if target.startswith("node") else "flask-obdcr",
@@ -186,12 +195,56 @@ def run_cell(
     print(
         f"  {cell.label:32} c={conns:<2} {result.good_rps:8.0f} req/s"
         f"  p50 {result.p50_ms:7.2f} ms  p99 {result.p99_ms:7.2f} ms"
-        f"  server CPU {result.server_cpu_us_per_request:6.0f} us/req  non-200: {result.bad}"
+        f"  server CPU {result.cpu_text()} us/req  non-200: {result.bad}"
         f"  other load {result.other_cpu_cores:.2f} cores  (signed in {server['signed_in']:.0f} s)"
         + (" (ran out of assertions)" if result.wrapped else ""),
         file=sys.stderr,
     )
     return cell
+
+
+def profile(args: argparse.Namespace, store: str, connections: int = 8) -> None:
+    """py-spy on the bank's gunicorn workers while wrk drives token requests."""
+    gunicorn = GunicornOptions.parse(args.gunicorn)
+    work = Path(tempfile.mkdtemp(prefix="obdcr-token-profile-"))
+    try:
+        with Processes() as procs:
+            directory_url, ca_file = start_directory(procs, work)
+            tpp = onboard(directory_url, ca_file)
+            header_file = work / "client-cert.header"
+            header_file.write_text(tpp.escaped_transport_pem)
+            for fmt, suffix in (("raw", "txt"), ("flamegraph", "svg")):
+                process, url = start_bank(
+                    procs, work, tpp, store=store, gunicorn=gunicorn, pg_url=args.pg_url,
+                    redis_url=args.redis_url,
+                )  # fmt: skip
+                try:
+                    client_id = register_at_bank(url, tpp)
+                    path = work / "assertions.form"
+                    write_assertions(tpp, path, client_id, ISSUER, args.assertions_flask)
+                    warm_lines = args.assertions_flask // 4
+                    form = "application/x-www-form-urlencoded"
+                    warm = Load(url, "/token", path, 0, warm_lines, form, 200, CERT_HEADER,
+                                header_file)  # fmt: skip
+                    run_wrk(warm, connections=connections, duration=args.warmup)
+                    measured = Load(
+                        url, "/token", path, warm_lines, args.assertions_flask - warm_lines,
+                        form, 200, CERT_HEADER, header_file,
+                    )  # fmt: skip
+                    profiled_run(
+                        process.pid,
+                        measured,
+                        connections=connections,
+                        duration=args.duration,
+                        output=OUT_DIR / f"profile-token-{store}.{suffix}",
+                        fmt=fmt,
+                        gil=gunicorn.worker_class == "gthread",
+                    )
+                finally:
+                    stop_bank(procs, process)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    write_profile_summary(OUT_DIR / f"profile-token-{store}.txt")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -225,7 +278,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quiet-wait", type=float, default=120.0)
     parser.add_argument("--max-other-load", type=float, default=0.3)
     parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the comparison: py-spy on flask-obdcr's token endpoint (8 connections;"
+        " use --gunicorn sync:2)",
+    )
+    parser.add_argument("--profile-store", default="sqlite", choices=["sqlite", "postgres"])
     args = parser.parse_args(argv)
+    if args.profile:
+        require_tools(node=False)
+        profile(args, args.profile_store)
+        return 0
 
     # what run_undisturbed reads
     plan = argparse.Namespace(max_other_load=args.max_other_load, retries=args.retries)
@@ -290,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
                             ),
                         )
                         cells.append(cell)
+            for server in servers.values():
+                stop_bank(procs, server["process"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
@@ -298,7 +364,8 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"Token endpoint, client_credentials with private_key_jwt (PS256), over HTTP on"
         f" loopback ({os.cpu_count()} cores, wrk, {duration:g} s per cell after"
-        f" {args.warmup:g} s warm-up, median of {args.repeat}); successful (200) only."
+        f" {args.warmup:g} s warm-up, best of {args.repeat}; the ratio column pairs each run"
+        " with node-oidc-provider's run of the same repeat); successful (200) only."
     )
     print()
     print(table(cells, work=WORK, noun="token request"))
@@ -324,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                 **asdict(c.result),
                 "good_rps": c.result.good_rps,
                 "server_cpu_us_per_request": c.result.server_cpu_us_per_request,
+                "database_cpu_us_per_request": c.result.database_cpu_us_per_request,
             }
             for c in cells
         ],
