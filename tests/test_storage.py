@@ -284,53 +284,112 @@ class ClientStoreContract:
 
     # -- concurrency -----------------------------------------------------------------------
 
-    def test_concurrent_writers_lose_nothing(self, store):
-        threads, per_thread = 8, 50
-        barrier = threading.Barrier(threads)
-        errors: list[BaseException] = []
+    @pytest.fixture
+    def peer_stores(self, store) -> list[ClientStore]:
+        """Eight handles on one backend, as eight processes would hold them. A backend whose
+        instances have their own connections overrides this with eight instances."""
+        return [store] * 8
 
-        def writer(n: int) -> None:
-            try:
-                barrier.wait(timeout=10)
-                for i in range(per_thread):
-                    store.add(make_client(f"t{n}-{i}", issued_at=i))
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                errors.append(exc)
+    def test_concurrent_writers_lose_nothing(self, store, peer_stores):
+        per_writer = 50
 
-        workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
-        assert errors == []
+        def writer(n: int, peer: ClientStore) -> None:
+            for i in range(per_writer):
+                peer.add(make_client(f"t{n}-{i}", issued_at=i))
+
+        assert run_threads(writer, list(enumerate(peer_stores))) == []
+        writers = len(peer_stores)
         ids = [c.client_id for c in store.list()]
-        assert len(ids) == threads * per_thread
-        assert set(ids) == {f"t{n}-{i}" for n in range(threads) for i in range(per_thread)}
-        assert len(store) == threads * per_thread
+        assert len(ids) == writers * per_writer
+        assert set(ids) == {f"t{n}-{i}" for n in range(writers) for i in range(per_writer)}
+        assert len(store) == writers * per_writer
         assert store.get("t7-49") == make_client("t7-49", issued_at=49)
 
-    def test_concurrent_adds_of_one_id_store_it_once(self, store):
-        threads = 8
-        barrier = threading.Barrier(threads)
-        outcomes: list[str] = []
+    def test_concurrent_adds_of_the_same_ids_store_each_once(self, store, peer_stores):
+        ids = [f"same-{i}" for i in range(40)]
+        outcomes: list[tuple[str, str]] = []
 
-        def writer(n: int) -> None:
-            try:
-                barrier.wait(timeout=10)
-                store.add(make_client("contended", issued_at=n))
-                outcomes.append("added")
-            except ClientExists:
-                outcomes.append("exists")
-            except BaseException as exc:  # noqa: BLE001 - reported below
-                outcomes.append(f"{type(exc).__name__}: {exc}")
+        def writer(n: int, peer: ClientStore) -> None:
+            for i, client_id in enumerate(ids):
+                try:
+                    peer.add(make_client(client_id, issued_at=i, extra={"writer": n}))
+                    outcomes.append((client_id, "added"))
+                except ClientExists:
+                    outcomes.append((client_id, "exists"))
 
-        workers = [threading.Thread(target=writer, args=(n,)) for n in range(threads)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join(timeout=60)
-        assert sorted(outcomes) == ["added"] + ["exists"] * (threads - 1)
-        assert len(store) == 1
+        assert run_threads(writer, list(enumerate(peer_stores))) == []
+        assert len(outcomes) == len(ids) * len(peer_stores)
+        assert sorted(c for c, outcome in outcomes if outcome == "added") == sorted(ids)
+        assert [c.client_id for c in store.list()] == ids
+
+    # -- in the app ------------------------------------------------------------------------
+
+    def test_registration_through_the_app(
+        self, store, ob_app_factory, ob_directory, ob_software, ob_issuer
+    ):
+        app = ob_app_factory(store=store)
+        body = ob_directory.registration_request(ob_software, aud=ob_issuer)
+        with app.test_client() as http:
+            response = http.post(
+                "/register",
+                data=body,
+                content_type="application/jwt",
+                environ_base=ob_software.environ(),
+            )
+        assert response.status_code == 201, response.get_json()
+        data = response.get_json()
+        stored = store.get(data["client_id"])
+        assert stored is not None and stored.software_id == ob_software.software_id
+        once = ("registration_access_token", "registration_client_uri")
+        assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
+
+
+def run_threads(target, args_list) -> list[BaseException]:
+    """Start one thread per args tuple at once; the exceptions they raised."""
+    barrier = threading.Barrier(len(args_list))
+    errors: list[BaseException] = []
+
+    def run(*args):
+        try:
+            barrier.wait(timeout=10)
+            target(*args)
+        except BaseException as exc:  # noqa: BLE001 - reported to the caller
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=args) for args in args_list]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    return errors
+
+
+def run_forked_writers(store: ClientStore, *, children: int = 4, per_child: int = 25) -> list:
+    """A pre-forking server: the parent has used ``store``, then forks writers that each add
+    ``per_child`` clients through it. Each child's outcome, sorted."""
+    ctx = multiprocessing.get_context("fork")
+    barrier = ctx.Barrier(children)
+    results = ctx.Queue()
+    processes = [
+        ctx.Process(target=_forked_writer, args=(store, n, per_child, barrier, results))
+        for n in range(children)
+    ]
+    for process in processes:
+        process.start()
+    outcomes = sorted(results.get(timeout=60) for _ in processes)
+    for process in processes:
+        process.join(timeout=60)
+    return outcomes
+
+
+def _forked_writer(store, n, per_child, barrier, results) -> None:
+    try:
+        barrier.wait(timeout=30)
+        for i in range(per_child):
+            store.add(make_client(f"p{n}-{i}", issued_at=i))
+        results.put((n, "ok"))
+    except BaseException as exc:  # noqa: BLE001 - reported to the parent
+        results.put((n, f"{type(exc).__name__}: {exc}"))
 
 
 # -- the secret helpers ----------------------------------------------------------------------

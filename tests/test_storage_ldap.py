@@ -9,9 +9,7 @@ they fail.
 from __future__ import annotations
 
 import json
-import multiprocessing
 import os
-import threading
 import uuid
 
 import pytest
@@ -25,7 +23,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 
 from ldap3.core.exceptions import LDAPSocketReceiveError
 from ldap_server import Slapd, SlapdNotFound, free_port
-from test_storage import ClientStoreContract, make_client
+from test_storage import ClientStoreContract, make_client, run_forked_writers, run_threads
 
 from flask_obdcr.storage import ClientExists, ClientNotFound, StoreError
 from flask_obdcr.storage.ldap import (
@@ -36,7 +34,6 @@ from flask_obdcr.storage.ldap import (
     openldap_schema_ldif,
     subschema_ldif,
 )
-from flask_obdcr.testing.fixtures import ISSUER
 
 ldap3 = ldap_store.ldap3
 
@@ -107,30 +104,16 @@ def entry(admin, dn: str) -> dict[str, list[bytes]] | None:
     return {name: list(values) for name, values in admin.response[0]["raw_attributes"].items()}
 
 
-def run_threads(target, args_list) -> list[BaseException]:
-    barrier = threading.Barrier(len(args_list))
-    errors: list[BaseException] = []
-
-    def run(*args):
-        try:
-            barrier.wait(timeout=10)
-            target(*args)
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=args) for args in args_list]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=60)
-    return errors
-
-
 # -- the contract --------------------------------------------------------------------------
 
 
 class TestLDAPStore(ClientStoreContract):
     """The contract on OpenLDAP, then what only a directory server can show."""
+
+    @pytest.fixture
+    def peer_stores(self, store_factory):
+        """Eight stores with their own connections, as eight processes would have."""
+        return [store_factory() for _ in range(8)]
 
     @pytest.fixture
     def store(self, store_factory):
@@ -406,72 +389,13 @@ class TestLDAPStore(ClientStoreContract):
 
     # -- several processes -----------------------------------------------------------------
 
-    def test_processes_racing_on_the_same_ids(self, store_factory):
-        """8 'processes' (own connections) x 40 adds of the same ids: each stored once."""
-        stores = [store_factory() for _ in range(8)]
-        outcomes: list[tuple[str, str]] = []
-
-        def writer(n: int, store: LDAPStore) -> None:
-            for i in range(40):
-                try:
-                    store.add(make_client(f"same-{i}", issued_at=i, extra={"writer": n}))
-                    outcomes.append((f"same-{i}", "added"))
-                except ClientExists:
-                    outcomes.append((f"same-{i}", "exists"))
-
-        assert run_threads(writer, list(enumerate(stores))) == []
-        added = sorted(client_id for client_id, outcome in outcomes if outcome == "added")
-        assert added == sorted(f"same-{i}" for i in range(40))
-        assert len(outcomes) == 320
-        assert [c.client_id for c in stores[5].list()] == [f"same-{i}" for i in range(40)]
-
     def test_forked_processes_get_their_own_connections(self, store):
         """A pre-forking server: the parent used the store, then forks its workers."""
         store.add(make_client("parent", issued_at=0))
-        ctx = multiprocessing.get_context("fork")
-        barrier = ctx.Barrier(4)
-        results = ctx.Queue()
-        children = [
-            ctx.Process(target=_forked_writer, args=(store, n, barrier, results)) for n in range(4)
-        ]
-        for child in children:
-            child.start()
-        outcomes = sorted(results.get(timeout=60) for _ in children)
-        for child in children:
-            child.join(timeout=60)
-        assert outcomes == [(n, "ok") for n in range(4)]
+        assert run_forked_writers(store) == [(n, "ok") for n in range(4)]
         assert len(store) == 4 * 25 + 1
         store.add(make_client("after", issued_at=99))  # the parent's connections still work
         assert store.get("after") == make_client("after", issued_at=99)
-
-    # -- in the app ------------------------------------------------------------------------
-
-    def test_registration_through_the_app(self, store, ob_app_factory, ob_directory, ob_software):
-        app = ob_app_factory(store=store)
-        body = ob_directory.registration_request(ob_software, aud=ISSUER)
-        with app.test_client() as http:
-            response = http.post(
-                "/register",
-                data=body,
-                content_type="application/jwt",
-                environ_base=ob_software.environ(),
-            )
-        assert response.status_code == 201, response.get_json()
-        data = response.get_json()
-        stored = store.get(data["client_id"])
-        assert stored is not None and stored.software_id == ob_software.software_id
-        once = ("registration_access_token", "registration_client_uri")
-        assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
-
-
-def _forked_writer(store, n, barrier, results) -> None:
-    try:
-        barrier.wait(timeout=30)
-        for i in range(25):
-            store.add(make_client(f"p{n}-{i}", issued_at=i))
-        results.put((n, "ok"))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        results.put((n, f"{type(exc).__name__}: {exc}"))
 
 
 class TestLDAPStoreAsRootDN(ClientStoreContract):

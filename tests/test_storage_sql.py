@@ -9,9 +9,7 @@ PostgreSQL tests are skipped, except in CI (``CI`` set), where they fail.
 
 from __future__ import annotations
 
-import multiprocessing
 import os
-import threading
 import uuid
 from collections.abc import Callable
 
@@ -20,7 +18,12 @@ import pytest
 sa = pytest.importorskip("sqlalchemy")
 pytest.importorskip("psycopg")
 
-from test_storage import ClientStoreContract, make_client  # noqa: E402
+from test_storage import (  # noqa: E402
+    ClientStoreContract,
+    make_client,
+    run_forked_writers,
+    run_threads,
+)
 
 from flask_obdcr.storage import ClientExists, ClientNotFound, StoreError  # noqa: E402
 from flask_obdcr.storage.sqlalchemy import (  # noqa: E402
@@ -29,7 +32,6 @@ from flask_obdcr.storage.sqlalchemy import (  # noqa: E402
     make_engine,
 )
 from flask_obdcr.testing.clock import FrozenClock  # noqa: E402
-from flask_obdcr.testing.fixtures import ISSUER  # noqa: E402
 
 POSTGRES_URL = os.environ.get(
     "OBDCR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -91,31 +93,18 @@ def table_names(engine, schema) -> set[str]:
     return set(sa.inspect(engine).get_table_names(schema=schema))
 
 
-def run_threads(target, args_list) -> list[BaseException]:
-    """Start one thread per args tuple at once; the exceptions they raised."""
-    barrier = threading.Barrier(len(args_list))
-    errors: list[BaseException] = []
-
-    def run(*args):
-        try:
-            barrier.wait(timeout=10)
-            target(*args)
-        except BaseException as exc:  # reported to the caller
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=args) for args in args_list]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join(timeout=120)
-    return errors
-
-
 # -- PostgreSQL ----------------------------------------------------------------------------
 
 
 class TestPostgresStore(ClientStoreContract):
     """The contract on PostgreSQL, then what only a database server can show."""
+
+    @pytest.fixture
+    def peer_stores(self, pg_store_factory):
+        """Eight stores with their own pools, as eight processes would have."""
+        stores = [pg_store_factory() for _ in range(8)]
+        stores[0].create_schema()
+        return stores
 
     @pytest.fixture
     def store(self, pg_store_factory):
@@ -244,74 +233,13 @@ class TestPostgresStore(ClientStoreContract):
         store.add(make_client("after", issued_at=2))
         assert len(store) == 2
 
-    def test_processes_racing_on_the_same_ids(self, pg_store_factory):
-        """8 'processes' (own pools) x 50 adds of the same ids: each id stored exactly once."""
-        stores = [pg_store_factory() for _ in range(8)]
-        stores[0].create_schema()
-        outcomes: list[tuple[str, str]] = []
-
-        def writer(n: int, store: SQLAlchemyStore) -> None:
-            for i in range(50):
-                try:
-                    store.add(make_client(f"same-{i}", issued_at=i, extra={"writer": n}))
-                    outcomes.append((f"same-{i}", "added"))
-                except ClientExists:
-                    outcomes.append((f"same-{i}", "exists"))
-
-        assert run_threads(writer, list(enumerate(stores))) == []
-        added = sorted(client_id for client_id, outcome in outcomes if outcome == "added")
-        assert added == sorted(f"same-{i}" for i in range(50))
-        assert len(outcomes) == 400
-        assert [c.client_id for c in stores[5].list()] == [f"same-{i}" for i in range(50)]
-
     def test_forked_processes_get_their_own_connections(self, store):
         """A pre-forking server: the parent used the store, then forks its workers."""
         store.add(make_client("parent", issued_at=0))
-        ctx = multiprocessing.get_context("fork")
-        barrier = ctx.Barrier(4)
-        results = ctx.Queue()
-        children = [
-            ctx.Process(target=_forked_writer, args=(store, n, barrier, results)) for n in range(4)
-        ]
-        for child in children:
-            child.start()
-        outcomes = sorted(results.get(timeout=60) for _ in children)
-        for child in children:
-            child.join(timeout=60)
-        assert outcomes == [(n, "ok") for n in range(4)]
+        assert run_forked_writers(store, per_child=50) == [(n, "ok") for n in range(4)]
         assert len(store) == 4 * 50 + 1
         store.add(make_client("after", issued_at=99))  # the parent's pool still works
         assert store.get("after") == make_client("after", issued_at=99)
-
-    def test_registration_through_the_app(self, store, ob_app_factory, ob_directory, ob_software):
-        app = ob_app_factory(store=store)
-        body = ob_directory.registration_request(ob_software, aud=ISSUER)
-        with app.test_client() as http:
-            response = http.post(
-                "/register",
-                data=body,
-                content_type="application/jwt",
-                environ_base=ob_software.environ(),
-            )
-        assert response.status_code == 201, response.get_json()
-        data = response.get_json()
-        stored = store.get(data["client_id"])
-        assert stored is not None and stored.software_id == ob_software.software_id
-        once = ("registration_access_token", "registration_client_uri")
-        assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
-
-
-def _forked_writer(store, n, barrier, results) -> None:
-    try:
-        barrier.wait(timeout=30)
-        for i in range(50):
-            store.add(make_client(f"p{n}-{i}", issued_at=i))
-        results.put((n, "ok"))
-    except BaseException as exc:  # reported to the parent
-        results.put((n, f"{type(exc).__name__}: {exc}"))
-
-
-# -- SQLite URLs ---------------------------------------------------------------------------
 
 
 class TestSQLAlchemySQLiteStore(ClientStoreContract):
