@@ -23,7 +23,9 @@ import functools
 import ipaddress
 import os
 import re
+import threading
 import urllib.parse
+from collections import OrderedDict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -215,19 +217,39 @@ def _parse_rfc9440(value: Any, header: str) -> x509.Certificate:
 
 
 def _parse_escaped_pem(value: Any, header: str) -> x509.Certificate:
-    # unquote, not unquote_plus: a proxy that leaves "+" unescaped must not have it turned into
-    # a space, since "+" is a base64 character.
     text = value.decode("latin-1") if isinstance(value, bytes) else str(value)
     try:
-        return load_certificate(urllib.parse.unquote(text))
+        if len(text) <= 3 * _CERT_CACHE_MAX_INPUT:
+            # the header is the same on every request of a TPP: unescaped and parsed once
+            return _load_escaped_pem_cached(text)
+        return load_certificate(_unescape(text))
     except ValueError as exc:
         raise InvalidClient(_UNPARSEABLE, detail=f"{header}: {exc}") from exc
+
+
+@functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
+def _load_escaped_pem_cached(text: str) -> x509.Certificate:
+    return load_certificate(_unescape(text))
+
+
+def _unescape(text: str) -> str:
+    # unquote, not unquote_plus: a proxy that leaves "+" unescaped must not have it turned into
+    # a space, since "+" is a base64 character.
+    return urllib.parse.unquote(text)
 
 
 def _peer_is_trusted(remote_addr: Any, trusted_proxies: Collection[str]) -> bool:
     if not trusted_proxies or not isinstance(remote_addr, str) or not remote_addr:
         return False
     networks = _networks(frozenset(trusted_proxies))
+    # a proxy's requests come from a handful of addresses: the verdict is kept per address
+    return _address_in_networks(remote_addr, networks)
+
+
+@functools.lru_cache(maxsize=1024)
+def _address_in_networks(
+    remote_addr: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+) -> bool:
     try:
         address = ipaddress.ip_address(remote_addr.strip())
     except ValueError:
@@ -302,9 +324,18 @@ class TransportCertificateVerifier:
     its own ``now`` (about 3 microseconds), so an injected clock costs nothing. The chain check
     is dominated by signature checks: about 0.1 ms with the issuing CA as anchor, 0.3 ms for
     leaf -> issuing CA -> root (measured with cryptography 50).
+
+    A TPP presents the same certificate on every call, so a chain that verified is remembered
+    (a bounded LRU of ``cache_size`` certificates) with the one thing that can change its
+    verdict for a fixed store: time. The entry holds the window in which every certificate of
+    the verified chain is valid; a later call inside that window is the same verification with
+    the same answer, and one outside it is verified afresh (and refused). Failures are never
+    remembered. ``cache_size=0`` turns this off.
     """
 
-    def __init__(self, trust_anchors: Sequence[x509.Certificate]) -> None:
+    def __init__(
+        self, trust_anchors: Sequence[x509.Certificate], *, cache_size: int = 1024
+    ) -> None:
         anchors = list(trust_anchors)
         if not anchors:
             raise ValueError("at least one transport trust anchor certificate is required")
@@ -314,6 +345,13 @@ class TransportCertificateVerifier:
         self._store = Store(anchors)
         self._ca_policy = ExtensionPolicy.webpki_defaults_ca()
         self._ee_policy = _ee_policy()
+        self._cache_size = cache_size
+        # (leaf, intermediates) -> (not before, not after) of the verified chain as a whole
+        self._verified: OrderedDict[
+            tuple[x509.Certificate, tuple[x509.Certificate, ...]],
+            tuple[datetime.datetime, datetime.datetime],
+        ] = OrderedDict()
+        self._lock = threading.Lock()
 
     @classmethod
     def from_pem_file(cls, path: str | os.PathLike[str]) -> TransportCertificateVerifier:
@@ -350,6 +388,16 @@ class TransportCertificateVerifier:
         """
         now = _as_utc(now)
 
+        key = (certificate, tuple(intermediates))
+        if self._cache_size:
+            # a chain verified before, valid as a whole at `now` (the leaf included)
+            with self._lock:
+                window = self._verified.get(key)
+                if window is not None:
+                    self._verified.move_to_end(key)
+            if window is not None and window[0] <= now <= window[1]:
+                return
+
         # Checked here rather than left to the chain builder so that the public description can
         # say what is wrong: the builder reports every failure as "validation failed: ...".
         not_before, not_after = certificate.not_valid_before_utc, certificate.not_valid_after_utc
@@ -374,7 +422,7 @@ class TransportCertificateVerifier:
             .build_client_verifier()
         )
         try:
-            verifier.verify(certificate, list(intermediates))
+            verified = verifier.verify(certificate, list(intermediates))
         except (VerificationError, x509.UnsupportedGeneralNameType, ValueError) as exc:
             # UnsupportedGeneralNameType: raised after the chain is built, when the leaf's SAN
             # holds a name type cryptography cannot represent. Refused rather than guessed at.
@@ -382,6 +430,17 @@ class TransportCertificateVerifier:
                 _NOT_TRUSTED,
                 detail=f"client certificate {certificate.subject.rfc4514_string()}: {exc}",
             ) from exc
+        if self._cache_size:
+            chain = verified.chain
+            window = (
+                max(c.not_valid_before_utc for c in chain),
+                min(c.not_valid_after_utc for c in chain),
+            )
+            with self._lock:
+                self._verified[key] = window
+                self._verified.move_to_end(key)
+                while len(self._verified) > self._cache_size:
+                    self._verified.popitem(last=False)
 
 
 def _require_ca(anchor: x509.Certificate) -> None:

@@ -9,9 +9,12 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import math
-from collections.abc import Iterable
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from jwcrypto import jwk, jws
@@ -92,8 +95,9 @@ def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     return header, claims
 
 
-def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> None:
-    """Check the signature of ``token`` with ``alg`` against each candidate key in turn.
+def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> jwk.JWK:
+    """Check the signature of ``token`` with ``alg`` against each candidate key in turn;
+    return the key that verifies it.
 
     The caller has already checked ``alg`` against its allow-list; jwcrypto is told the
     single algorithm to accept, so the header cannot choose another one.
@@ -121,7 +125,7 @@ def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> None:
                 # jwcrypto's own per-algorithm verifier, as JWS.verify ends up calling it:
                 # the key's use/key_ops and curve are checked by key.get_op_key("verify")
                 engine.verify(key, signing_input, signature)
-                return
+                return key
             except Exception:  # noqa: BLE001, S112 - jwcrypto treats any failure as "no"
                 continue
         raise BadSignature("no key of the key set verifies the signature")
@@ -134,10 +138,90 @@ def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> None:
     for key in keys:
         try:
             signed.verify(key, alg=alg)
-            return
+            return key
         except (JWException, ValueError, TypeError):
             continue
     raise BadSignature("no key of the key set verifies the signature")
+
+
+def copy_json(value: Any) -> Any:
+    """A deep copy of a JSON tree (dicts, lists and immutable scalars, as json.loads makes
+    them): new containers, shared leaves, as copy.deepcopy gives, several times faster."""
+    kind = type(value)
+    if kind is dict:
+        return {name: copy_json(member) for name, member in value.items()}
+    if kind is list:
+        return [copy_json(member) for member in value]
+    return value
+
+
+class VerifiedTokens:
+    """Tokens that verified, for tokens that come back unchanged.
+
+    A software statement travels with every registration of its software, byte for byte the
+    same; decoding it and verifying its signature with the same key again can only give the
+    same answers. For the last ``maxsize`` tokens that verified (by SHA-256 of the compact
+    form) this keeps the key object that verified it, under which ``alg``, and the decoded
+    header and claims:
+
+    * :meth:`peek` returns copies of the decoded parts of a remembered token (else
+      :func:`peek`); the caller still checks every claim, the time-based ones above all.
+    * :meth:`verify` skips the public-key operation only when the very key object that
+      verified the token is among the candidates the caller offers now. A key set that has
+      been fetched again (keys rotated or revoked) holds new objects, so the token is
+      verified afresh.
+
+    Tokens that fail are never remembered. ``maxsize=0`` turns this off.
+    """
+
+    def __init__(self, maxsize: int = 1024) -> None:
+        self.maxsize = maxsize
+        self._entries: OrderedDict[bytes, tuple[str, jwk.JWK, dict, dict]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def peek(self, token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+        """As :func:`peek` (the result is the caller's to change)."""
+        entry = self._recall(token)
+        if entry is None:
+            return peek(token)
+        return copy_json(entry[2]), copy_json(entry[3])
+
+    def verify(self, token: str, keys: Sequence[jwk.JWK], alg: str) -> jwk.JWK:
+        """As :func:`verify`, remembering the outcome."""
+        entry = self._recall(token)
+        if entry is not None and entry[0] == alg and any(key is entry[1] for key in keys):
+            return entry[1]
+        key = verify(token, keys, alg)
+        if self.maxsize > 0:
+            header, claims = peek(token)  # our own copy: callers may change theirs
+            with self._lock:
+                digest = _digest(token)
+                self._entries[digest] = (alg, key, header, claims)
+                self._entries.move_to_end(digest)
+                while len(self._entries) > self.maxsize:
+                    self._entries.popitem(last=False)
+        return key
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _recall(self, token: Any) -> tuple[str, jwk.JWK, dict, dict] | None:
+        if self.maxsize <= 0 or not isinstance(token, str) or not self._entries:
+            return None
+        digest = _digest(token)
+        with self._lock:
+            entry = self._entries.get(digest)
+            if entry is not None:
+                self._entries.move_to_end(digest)
+        return entry
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
 
 
 # --------------------------------------------------------------------------- fast path

@@ -32,6 +32,8 @@ import urllib3.exceptions
 import urllib3.util
 from jwcrypto.jwk import JWK, JWKSet, JWKValuesRegistry
 
+from .jose import copy_json
+
 __all__ = [
     "CacheEntry",
     "FetchedDocument",
@@ -417,17 +419,6 @@ _PRIVATE_MEMBERS = frozenset(
 )
 
 
-def _copy_json(value: Any) -> Any:
-    """A deep copy of a JSON tree (dicts, lists and immutable scalars, as json.loads makes
-    them): new containers, shared leaves, as copy.deepcopy gives, several times faster."""
-    kind = type(value)
-    if kind is dict:
-        return {name: _copy_json(member) for name, member in value.items()}
-    if kind is list:
-        return [_copy_json(member) for member in value]
-    return value
-
-
 @dataclass(frozen=True)
 class _ParsedKeys:
     raw: str  # sanitised JSON: {"keys": [public members of the importable keys]}
@@ -464,7 +455,10 @@ def _parse_jwks(body: bytes | str, url: str) -> _ParsedKeys:
         except Exception as exc:  # any import failure means "unusable key"
             log.warning(
                 "JWKS %s: key #%d (kid %r) cannot be imported; skipped: %s",
-                _show(url), index, member.get("kid"), exc,
+                _show(url),
+                index,
+                member.get("kid"),
+                exc,
             )
             continue
         if key.has_private or key.is_symmetric:  # belt and braces; stripped above
@@ -691,7 +685,7 @@ class JWKSClient:
         :meth:`key_set`. Holds the members of every usable key (``x5c`` etc.), private ones
         removed; unusable keys and other top-level members are dropped. A fresh copy each call.
         """
-        return _copy_json(self._entry(url).parsed().document)
+        return copy_json(self._entry(url).parsed().document)
 
     def candidate_keys(self, url: str, *, kid: str | None, alg: str) -> list[JWK]:
         """Every key of the set that could have made a signature with ``alg``, in document order.
@@ -735,9 +729,7 @@ class JWKSClient:
             found = self._select(current, kid, alg)
             if found:
                 return found
-        raise KeyNotFound(
-            f"no key for kid {kid!r} and alg {alg!r} in JWKS {_show(url)}", url=url
-        )
+        raise KeyNotFound(f"no key for kid {kid!r} and alg {alg!r} in JWKS {_show(url)}", url=url)
 
     def find_key(self, url: str, *, kid: str | None, alg: str) -> JWK:
         """The first of :meth:`candidate_keys` (callers verifying a JWS without ``kid`` should
@@ -787,7 +779,10 @@ class JWKSClient:
                 if entry is not None and now < entry.stale_until:
                     log.warning(
                         "serving stale JWKS for %s (fresh until %s, stale until %s): %s",
-                        _show(url), entry.fresh_until, entry.stale_until, exc,
+                        _show(url),
+                        entry.fresh_until,
+                        entry.stale_until,
+                        exc,
                     )
                     return entry
                 raise

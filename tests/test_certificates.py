@@ -662,6 +662,80 @@ def test_verify_rejects_expired_anchor(pki):
     assert_invalid_client(info.value, NOT_TRUSTED)
 
 
+@pytest.fixture
+def chain_checks(monkeypatch):
+    """How many chain verifications the verifier built (one PolicyBuilder each)."""
+    from flask_obdcr import certificates
+
+    real = certificates.PolicyBuilder
+    calls = []
+
+    def counting_builder():
+        calls.append(1)
+        return real()
+
+    monkeypatch.setattr(certificates, "PolicyBuilder", counting_builder)
+    return calls
+
+
+def test_verified_chain_is_remembered_within_its_window(pki, chain_checks):
+    verifier = TransportCertificateVerifier([pki.root])
+    leaf = pki.rsa_leaf
+    verifier.verify(leaf, now=NOW, intermediates=[pki.ica])
+    verifier.verify(leaf, now=NOW + 30 * DAY, intermediates=[pki.ica])
+    verifier.verify(leaf, now=leaf.not_valid_after_utc, intermediates=[pki.ica])
+    assert len(chain_checks) == 1
+    # another chain is another verification
+    verifier.verify(leaf, now=NOW, intermediates=[pki.ica, pki.other_ca])
+    assert len(chain_checks) == 2
+    # past the window: verified afresh, and refused with the precise reason
+    with pytest.raises(InvalidClient) as info:
+        verifier.verify(leaf, now=leaf.not_valid_after_utc + SECOND, intermediates=[pki.ica])
+    assert_invalid_client(info.value, OUT_OF_VALIDITY)
+    with pytest.raises(InvalidClient) as info:
+        verifier.verify(leaf, now=leaf.not_valid_before_utc - SECOND, intermediates=[pki.ica])
+    assert_invalid_client(info.value, OUT_OF_VALIDITY)
+
+
+def test_remembered_chain_ends_with_its_shortest_lived_certificate(chain_checks):
+    # the issuing CA expires 29 days before the leaf: a chain verified today is not
+    # trusted once the CA has expired, however recently it was verified
+    key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = name((COUNTRY, "GB"), (COMMON, "Short-lived CA"))
+    short_ca = make_ca(ca_name, key, ca_name, key, path_length=0, not_after=NOW + DAY)
+    leaf = make_leaf(ob_subject(), key, short_ca, key, not_after=NOW + 30 * DAY)
+    verifier = TransportCertificateVerifier([short_ca])
+    verifier.verify(leaf, now=NOW)
+    verifier.verify(leaf, now=NOW + DAY)
+    assert len(chain_checks) == 1
+    with pytest.raises(InvalidClient) as info:
+        verifier.verify(leaf, now=NOW + DAY + SECOND)
+    assert_invalid_client(info.value, NOT_TRUSTED)
+    assert len(chain_checks) == 2
+
+
+def test_refused_certificates_are_never_remembered(pki, chain_checks):
+    verifier = TransportCertificateVerifier([pki.root])
+    for attempt in (1, 2, 3):
+        with pytest.raises(InvalidClient) as info:
+            verifier.verify(pki.foreign, now=NOW)
+        assert_invalid_client(info.value, NOT_TRUSTED)
+        assert len(chain_checks) == attempt
+
+
+def test_chain_memory_is_bounded_and_can_be_off(pki, chain_checks):
+    one = TransportCertificateVerifier([pki.ica], cache_size=1)
+    for leaf in (pki.rsa_leaf, pki.ec_leaf, pki.rsa_leaf, pki.ec_leaf):
+        one.verify(leaf, now=NOW)
+    assert len(chain_checks) == 4  # each evicts the other
+    one.verify(pki.ec_leaf, now=NOW)
+    assert len(chain_checks) == 4
+    off = TransportCertificateVerifier([pki.ica], cache_size=0)
+    off.verify(pki.rsa_leaf, now=NOW)
+    off.verify(pki.rsa_leaf, now=NOW)
+    assert len(chain_checks) == 6
+
+
 def test_verifier_from_pem_file(pki, tmp_path):
     bundle = tmp_path / "ob-ca.pem"
     bundle.write_text("subject=OpenBanking Root CA\n" + pem(pki.root) + "\n" + pem(pki.ica))
@@ -969,6 +1043,7 @@ def test_module_does_not_import_flask():
         "ipaddress",
         "os",
         "re",
+        "threading",
         "typing",
         "urllib",
     }

@@ -16,12 +16,23 @@ def _int_claim(claims: dict, name: str) -> int | None:
 
 
 class SoftwareStatement:
+    """The SSA: from a trusted directory, signed with one of its keys, current, complete.
+
+    Statements that verified are remembered (:class:`~flask_obdcr.jose.VerifiedTokens`): a
+    TPP sends the same SSA with each registration, and the directory's key set changes
+    rarely. Every claim is still checked on every request. ``remember=0`` decodes and
+    verifies every time.
+    """
+
     name = "software_statement"
+
+    def __init__(self, *, remember: int = 1024) -> None:
+        self.verified = jose.VerifiedTokens(remember)
 
     def __call__(self, context: RegistrationContext) -> None:
         settings = context.settings
         try:
-            header, claims = jose.peek(context.software_statement)
+            header, claims = self.verified.peek(context.software_statement)
         except jose.MalformedJWS as exc:
             raise InvalidSoftwareStatement(
                 "The software_statement is not a signed JWT.", detail=str(exc)
@@ -62,7 +73,7 @@ class SoftwareStatement:
         except JWKSError as exc:
             raise TemporarilyUnavailable(detail=str(exc)) from None
         try:
-            jose.verify(context.software_statement, keys, alg)
+            self.verified.verify(context.software_statement, keys, alg)
         except (jose.BadSignature, jose.MalformedJWS):
             raise InvalidSoftwareStatement("The software statement signature is invalid.") from None
 
