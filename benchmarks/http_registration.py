@@ -92,13 +92,17 @@ CERT_HEADER = "X-SSL-Client-Cert"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/obdcr_bench"
 
 #: the server column for the flask targets that are not flask-obdcr
-SERVER_NAMES = {"noop": "Flask no-op POST (ceiling)"}
+SERVER_NAMES = {
+    "noop": "Flask no-op POST (ceiling)",
+    "floor": "Flask minimum DCR (floor)",
+}
 
 #: what each server does per registration, for the table
 WORK = {
     "node-oidc-provider": "JSON metadata; in memory; no signature, no certificate",
     "flask-obdcr": "2 PS256 verifications + certificate chain and binding; durable store",
     "Flask no-op POST (ceiling)": "reads the body, answers 201: the web stack alone",
+    "Flask minimum DCR (floor)": "1 PS256 verification (request), SQLite insert; no other check",
 }
 
 
@@ -552,6 +556,9 @@ def start_bank(
     )
     if store == "noop":
         app = "http_registration:noop_app()"
+    if store == "floor":
+        (instance / "software-key.json").write_text(json.dumps(tpp.signing_jwk_public))
+        app = f'http_registration:floor_app(instance_path="{instance}")'
     process = procs.start(
         f"bank-{store}",
         [
@@ -611,6 +618,67 @@ def noop_app():
     def register():
         request.get_data()
         return {"client_id": str(uuid.uuid4())}, 201
+
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1)
+    return app
+
+
+def floor_app(instance_path: str):
+    """The least any Flask DCR server must do per registration, and nothing more: the same
+    gunicorn, Flask and ProxyFix as the bank; ``POST /register`` splits the request JWT,
+    verifies its PS256 signature with the software's key (loaded once: no JWKS lookup, no
+    SSA, no certificate, no claim checked), inserts the decoded claims into SQLite (WAL, as
+    ``SQLiteStore``) and answers 201 with them. The request signature is the one
+    public-key operation no cache can skip (every request JWT is new), and the insert the
+    one write no durable store can skip; a conforming server does all of this and more."""
+    import sqlite3
+    import threading
+
+    from cryptography.hazmat.primitives.asymmetric import padding as pad
+    from flask import Flask, Response, request
+    from jwcrypto import jwk as jwcrypto_jwk
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    folder = Path(instance_path)
+    public = jwcrypto_jwk.JWK(**json.loads((folder / "software-key.json").read_text()))
+    key = public.get_op_key("verify")
+    pss = pad.PSS(mgf=pad.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
+    local = threading.local()
+
+    def db() -> sqlite3.Connection:
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = sqlite3.connect(folder / "floor.db", isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT)"
+            )
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    app = Flask("floor")
+
+    @app.get("/")
+    def index():
+        return {"service": "floor"}
+
+    @app.post("/register")
+    def register():
+        token = request.get_data().decode("ascii")
+        signing_input, _, signature = token.rpartition(".")
+        key.verify(
+            base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+            signing_input.encode("ascii"),
+            pss,
+            hashes.SHA256(),
+        )
+        payload = signing_input.partition(".")[2]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims["client_id"] = client_id = str(uuid.uuid4())
+        body = json.dumps(claims)
+        db().execute("INSERT INTO clients VALUES (?, ?)", (client_id, body))
+        return Response(body, status=201, mimetype="application/json")
 
     app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1)
     return app
@@ -920,7 +988,7 @@ def run_target(
         result,
     )
     flag = ""
-    if result.wrapped and target.startswith("flask-") and target != "flask-noop":
+    if result.wrapped and target in ("flask-sqlite", "flask-postgres"):
         flag = " (ran out of pre-signed requests: raise --requests)"
     print(
         f"  {cell.label:32} c={connections:<2} {result.good_rps:8.0f} req/s"
@@ -1334,9 +1402,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--only",
         action="append",
-        choices=["node-oidc-provider", "flask-sqlite", "flask-postgres", "flask-noop"],
+        choices=[
+            "node-oidc-provider",
+            "flask-sqlite",
+            "flask-postgres",
+            "flask-noop",
+            "flask-floor",
+        ],
         help="run only these targets (repeatable); flask-noop: gunicorn + Flask with an empty"
-        " POST handler, the ceiling of the web stack (not run by default)",
+        " POST handler, the ceiling of the web stack; flask-floor: the minimum any Flask DCR"
+        " does (one PS256 verification, one SQLite insert, nothing checked) (neither is run"
+        " by default)",
     )
     parser.add_argument(
         "--gunicorn",
