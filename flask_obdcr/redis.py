@@ -117,7 +117,12 @@ class RedisJWKSCache:
     its ``stale_until`` (freshness is judged by the JWKS client from the timestamps, as with
     the in-memory cache). Parsing a key set costs far more than reading it, so the last
     parsed entry of up to ``memo_size`` URLs is kept in this process and reused while Redis
-    still holds that same fetch: a warm lookup is one ``GET`` and no key import.
+    still holds that same fetch. Reading Redis on every lookup would still cost a round trip
+    and a JSON decode of the whole set (several per registration), so a fresh entry (by
+    ``clock``, the JWKS client's clock) that this process has read or written in the last
+    ``recheck_after`` seconds (default 1) is used without asking Redis: a key set another
+    instance fetched again reaches this one within that time. Under load a warm lookup is
+    then a dictionary lookup.
 
     A cache must not take the service down: when Redis fails, ``get`` answers from this
     process's memo (or ``None``, so the client fetches) and ``set`` keeps the entry in the
@@ -130,13 +135,22 @@ class RedisJWKSCache:
         *,
         prefix: str = "obdcr:",
         memo_size: int = 256,
+        recheck_after: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         if memo_size < 1:
             raise ValueError("memo_size must be at least 1")
+        if recheck_after < 0:
+            raise ValueError("recheck_after must not be negative")
         self.client = redis_client(client_or_url)
         self.prefix = _check_prefix(prefix)
         self.memo_size = memo_size
-        self._memo: OrderedDict[str, CacheEntry] = OrderedDict()
+        self.recheck_after = recheck_after
+        self.clock = clock
+        self._monotonic = monotonic
+        # url -> (the entry, when Redis last confirmed it or we wrote it, monotonic seconds)
+        self._memo: OrderedDict[str, tuple[CacheEntry, float]] = OrderedDict()
         self._lock = threading.Lock()
 
     def key(self, url: str) -> str:
@@ -144,6 +158,15 @@ class RedisJWKSCache:
         return f"{self.prefix}jwks:{_digest(url)}"
 
     def get(self, url: str) -> CacheEntry | None:
+        now = self._monotonic()
+        with self._lock:
+            remembered = self._memo.get(url)
+        if (
+            remembered is not None
+            and 0 <= now - remembered[1] < self.recheck_after
+            and self.clock() < remembered[0].fresh_until
+        ):
+            return remembered[0]
         try:
             value = self.client.get(self.key(url))
         except redis.RedisError as error:
@@ -159,13 +182,14 @@ class RedisJWKSCache:
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             log.warning("Redis JWKS cache entry %s is corrupt (%s); ignored", self.key(url), error)
             return None
-        known = self._recall(url)
+        known = remembered[0] if remembered is not None else None
         if known is not None and known == entry:  # same fetch: reuse its parsed keys
+            self._keep(url, known, now)
             return known
-        return entry if self._parse(url, entry) else None
+        return entry if self._parse(url, entry, now) else None
 
     def set(self, url: str, entry: CacheEntry) -> None:
-        self._keep(url, entry)
+        self._keep(url, entry, self._monotonic())
         # Kept until stale_until, measured from the fetch (the timestamps come from the JWKS
         # client's clock, so their difference is right whatever that clock is).
         ttl_ms = math.ceil((entry.stale_until - entry.fetched_at) * 1000)
@@ -185,25 +209,25 @@ class RedisJWKSCache:
 
     # -- the per-process memo of parsed entries -----------------------------------------
 
-    def _parse(self, url: str, entry: CacheEntry) -> bool:
+    def _parse(self, url: str, entry: CacheEntry, now: float) -> bool:
         try:
             entry.parsed()
         except JWKSError as error:
             log.warning("Redis JWKS cache entry %s is corrupt (%s); ignored", self.key(url), error)
             return False
-        self._keep(url, entry)
+        self._keep(url, entry, now)
         return True
 
     def _recall(self, url: str) -> CacheEntry | None:
         with self._lock:
-            entry = self._memo.get(url)
-            if entry is not None:
+            remembered = self._memo.get(url)
+            if remembered is not None:
                 self._memo.move_to_end(url)
-            return entry
+        return remembered[0] if remembered is not None else None
 
-    def _keep(self, url: str, entry: CacheEntry) -> None:
+    def _keep(self, url: str, entry: CacheEntry, now: float) -> None:
         with self._lock:
-            self._memo[url] = entry
+            self._memo[url] = (entry, now)
             self._memo.move_to_end(url)
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
@@ -222,5 +246,5 @@ def shared_caches(
     client = redis_client(client_or_url)
     return (
         RedisReplayCache(client, prefix=prefix, clock=clock),
-        RedisJWKSCache(client, prefix=prefix),
+        RedisJWKSCache(client, prefix=prefix, clock=clock),
     )

@@ -12,6 +12,7 @@ import os
 import threading
 import time
 import uuid
+from types import SimpleNamespace
 
 import pytest
 
@@ -185,7 +186,7 @@ def test_jwks_entry_round_trip_and_expiry(redis_server, prefix, entry):
 
 def test_jwks_warm_lookup_does_not_parse_again(redis_server, prefix, entry, monkeypatch):
     RedisJWKSCache(redis_server, prefix=prefix).set(URL, entry)
-    reader = RedisJWKSCache(redis_server, prefix=prefix)
+    reader = RedisJWKSCache(redis_server, prefix=prefix, recheck_after=0)  # Redis every time
     parses = []
     original = CacheEntry.parsed
 
@@ -207,6 +208,32 @@ def test_jwks_warm_lookup_does_not_parse_again(redis_server, prefix, entry, monk
     assert second == newer and second is not first
     assert reader.get(URL) is second
     assert len(parses) == 2
+
+
+def test_jwks_recent_fresh_entry_is_used_without_asking_redis(redis_server, prefix, entry):
+    ticks = FrozenClock(1000)
+    clock = FrozenClock(entry.fetched_at)
+    RedisJWKSCache(redis_server, prefix=prefix).set(URL, entry)
+    reader = RedisJWKSCache(redis_server, prefix=prefix, clock=clock, monotonic=ticks)
+    reads = []
+    real_get = reader.client.get
+    reader.client = SimpleNamespace(get=lambda key: reads.append(key) or real_get(key))
+    first = reader.get(URL)
+    assert reader.get(URL) is first and reads == [reader.key(URL)]
+    # another instance fetched the set again: seen once this process's copy is a second old
+    newer = CacheEntry(
+        entry.raw, entry.fetched_at + 10, entry.fresh_until + 10, entry.stale_until + 10
+    )
+    RedisJWKSCache(redis_server, prefix=prefix).set(URL, newer)
+    ticks.advance(0.9)
+    assert reader.get(URL) is first and len(reads) == 1
+    ticks.advance(0.1)
+    assert reader.get(URL) == newer and len(reads) == 2
+    second = reader.get(URL)
+    assert second == newer and len(reads) == 2
+    # an entry that is no longer fresh is never taken on trust: Redis is asked
+    clock.set(newer.fresh_until)
+    assert reader.get(URL) == newer and len(reads) == 3
 
 
 def test_jwks_memo_is_bounded(redis_server, prefix, entry):
@@ -261,7 +288,9 @@ def test_jwks_clients_share_fetches(redis_server, prefix, ob_directory, ob_softw
     clock = FrozenClock()
     fetchers = [StaticFetcher(ob_directory.documents()) for _ in range(2)]
     clients = [
-        JWKSClient(fetcher, cache=RedisJWKSCache(REDIS_URL, prefix=prefix), clock=clock)
+        JWKSClient(
+            fetcher, cache=RedisJWKSCache(REDIS_URL, prefix=prefix, clock=clock), clock=clock
+        )
         for fetcher in fetchers
     ]
     url = ob_software.jwks_url
