@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 from cryptography import x509
 
 from .certificates import certificate_belongs_to_software, thumbprint_sha256
-from .errors import InvalidClient, InvalidToken
+from .errors import InvalidClient, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSError
 from .storage import StoredClient, secret_matches
 
@@ -43,8 +43,13 @@ def authorize_management(
     token = bearer_token(authorization)
     if token is None:
         raise InvalidToken("An access token is required (Authorization: Bearer).")
-    client = state.store.get(client_id)
-    record = state.tokens.find(token)
+    try:
+        client = state.store.get(client_id)
+        record = state.tokens.find(token)
+    except Exception as exc:  # the backend is down: say so, as a registration would
+        raise TemporarilyUnavailable(
+            "The registration cannot be read right now; retry later.", detail=repr(exc)
+        ) from exc
     if record is not None:
         if client is None or record.client_id != client_id:
             state.tokens.revoke(token)

@@ -9,7 +9,7 @@ from flask import Blueprint, Response, current_app, json, request, url_for
 from werkzeug.exceptions import HTTPException
 
 from .certificates import client_certificate_from_environ
-from .errors import RegistrationError, RequestTooLarge
+from .errors import RegistrationError, RequestTooLarge, TemporarilyUnavailable
 from .management import authorize_management
 from .signals import client_deleted, client_registered, client_updated, registration_rejected
 
@@ -99,8 +99,15 @@ def manage(client_id: str) -> Response:
             app, client=registration.client, previous=client, context=registration.context
         )
         return json_response(_with_client_uri(registration.response), 200)
+    # tokens first: if that fails, nothing is deleted and the client may retry; the other
+    # way round, a failure would leave live tokens of a deleted client
+    try:
+        state.tokens.revoke_client(client.client_id)
+    except Exception as exc:
+        raise TemporarilyUnavailable(
+            "The client could not be deleted; retry later.", detail=repr(exc)
+        ) from exc
     state.registrar.delete(client)
-    state.tokens.revoke_client(client.client_id)
     logger.info("deleted client %s", client.client_id)
     client_deleted.send(app, client=client)
     response = current_app.response_class(status=204)

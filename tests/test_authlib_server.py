@@ -255,6 +255,46 @@ def test_registration_access_token_rfc7592(http, store, ob_directory, ob_softwar
     assert response.get_json()["error"] == "invalid_client"
 
 
+def test_management_read_with_the_store_down_is_503(
+    http, store, monkeypatch, ob_directory, ob_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    rat = registration["registration_access_token"]
+
+    def down(client_id):
+        raise ConnectionError("database unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(store, "get", down)
+        response = manage(http, "GET", registration["client_id"], rat, ob_software)
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "temporarily_unavailable"
+    assert response.headers["Cache-Control"] == "no-store"
+    assert manage(http, "GET", registration["client_id"], rat, ob_software).status_code == 200
+
+
+def test_delete_keeps_everything_when_tokens_cannot_be_revoked(
+    http, bank, store, monkeypatch, ob_directory, ob_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, registration).get_json()["access_token"]
+    client_id = registration["client_id"]
+
+    def down(client_id):
+        raise ConnectionError("token store unreachable")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(bank.extensions["obdcr"].tokens, "revoke_client", down)
+        response = manage(http, "DELETE", client_id, token, ob_software)
+    assert response.status_code == 503, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "temporarily_unavailable"
+    assert store.get(client_id) is not None  # nothing half-done: the client is still there
+    assert manage(http, "GET", client_id, token, ob_software).status_code == 200
+    assert manage(http, "DELETE", client_id, token, ob_software).status_code == 204
+    assert store.get(client_id) is None
+    assert_invalid_token(manage(http, "GET", client_id, token, ob_software))
+
+
 def test_put_cannot_move_client_to_another_software(
     http, store, ob_directory, ob_software, ob_ec_software, issuer
 ):
@@ -325,11 +365,13 @@ def test_replayed_client_assertion_is_invalid_client(http, ob_directory, ob_soft
     registration = register(http, ob_directory, ob_software, issuer)
     assertion = ob_software.client_assertion(registration["client_id"], aud=TOKEN_URL)
     # client_id in the form as well, as many TPPs send it: the assertion still decides
-    first = get_token(http, ob_software, registration, assertion=assertion,
-                      client_id=registration["client_id"])
+    first = get_token(
+        http, ob_software, registration, assertion=assertion, client_id=registration["client_id"]
+    )
     assert first.status_code == 200
-    replay = get_token(http, ob_software, registration, assertion=assertion,
-                       client_id=registration["client_id"])
+    replay = get_token(
+        http, ob_software, registration, assertion=assertion, client_id=registration["client_id"]
+    )
     assert replay.status_code == 401
     assert replay.get_json() == {
         "error": "invalid_client",

@@ -36,7 +36,9 @@ def test_notebook_runs(path, tmp_path):
     os.environ["OBDCR_NOTEBOOK_WORKDIR"] = str(tmp_path)
     try:
         client = NotebookClient(
-            notebook, timeout=120, kernel_name="python3",
+            notebook,
+            timeout=120,
+            kernel_name="python3",
             resources={"metadata": {"path": str(path.parent)}},
         )
         client.execute()

@@ -10,6 +10,7 @@ PostgreSQL tests are skipped, except in CI (``CI`` set), where they fail.
 from __future__ import annotations
 
 import os
+import time
 import uuid
 from collections.abc import Callable
 
@@ -215,23 +216,51 @@ class TestPostgresStore(ClientStoreContract):
         store.add(make_client("after"))  # the pooled connection is clean again
         assert len(store) == 2
 
-    def test_dropped_connections_are_replaced(self, pg_engine, pg_store_factory):
-        """pool_pre_ping: connections the server killed are not handed out."""
-        name = f"obdcr-{uuid.uuid4().hex[:8]}"
-        store = pg_store_factory(engine_options={"connect_args": {"application_name": name}})
-        store.add(make_client("before", issued_at=1))
+    @staticmethod
+    def _kill_connections(pg_engine, name: str) -> int:
         with pg_engine.begin() as conn:
-            killed = conn.execute(
+            return conn.execute(
                 sa.text(
                     "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity"
                     " WHERE application_name = :name"
                 ),
                 {"name": name},
             ).scalar()
-        assert killed >= 1
+
+    def test_idle_connections_the_server_dropped_are_replaced(self, pg_engine, pg_store_factory):
+        name = f"obdcr-{uuid.uuid4().hex[:8]}"
+        store = pg_store_factory(
+            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 0.2}
+        )
+        store.add(make_client("before", issued_at=1))
+        assert self._kill_connections(pg_engine, name) >= 1
+        time.sleep(0.3)  # idle long enough: pinged at checkout, found dead, replaced
         assert store.get("before") == make_client("before", issued_at=1)
         store.add(make_client("after", issued_at=2))
         assert len(store) == 2
+
+    def test_a_busy_connection_the_server_dropped_fails_once(self, pg_engine, pg_store_factory):
+        # not pinged (in steady use): the one call that meets it fails, nothing is written,
+        # the pool is discarded, and the next call works
+        name = f"obdcr-{uuid.uuid4().hex[:8]}"
+        store = pg_store_factory(
+            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 60}
+        )
+        store.add(make_client("before", issued_at=1))
+        assert self._kill_connections(pg_engine, name) >= 1
+        with pytest.raises(sa.exc.OperationalError):
+            store.add(make_client("lost", issued_at=2))
+        store.add(make_client("after", issued_at=3))
+        assert [c.client_id for c in store.list()] == ["before", "after"]
+
+    def test_ping_on_every_checkout_can_be_asked_for(self, pg_engine, pg_store_factory):
+        name = f"obdcr-{uuid.uuid4().hex[:8]}"
+        store = pg_store_factory(
+            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 0}
+        )
+        store.add(make_client("before", issued_at=1))
+        assert self._kill_connections(pg_engine, name) >= 1
+        assert store.get("before") == make_client("before", issued_at=1)
 
     def test_forked_processes_get_their_own_connections(self, store):
         """A pre-forking server: the parent used the store, then forks its workers."""
@@ -282,7 +311,6 @@ def test_engine_is_shared_not_disposed(tmp_path):
     store = SQLAlchemyStore(engine)
     tokens = store.token_store()
     assert store.engine is engine and tokens.engine is engine
-    assert engine.pool._pre_ping
     store.add(make_client())
     store.close()  # not ours to dispose of
     assert store.get("client-1") == make_client()

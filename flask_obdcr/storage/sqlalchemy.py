@@ -22,6 +22,7 @@ import itertools
 import os
 import re
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
@@ -59,12 +60,27 @@ if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_forget_parent_connections)
 
 
-def make_engine(url: str | sa.URL, **options: Any) -> Engine:
-    """An engine fit for a store: ``pool_pre_ping`` (a connection the database dropped is
-    replaced, not handed out), and for SQLite a busy timeout, WAL for files, and one shared
-    connection for an in-memory database (otherwise each thread would see its own)."""
+def make_engine(
+    url: str | sa.URL, *, ping_after_idle: float | None = 5.0, **options: Any
+) -> Engine:
+    """An engine fit for a store.
+
+    * A pooled connection that has been idle for ``ping_after_idle`` seconds or more is
+      pinged before it is handed out, and replaced if the database has dropped it (idle
+      timeouts, firewalls, a restart while the service was quiet). A connection in steady use
+      is not pinged: ``pool_pre_ping`` would cost a round trip on every checkout, about a
+      third of a registration's time on PostgreSQL. The price: after a database restart
+      under load, a request already holding a dead connection fails (the store reports it,
+      the extension answers 503 and SQLAlchemy discards the whole pool). ``ping_after_idle=0``
+      pings on every checkout; ``None`` never; ``pool_pre_ping=True`` is SQLAlchemy's own.
+    * Autocommit connections, on which each statement is its own transaction: one round trip
+      for a single-statement write or read instead of BEGIN, statement, COMMIT or ROLLBACK.
+      The stores open a real transaction where they need one.
+    * For SQLite: a busy timeout, WAL for files, and one shared connection for an in-memory
+      database (otherwise each thread would see its own).
+    """
     url = sa.make_url(url)
-    options.setdefault("pool_pre_ping", True)
+    options.setdefault("isolation_level", "AUTOCOMMIT")
     if url.get_backend_name() == "sqlite":
         connect_args = options["connect_args"] = dict(options.get("connect_args") or {})
         connect_args.setdefault("timeout", 30)
@@ -81,8 +97,36 @@ def make_engine(url: str | sa.URL, **options: Any) -> Engine:
                 cursor.execute("PRAGMA synchronous=NORMAL")
                 cursor.close()
 
-        return engine
-    return sa.create_engine(url, **options)
+    else:
+        engine = sa.create_engine(url, **options)
+        if ping_after_idle is not None and not options.get("pool_pre_ping"):
+            _ping_after_idle(engine, ping_after_idle)
+    if options["isolation_level"] == "AUTOCOMMIT":
+        _AUTOCOMMIT_ENGINES.add(engine)
+    return engine
+
+
+def _ping_after_idle(engine: Engine, seconds: float) -> None:
+    # SQLAlchemy's event-based pessimistic disconnect handling: raising DisconnectionError at
+    # checkout makes the pool discard the connection and hand out another (3 attempts).
+    @event.listens_for(engine, "checkin")
+    def _returned(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["obdcr_returned_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _ping_if_idle(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        returned = record.info.get("obdcr_returned_at")
+        if returned is None or time.monotonic() - returned < seconds:
+            return  # new, or in steady use
+        try:
+            engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure: do not hand it out
+            raise exc.DisconnectionError(f"pooled connection failed its ping: {error}") from error
+
+
+#: engines whose connections are in autocommit from the start (made by make_engine)
+_AUTOCOMMIT_ENGINES: weakref.WeakSet[Engine] = weakref.WeakSet()
 
 
 def _sqlite_in_memory(url: sa.URL) -> bool:
@@ -119,6 +163,16 @@ class _Database:
             self._owns_engine = True
         if not _sqlite_in_memory(self.engine.url):  # nothing to share across processes there
             _ENGINES.add(self.engine)
+        # Every write outside transaction() is one statement, atomic by itself: in autocommit
+        # it costs one round trip instead of BEGIN, the statement and COMMIT; reads likewise
+        # skip BEGIN and the ROLLBACK when the connection goes back to the pool. An engine of
+        # make_engine is in autocommit already; another engine is switched per connection.
+        self._autocommit_engine = self.engine in _AUTOCOMMIT_ENGINES
+        self._autocommit = (
+            self.engine
+            if self._autocommit_engine
+            else self.engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
         self.table_prefix = table_prefix
         self.schema = schema
         self.metadata = sa.MetaData(schema=schema)
@@ -170,6 +224,8 @@ class _Database:
             return
         self.ensure_schema()
         with self._serialised(), self.engine.connect() as conn:
+            if self._autocommit_engine:  # a real transaction, at the database's own level
+                conn.execution_options(isolation_level=conn.default_isolation_level)
             state = [conn, False]  # connection, failed
             self._local.tx = state
             try:
@@ -196,8 +252,8 @@ class _Database:
                 outer[1] = True  # the whole unit is spoilt (PostgreSQL aborts it anyway)
                 raise
             return
-        with self._serialised(), self.engine.begin() as conn:
-            yield conn
+        with self._serialised(), self._autocommit.connect() as conn:
+            yield conn  # one statement: committed as it runs, or not at all
 
     @contextmanager
     def reading(self) -> Iterator[Connection]:
@@ -206,7 +262,7 @@ class _Database:
         if outer is not None:
             yield outer[0]  # see the transaction's own uncommitted writes
             return
-        with self._serialised(), self.engine.connect() as conn:
+        with self._serialised(), self._autocommit.connect() as conn:
             yield conn
 
     def dispose(self) -> None:
@@ -257,6 +313,9 @@ class SQLAlchemyStore(ClientStore):
         )
         self._columns = tuple(column.name for column in self.table.columns)
         self._order = (self.table.c.client_id_issued_at, self.table.c.client_id)
+        # built once: executed with parameters, compiled once per dialect (SQLAlchemy's cache)
+        self._insert = self.table.insert()
+        self._select_one = sa.select(self.table).where(self.table.c.client_id == sa.bindparam("id"))
 
     @property
     def engine(self) -> Engine:
@@ -304,15 +363,14 @@ class SQLAlchemyStore(ClientStore):
         record = client.to_record()
         try:
             with self._db.writing() as conn:
-                conn.execute(self.table.insert().values({c: record[c] for c in self._columns}))
+                conn.execute(self._insert, {c: record[c] for c in self._columns})
         except exc.IntegrityError as error:
             # the primary key is the only constraint a complete record can break
             raise ClientExists(client.client_id) from error
 
     def _get(self, client_id: str) -> StoredClient | None:
-        query = sa.select(self.table).where(self.table.c.client_id == client_id)
         with self._db.reading() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(self._select_one, {"id": client_id}).mappings().first()
         return None if row is None else StoredClient.from_record(row)
 
     def _list(self) -> Iterator[StoredClient]:
@@ -382,6 +440,10 @@ class SQLAlchemyTokenStore(TokenStore):
             sa.Column("x5t_s256", sa.String(255)),
         )
         self._fields = tuple(column.name for column in self.table.columns)
+        self._insert = self.table.insert()
+        self._select_one = sa.select(self.table).where(
+            self.table.c.token_hash == sa.bindparam("hash")
+        )
         self.purge_every = purge_every
         self._saves = itertools.count(1)
 
@@ -396,7 +458,7 @@ class SQLAlchemyTokenStore(TokenStore):
         values = {name: getattr(record, name) for name in self._fields}
         try:
             with self._db.writing() as conn:
-                conn.execute(self.table.insert().values(values))
+                conn.execute(self._insert, values)
         except exc.IntegrityError:
             # the same token saved again: overwrite, as the other token stores do
             key = values.pop("token_hash")
@@ -408,9 +470,8 @@ class SQLAlchemyTokenStore(TokenStore):
             self.purge_expired()
 
     def _get(self, token_hash: str) -> AccessToken | None:
-        query = sa.select(self.table).where(self.table.c.token_hash == token_hash)
         with self._db.reading() as conn:
-            row = conn.execute(query).mappings().first()
+            row = conn.execute(self._select_one, {"hash": token_hash}).mappings().first()
         return None if row is None else AccessToken(**row)
 
     def _delete(self, token_hash: str) -> None:
