@@ -1416,9 +1416,10 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gunicorn",
-        default="gthread:2x4",
-        help="gunicorn settings to compare, comma-separated: sync:N (N sync"
-        " workers) or gthread:NxT (N workers x T threads); default gthread:2x4",
+        default="sync:2,gevent:2",
+        help="gunicorn settings to compare, comma-separated: sync:N (N sync workers),"
+        " gevent:N (N gevent workers) or gthread:NxT (N workers x T threads);"
+        " default sync:2,gevent:2",
     )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument(
@@ -1430,7 +1431,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--requests",
         type=int,
-        default=20000,
+        default=40000,
         help="pre-signed registration requests (each cell reuses them)",
     )
     parser.add_argument("--node-requests", type=int, default=80000)

@@ -258,8 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--gunicorn",
-        default="gthread:2x4",
-        help="sync:N (N sync workers) or gthread:NxT; default gthread:2x4",
+        default="sync:2",
+        help="sync:N (N sync workers), gevent:N or gthread:NxT; default sync:2",
     )
     parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument("--redis-url", default=None)
