@@ -649,12 +649,18 @@ def test_verify_time_zones(pki, ica_verifier):
         ica_verifier.verify(leaf, now=(leaf.not_valid_after_utc + SECOND).replace(tzinfo=None))
 
 
-def test_verify_rejects_expired_anchor(pki):
-    # The issuing CA expires before the leaf: the anchor is checked like any other issuer.
+@pytest.fixture(scope="module")
+def short_lived_ca_chain():
+    """(anchor, leaf): the issuing CA expires a day from NOW, 29 days before its leaf."""
     key = ec.generate_private_key(ec.SECP256R1())
     ca_name = name((COUNTRY, "GB"), (COMMON, "Short-lived CA"))
     short_ca = make_ca(ca_name, key, ca_name, key, path_length=0, not_after=NOW + DAY)
-    leaf = make_leaf(ob_subject(), key, short_ca, key, not_after=NOW + 30 * DAY)
+    return short_ca, make_leaf(ob_subject(), key, short_ca, key, not_after=NOW + 30 * DAY)
+
+
+def test_verify_rejects_expired_anchor(short_lived_ca_chain):
+    # The issuing CA expires before the leaf: the anchor is checked like any other issuer.
+    short_ca, leaf = short_lived_ca_chain
     verifier = TransportCertificateVerifier([short_ca])
     verifier.verify(leaf, now=NOW)
     with pytest.raises(InvalidClient) as info:
@@ -697,13 +703,12 @@ def test_verified_chain_is_remembered_within_its_window(pki, chain_checks):
     assert_invalid_client(info.value, OUT_OF_VALIDITY)
 
 
-def test_remembered_chain_ends_with_its_shortest_lived_certificate(chain_checks):
-    # the issuing CA expires 29 days before the leaf: a chain verified today is not
-    # trusted once the CA has expired, however recently it was verified
-    key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = name((COUNTRY, "GB"), (COMMON, "Short-lived CA"))
-    short_ca = make_ca(ca_name, key, ca_name, key, path_length=0, not_after=NOW + DAY)
-    leaf = make_leaf(ob_subject(), key, short_ca, key, not_after=NOW + 30 * DAY)
+def test_remembered_chain_ends_with_its_shortest_lived_certificate(
+    short_lived_ca_chain, chain_checks
+):
+    # a chain verified today is not trusted once its CA has expired, however recently it
+    # was verified
+    short_ca, leaf = short_lived_ca_chain
     verifier = TransportCertificateVerifier([short_ca])
     verifier.verify(leaf, now=NOW)
     verifier.verify(leaf, now=NOW + DAY)

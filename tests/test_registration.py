@@ -897,14 +897,7 @@ def test_a_software_statement_seen_before_is_judged_again(env, ob_app_factory, p
     store = MemoryStore()
     app = ob_app_factory(store=store, OBDCR_SSA_MAX_AGE=600, OBDCR_CLOCK_SKEW=0)
     ssa = env.ssa(iat=int(env.clock()))
-    first = post_registration(env.request(software_statement=ssa), software=env.software, app=app)
-    assert first.status_code == 201, first.get_json()
-    env.clock.advance(601)
-    now = int(env.clock())
-    again = env.request(software_statement=ssa, iat=now, exp=now + 300)
-    response = post_registration(again, software=env.software, app=app)
-    assert response.status_code == 400
-    assert response.get_json()["error"] == "invalid_software_statement"
+    register_twice_with(ssa, env, app, post_registration, between=lambda: env.clock.advance(601))
     assert len(store) == 1
 
 
@@ -914,20 +907,30 @@ def test_a_software_statement_seen_before_is_refused_once_its_key_is_withdrawn(
     store = MemoryStore()
     app = ob_app_factory(store=store)
     ssa = env.ssa()
+
+    def rotate():
+        # the Directory replaces its signing key under the same kid; the cached key set goes
+        # stale and is fetched again: the SSA no longer verifies
+        kid = json.loads(base64.urlsafe_b64decode(ssa.split(".")[0] + "=="))["kid"]
+        replacement = json.loads(_rsa_jwk(kid=kid).export_public())
+        env.fetcher.documents[env.directory.jwks_url] = {"keys": [replacement]}
+        env.clock.advance(301)
+
+    register_twice_with(ssa, env, app, post_registration, between=rotate)
+    assert len(store) == 1
+
+
+def register_twice_with(ssa, env, app, post_registration, *, between):
+    """Register with ``ssa`` (201), run ``between``, then send the same SSA in a new request:
+    it must be refused as an invalid software statement."""
     first = post_registration(env.request(software_statement=ssa), software=env.software, app=app)
     assert first.status_code == 201, first.get_json()
-    # the Directory replaces its signing key under the same kid; the cached key set goes
-    # stale and is fetched again: the SSA no longer verifies
-    kid = json.loads(base64.urlsafe_b64decode(ssa.split(".")[0] + "=="))["kid"]
-    replacement = json.loads(_rsa_jwk(kid=kid).export_public())
-    env.fetcher.documents[env.directory.jwks_url] = {"keys": [replacement]}
-    env.clock.advance(301)
+    between()
     now = int(env.clock())
     again = env.request(software_statement=ssa, iat=now, exp=now + 300)
     response = post_registration(again, software=env.software, app=app)
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_software_statement"
-    assert len(store) == 1
 
 
 def test_signals_report_registration_and_rejection(env, ob_app_factory, post_registration):

@@ -9,6 +9,7 @@ on one file) is tested in the backend's subclass.
 from __future__ import annotations
 
 import copy
+import functools
 import hmac
 import multiprocessing
 import os
@@ -325,17 +326,11 @@ class ClientStoreContract:
     # -- in the app ------------------------------------------------------------------------
 
     def test_registration_through_the_app(
-        self, store, ob_app_factory, ob_directory, ob_software, ob_issuer
+        self, store, ob_app_factory, ob_directory, ob_software, ob_issuer, post_registration
     ):
         app = ob_app_factory(store=store)
         body = ob_directory.registration_request(ob_software, aud=ob_issuer)
-        with app.test_client() as http:
-            response = http.post(
-                "/register",
-                data=body,
-                content_type="application/jwt",
-                environ_base=ob_software.environ(),
-            )
+        response = post_registration(body, software=ob_software, app=app)
         assert response.status_code == 201, response.get_json()
         data = response.get_json()
         stored = store.get(data["client_id"])
@@ -364,26 +359,35 @@ def run_threads(target, args_list) -> list[BaseException]:
     return errors
 
 
-def run_forked_writers(store: ClientStore, *, children: int = 4, per_child: int = 25) -> list:
-    """A pre-forking server: the parent has used ``store``, then forks writers that each add
-    ``per_child`` clients through it. Each child's outcome, sorted."""
+def run_forked(target, args_for, children: int = 4) -> tuple[list, list]:
+    """Fork ``children`` processes running ``target(*args_for(n), barrier, results)``, all
+    released at once: their outcomes (what each put on ``results``), sorted, and exit codes."""
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(children)
     results = ctx.Queue()
     processes = [
-        ctx.Process(target=_forked_writer, args=(store, n, per_child, barrier, results))
-        for n in range(children)
+        ctx.Process(target=target, args=(*args_for(n), barrier, results)) for n in range(children)
     ]
     for process in processes:
         process.start()
     outcomes = sorted(results.get(timeout=60) for _ in processes)
     for process in processes:
         process.join(timeout=60)
+    return outcomes, [process.exitcode for process in processes]
+
+
+def run_forked_writers(store: ClientStore, *, children: int = 4, per_child: int = 25) -> list:
+    """A pre-forking server: the parent has used ``store``, then forks writers that each add
+    ``per_child`` clients through it. Each child's outcome, sorted."""
+    outcomes, _ = run_forked(_forked_writer, lambda n: (store, n, per_child), children)
     return outcomes
 
 
 def _forked_writer(store, n, per_child, barrier, results) -> None:
+    """Runs in a child process: ``per_child`` adds through ``store`` (or through the store
+    ``store()`` opens, when it is a factory), reporting the outcome."""
     try:
+        store = store() if callable(store) else store
         barrier.wait(timeout=30)
         for i in range(per_child):
             store.add(make_client(f"p{n}-{i}", issued_at=i))
@@ -440,18 +444,6 @@ class TestMemoryStore(ClientStoreContract):
     @pytest.fixture
     def store(self):
         return MemoryStore()
-
-
-def _process_writer(store, path, n, per_process, barrier, results) -> None:
-    """Runs in a child process: ``per_process`` adds, reporting the outcome."""
-    try:
-        store = store if store is not None else SQLiteStore(path)
-        barrier.wait(timeout=30)
-        for i in range(per_process):
-            store.add(make_client(f"p{n}-{i}", issued_at=i))
-        results.put((n, "ok"))
-    except BaseException as exc:  # noqa: BLE001 - reported to the parent
-        results.put((n, f"{type(exc).__name__}: {exc}"))
 
 
 def _connection_id(store, results) -> None:
@@ -527,43 +519,26 @@ class TestSQLiteStore(ClientStoreContract):
         assert TOKEN.encode() not in data
 
     @pytest.mark.parametrize(
-        ("method", "parent_first"),
+        "parent_first",
         [
             # the parent has used the store (it holds an open connection) before forking,
             # as a pre-forking server does when the app touches the store at start-up
-            pytest.param("fork", True, id="fork-after-parent-used-it"),
+            pytest.param(True, id="fork-after-parent-used-it"),
             # the workers race to create the file, switch it to WAL and create the table
-            pytest.param("fork", False, id="fork-new-file"),
+            pytest.param(False, id="fork-new-file"),
         ],
     )
-    def test_several_processes_lose_nothing(self, store, path, method, parent_first):
-        ctx = multiprocessing.get_context(method)
+    def test_several_processes_lose_nothing(self, store, path, parent_first):
         processes, per_process = 4, 50
         if parent_first:
             store.add(make_client("parent", issued_at=0))
-        barrier = ctx.Barrier(processes)
-        results = ctx.Queue()
-        children = [
-            ctx.Process(
-                target=_process_writer,
-                args=(
-                    store if parent_first else None,
-                    os.fspath(path),
-                    n,
-                    per_process,
-                    barrier,
-                    results,
-                ),
-            )
-            for n in range(processes)
-        ]
-        for child in children:
-            child.start()
-        outcomes = sorted(results.get(timeout=60) for _ in children)
-        for child in children:
-            child.join(timeout=60)
+        # the parent's own store, or one each child opens on the (perhaps new) file
+        child_store = store if parent_first else functools.partial(SQLiteStore, os.fspath(path))
+        outcomes, exit_codes = run_forked(
+            _forked_writer, lambda n: (child_store, n, per_process), processes
+        )
         assert outcomes == [(n, "ok") for n in range(processes)]
-        assert [child.exitcode for child in children] == [0] * processes
+        assert exit_codes == [0] * processes
         expected = {f"p{n}-{i}" for n in range(processes) for i in range(per_process)}
         if parent_first:
             expected.add("parent")

@@ -227,13 +227,22 @@ class TestPostgresStore(ClientStoreContract):
                 {"name": name},
             ).scalar()
 
-    def test_idle_connections_the_server_dropped_are_replaced(self, pg_engine, pg_store_factory):
+    @classmethod
+    def _store_whose_connections_die(cls, pg_engine, pg_store_factory, ping_after_idle):
+        """A store that has written once, then had its connections killed by the server."""
         name = f"obdcr-{uuid.uuid4().hex[:8]}"
         store = pg_store_factory(
-            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 0.2}
+            engine_options={
+                "connect_args": {"application_name": name},
+                "ping_after_idle": ping_after_idle,
+            }
         )
         store.add(make_client("before", issued_at=1))
-        assert self._kill_connections(pg_engine, name) >= 1
+        assert cls._kill_connections(pg_engine, name) >= 1
+        return store
+
+    def test_idle_connections_the_server_dropped_are_replaced(self, pg_engine, pg_store_factory):
+        store = self._store_whose_connections_die(pg_engine, pg_store_factory, 0.2)
         time.sleep(0.3)  # idle long enough: pinged at checkout, found dead, replaced
         assert store.get("before") == make_client("before", issued_at=1)
         store.add(make_client("after", issued_at=2))
@@ -242,24 +251,14 @@ class TestPostgresStore(ClientStoreContract):
     def test_a_busy_connection_the_server_dropped_fails_once(self, pg_engine, pg_store_factory):
         # not pinged (in steady use): the one call that meets it fails, nothing is written,
         # the pool is discarded, and the next call works
-        name = f"obdcr-{uuid.uuid4().hex[:8]}"
-        store = pg_store_factory(
-            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 60}
-        )
-        store.add(make_client("before", issued_at=1))
-        assert self._kill_connections(pg_engine, name) >= 1
+        store = self._store_whose_connections_die(pg_engine, pg_store_factory, 60)
         with pytest.raises(sa.exc.OperationalError):
             store.add(make_client("lost", issued_at=2))
         store.add(make_client("after", issued_at=3))
         assert [c.client_id for c in store.list()] == ["before", "after"]
 
     def test_ping_on_every_checkout_can_be_asked_for(self, pg_engine, pg_store_factory):
-        name = f"obdcr-{uuid.uuid4().hex[:8]}"
-        store = pg_store_factory(
-            engine_options={"connect_args": {"application_name": name}, "ping_after_idle": 0}
-        )
-        store.add(make_client("before", issued_at=1))
-        assert self._kill_connections(pg_engine, name) >= 1
+        store = self._store_whose_connections_die(pg_engine, pg_store_factory, 0)
         assert store.get("before") == make_client("before", issued_at=1)
 
     def test_forked_processes_get_their_own_connections(self, store):

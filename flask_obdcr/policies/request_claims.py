@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from ..errors import InvalidClientMetadata, TemporarilyUnavailable
+from ..errors import InvalidClientMetadata
 from .base import RegistrationContext
 
 MAX_JTI_LENGTH = 256
@@ -50,15 +50,9 @@ class RequestClaims:
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti.strip() or len(jti) > MAX_JTI_LENGTH:
             raise InvalidClientMetadata("The request JWT must carry a jti.")
-        # an early look; the atomic check-and-set happens when the client is stored
-        try:
-            seen = context.replay_cache.seen(context.jti_key)
-        except Exception as exc:  # a shared cache that is down: refuse, and say so
-            raise TemporarilyUnavailable(
-                "The replay check cannot be made right now; retry later.", detail=repr(exc)
-            ) from exc
-        if seen:
-            raise InvalidClientMetadata("The request JWT has been used before (jti replayed).")
+        # A replayed jti is refused by the registrar's atomic check-and-set, once every check
+        # has passed and just before the client is stored: no early look here, which would
+        # cost a shared cache a second round trip on every request and decide nothing.
 
         existing = context.existing
         if existing is not None and (
