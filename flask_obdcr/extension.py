@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import os
 import time
 from collections.abc import Callable
@@ -18,8 +19,10 @@ from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
 from .replay import MemoryReplayCache, ReplayCache
-from .storage import ClientStore, SQLiteStore
+from .storage import ClientStore, MemoryStore, SQLiteStore
 from .tokens import MemoryTokenStore, SQLiteTokenStore, TokenStore
+
+log = logging.getLogger("flask_obdcr")
 
 EXTENSION_KEY = "obdcr"
 
@@ -99,12 +102,17 @@ class OpenBankingDCR:
         if store is None:
             store = SQLiteStore(os.path.join(app.instance_path, "obdcr.db"))
         replay_cache, jwks_cache = self.replay_cache, self.jwks_cache
-        if settings.redis_url and (replay_cache is None or jwks_cache is None):
+        shared_redis = None
+        if settings.redis_url:
+            from .redis import redis_client
+
+            shared_redis = redis_client(settings.redis_url)  # one pool for all Redis state
+        if shared_redis is not None and (replay_cache is None or jwks_cache is None):
             # every process of the server sees every jti and shares fetched key sets
             from .redis import shared_caches
 
             shared_replay, shared_jwks = shared_caches(
-                settings.redis_url, prefix=settings.redis_prefix, clock=self.clock
+                shared_redis, prefix=settings.redis_prefix, clock=self.clock
             )
             replay_cache = shared_replay if replay_cache is None else replay_cache
             jwks_cache = shared_jwks if jwks_cache is None else jwks_cache
@@ -132,7 +140,19 @@ class OpenBankingDCR:
                 tokens = SQLiteTokenStore(store.path, clock=self.clock)
             elif hasattr(store, "token_store"):  # e.g. SQLAlchemyStore: the same database
                 tokens = store.token_store(clock=self.clock)
+            elif shared_redis is not None:  # e.g. LDAPStore: tokens where the jtis are
+                from .redis import RedisTokenStore
+
+                tokens = RedisTokenStore(
+                    shared_redis, prefix=settings.redis_prefix, clock=self.clock
+                )
             else:
+                if not isinstance(store, MemoryStore):
+                    log.warning(
+                        "%s keeps no access tokens: they are kept in this process only, so"
+                        " with several processes pass token_store= or set OBDCR_REDIS_URL",
+                        type(store).__name__,
+                    )
                 tokens = MemoryTokenStore(clock=self.clock)
         state = DCRState(self, settings, store, jwks, replay_cache, verifier, registrar, tokens)
         app.extensions[EXTENSION_KEY] = state

@@ -1,4 +1,5 @@
-"""State shared by every instance of the server, in Redis: the jti replay cache and the JWKS cache.
+"""State shared by every instance of the server, in Redis: the jti replay cache, the JWKS
+cache, and (for stores that keep none of their own) the access tokens.
 
 Install the ``redis`` extra (``pip install 'flask-obdcr[redis]'``), then give both caches to
 the extension::
@@ -11,11 +12,12 @@ the extension::
 A request JWT accepted by one instance is then refused as replayed by all the others, and a
 JWKS fetched by one instance is used by the others without fetching it again.
 
-Keys are ``<prefix>jti:<sha256>`` and ``<prefix>jwks:<sha256 of the URL>``: bounded in
-length whatever the TPP puts in a jti, and namespaced so several deployments can share one
-Redis. Everything expires by itself; nothing needs cleaning up. Anyone who can write to this
-Redis can make the server forget a jti or trust a key set: protect it (AUTH, TLS with a
-``rediss://`` URL, a private network).
+Keys are ``<prefix>jti:<sha256>``, ``<prefix>jwks:<sha256 of the URL>``,
+``<prefix>token:<token hash>`` and ``<prefix>client-tokens:<sha256 of the client_id>``:
+bounded in length whatever the TPP puts in a jti, and namespaced so several deployments can
+share one Redis. Everything expires by itself; nothing needs cleaning up. Anyone who can
+write to this Redis can make the server forget a jti, trust a key set or accept a token:
+protect it (AUTH, TLS with a ``rediss://`` URL, a private network).
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from .jwks import CacheEntry, JWKSError
+from .tokens import AccessToken, TokenStore
 
-__all__ = ["RedisJWKSCache", "RedisReplayCache", "redis_client", "shared_caches"]
+__all__ = [
+    "RedisJWKSCache",
+    "RedisReplayCache",
+    "RedisTokenStore",
+    "redis_client",
+    "shared_caches",
+]
 
 log = logging.getLogger(__name__)
 
@@ -231,6 +240,85 @@ class RedisJWKSCache:
             self._memo.move_to_end(url)
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+
+class RedisTokenStore(TokenStore):
+    """Access tokens in Redis, for every instance at once: the token store the extension uses
+    with ``OBDCR_REDIS_URL`` when the client store keeps none (``LDAPStore``, a store of your
+    own). SQLite and SQLAlchemy stores keep tokens in their own database instead.
+
+    A token is ``<prefix>token:<hash>`` (its record as JSON) and expires from Redis when the
+    token does. Each client has a sorted set of its tokens' hashes, scored by expiry and pruned
+    of expired ones at every save, so revoking a client's tokens finds them all: a Lua script
+    deletes them and the set in one atomic step, and a token saved meanwhile is either in the
+    set (deleted) or saved after it (a token issued after the revocation began, as from a
+    request that raced it). Redis errors propagate: the extension answers 503.
+    """
+
+    _FIELDS = ("client_id", "scope", "issued_at", "expires_at", "x5t_s256")
+    _REVOKE_CLIENT = """
+        local hashes = redis.call('ZRANGE', KEYS[1], 0, -1)
+        local deleted = 0
+        for _, hash in ipairs(hashes) do
+            deleted = deleted + redis.call('DEL', ARGV[1] .. hash)
+        end
+        redis.call('DEL', KEYS[1])
+        return deleted
+    """
+
+    def __init__(
+        self,
+        client_or_url: RedisLike | str,
+        *,
+        prefix: str = "obdcr:",
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(clock=clock)
+        self.client = redis_client(client_or_url)
+        self.prefix = _check_prefix(prefix)
+        self._revoke_client = self.client.register_script(self._REVOKE_CLIENT)
+
+    def _token_key(self, token_hash: str) -> str:
+        return f"{self.prefix}token:{token_hash}"
+
+    def _client_key(self, client_id: str) -> str:
+        return f"{self.prefix}client-tokens:{_digest(client_id)}"
+
+    def _save(self, record: AccessToken) -> None:
+        now = self.clock()
+        ttl_ms = math.ceil((record.expires_at - now) * 1000)
+        if ttl_ms <= 0:
+            return  # already expired: find() would not return it anyway
+        value = json.dumps({name: getattr(record, name) for name in self._FIELDS})
+        index = self._client_key(record.client_id)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.set(self._token_key(record.token_hash), value, px=ttl_ms)
+            pipe.zadd(index, {record.token_hash: record.expires_at})
+            pipe.zremrangebyscore(index, "-inf", f"({math.floor(now)}")
+            pipe.execute()
+
+    def _get(self, token_hash: str) -> AccessToken | None:
+        value = self.client.get(self._token_key(token_hash))
+        if value is None:
+            return None
+        try:
+            data = json.loads(value)
+            return AccessToken(token_hash=token_hash, **{k: data[k] for k in self._FIELDS})
+        except (ValueError, TypeError, KeyError) as error:
+            log.warning("Redis token record %s is corrupt (%s); ignored", token_hash, error)
+            return None
+
+    def _delete(self, token_hash: str) -> None:
+        self.client.delete(self._token_key(token_hash))
+
+    def revoke_client(self, client_id: str) -> int:
+        deleted = self._revoke_client(
+            keys=[self._client_key(client_id)], args=[f"{self.prefix}token:"]
+        )
+        return int(deleted)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"

@@ -9,7 +9,7 @@ from flask import Flask
 
 from flask_obdcr import ConfigurationError, OpenBankingDCR, Settings
 from flask_obdcr.extension import DCRState
-from flask_obdcr.storage import MemoryStore, SQLiteStore
+from flask_obdcr.storage import ClientStore, MemoryStore, SQLiteStore
 from flask_obdcr.testing.pki import pem
 
 ALREADY = "OpenBankingDCR is already registered on this app; call init_app once per app."
@@ -299,3 +299,39 @@ def test_url_prefix(make_app, make_dcr, ob_directory, ob_software, issuer, post_
     assert read.get_json()["client_id"] == data["client_id"]
     assert [c.client_id for c in store.list()] == [data["client_id"]]
     assert dcr.discovery_metadata()["registration_endpoint"] == f"{issuer}/dcr/register"
+
+
+class _DirectoryLikeStore(ClientStore):  # keeps clients, no tokens (as LDAPStore)
+    def __init__(self):
+        self._clients = MemoryStore()
+
+    def _add(self, client):
+        self._clients.add(client)
+
+    def _get(self, client_id):
+        return self._clients.get(client_id)
+
+    def _list(self):
+        return self._clients.list()
+
+    def _replace(self, client):
+        self._clients.replace(client)
+
+    def _delete(self, client_id):
+        return self._clients.delete(client_id)
+
+
+def test_a_store_keeping_no_tokens_is_warned_about(ob_app_factory, caplog):
+    from flask_obdcr.tokens import MemoryTokenStore
+
+    with caplog.at_level("WARNING", logger="flask_obdcr"):
+        app = ob_app_factory(store=_DirectoryLikeStore())
+    assert isinstance(app.extensions["obdcr"].tokens, MemoryTokenStore)
+    assert [r.getMessage() for r in caplog.records if r.name == "flask_obdcr"] == [
+        "_DirectoryLikeStore keeps no access tokens: they are kept in this process only, so"
+        " with several processes pass token_store= or set OBDCR_REDIS_URL"
+    ]
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="flask_obdcr"):
+        ob_app_factory(store=MemoryStore())  # single-process by nature: nothing to say
+    assert [r for r in caplog.records if r.name == "flask_obdcr"] == []

@@ -1,4 +1,5 @@
-"""Shared state in Redis: the jti replay cache and the JWKS cache, alone and behind two apps.
+"""Shared state in Redis: the jti replay cache, the JWKS cache and the token store, alone and
+behind two apps.
 
 Needs the Redis at ``OBDCR_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). Each test
 works under its own key prefix and deletes its keys afterwards. Without a reachable Redis the
@@ -7,6 +8,7 @@ tests are skipped, except in CI (``CI`` set), where they fail.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import threading
@@ -25,6 +27,7 @@ from flask_obdcr.jwks import CacheEntry, JWKSClient, StaticFetcher  # noqa: E402
 from flask_obdcr.redis import (  # noqa: E402
     RedisJWKSCache,
     RedisReplayCache,
+    RedisTokenStore,
     redis_client,
     shared_caches,
 )
@@ -435,3 +438,92 @@ def test_redis_down_refuses_registration(make_bank, ob_directory, ob_software):
     response = post(app, ob_directory.registration_request(ob_software, aud=ISSUER), ob_software)
     assert response.status_code >= 500
     assert len(store) == 0
+
+
+# -- RedisTokenStore -----------------------------------------------------------------------
+
+
+def test_token_store_round_trip_expiry_and_revocation(redis_server, prefix):
+    clock = FrozenClock(1_000_000)
+    tokens = RedisTokenStore(REDIS_URL, prefix=prefix, clock=clock)
+    fields = {"client_id": "c1", "scope": "accounts", "issued_at": 1_000_000}
+    tokens.save("tok-a", expires_at=1_000_300, x5t_s256="thumb", **fields)
+    tokens.save("tok-b", expires_at=1_000_100, **fields)
+    tokens.save("tok-c", expires_at=1_000_300, **{**fields, "client_id": "c2"})
+    tokens.save("tok-old", expires_at=999_999, **fields)  # expired already: not stored
+    record = tokens.find("tok-a")
+    assert record is not None and record.cnf == {"x5t#S256": "thumb"}
+    assert (record.client_id, record.scope, record.expires_at) == ("c1", "accounts", 1_000_300)
+    assert tokens.find("tok-a" + "x") is None and tokens.find("tok-old") is None
+    # kept in Redis as long as the token lives, measured on the injected clock
+    assert 299_000 < redis_server.pttl(f"{prefix}token:{record.token_hash}") <= 300_000
+    # saving the same token again overwrites it
+    tokens.save("tok-a", expires_at=1_000_400, **{**fields, "scope": "payments"})
+    assert tokens.find("tok-a").scope == "payments"
+    clock.advance(100)
+    assert tokens.find("tok-b") is None  # expired
+    tokens.revoke("tok-c")
+    assert tokens.find("tok-c") is None
+    # another instance (its own client) revokes c1's tokens: every one of them, nobody else's
+    tokens.save("tok-d", expires_at=1_000_400, **{**fields, "client_id": "c2"})
+    other = RedisTokenStore(redis_client(REDIS_URL), prefix=prefix, clock=clock)
+    assert other.revoke_client("c1") == 2  # tok-a and tok-b (expired, still in Redis)
+    assert tokens.find("tok-a") is None
+    assert tokens.find("tok-d") is not None
+    assert other.revoke_client("c1") == 0
+    names = set(keys_under(redis_server, prefix))
+    assert names == {
+        f"{prefix}token:{tokens.find('tok-d').token_hash}",
+        f"{prefix}client-tokens:{hashlib.sha256(b'c2').hexdigest()}",
+    }
+
+
+def test_token_index_drops_expired_tokens_as_it_goes(redis_server, prefix):
+    clock = FrozenClock(1_000_000)
+    tokens = RedisTokenStore(REDIS_URL, prefix=prefix, clock=clock)
+    for n in range(5):
+        tokens.save(f"t{n}", client_id="c1", scope="accounts", issued_at=0, expires_at=1_000_010)
+    clock.advance(20)
+    tokens.save("fresh", client_id="c1", scope="accounts", issued_at=0, expires_at=1_000_100)
+    index = f"{prefix}client-tokens:{hashlib.sha256(b'c1').hexdigest()}"
+    assert redis_server.zcard(index) == 1
+
+
+def test_instances_share_access_tokens_through_redis(
+    tmp_path, prefix, ob_directory, ob_software, ob_clock
+):
+    """A store that keeps no tokens (as LDAPStore) + OBDCR_REDIS_URL: tokens in Redis, so a
+    token issued by one instance works at the other, and revoking at one revokes at both."""
+    store = MemoryStore()  # one client store both instances reach, as a directory would be
+    apps = []
+    for name in ("bank_a", "bank_b"):
+        app = Flask(name, instance_path=str(tmp_path / name))
+        app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=ISSUER))
+        app.config.update(OBDCR_REDIS_URL=REDIS_URL, OBDCR_REDIS_PREFIX=prefix)
+        app.testing = True
+        fetcher = StaticFetcher(ob_directory.documents(), allowed_hosts=[ob_directory.host])
+        OpenBankingDCR(app, store=store, jwks_fetcher=fetcher, clock=ob_clock)
+        apps.append(app)
+    tokens_a, tokens_b = (app.extensions["obdcr"].tokens for app in apps)
+    assert isinstance(tokens_a, RedisTokenStore) and isinstance(tokens_b, RedisTokenStore)
+    registered = post(
+        apps[0], ob_directory.registration_request(ob_software, aud=ISSUER), ob_software
+    )
+    assert registered.status_code == 201, registered.get_json()
+    client_id = registered.get_json()["client_id"]
+    now = int(ob_clock())
+    tokens_a.save(
+        "issued-at-a", client_id=client_id, scope="accounts", issued_at=now, expires_at=now + 300
+    )
+    bearer = {"Authorization": "Bearer issued-at-a"}
+    with apps[1].test_client() as http:
+        read = http.get(
+            f"/register/{client_id}", headers=bearer, environ_base=ob_software.environ()
+        )
+        assert read.status_code == 200, read.get_json()
+        deleted = http.delete(
+            f"/register/{client_id}", headers=bearer, environ_base=ob_software.environ()
+        )
+        assert deleted.status_code == 204
+    assert tokens_a.find("issued-at-a") is None
+    assert store.get(client_id) is None
