@@ -193,7 +193,10 @@ class VerifiedTokens:
             return entry[1]
         key = verify(token, keys, alg)
         if self.maxsize > 0:
-            header, claims = peek(token)  # our own copy: callers may change theirs
+            try:
+                header, claims = peek(token)  # our own copy: callers may change theirs
+            except MalformedJWS:  # verifiable, yet not what peek accepts: not remembered
+                return key
             with self._lock:
                 digest = _digest(token)
                 self._entries[digest] = (alg, key, header, claims)
