@@ -594,13 +594,8 @@ def _software_view(software: dict[str, Any], base_url: str) -> dict[str, Any]:
 # -- command line ------------------------------------------------------------------------------
 
 
-@click.group(help="The sandbox Open Banking Directory.")
-def cli() -> None:
-    pass
-
-
-@cli.command()
-@click.option(
+#: every command works on one state folder
+state_option = click.option(
     "--state",
     "state_dir",
     default="instance/directory",
@@ -608,6 +603,15 @@ def cli() -> None:
     type=click.Path(file_okay=False),
     help="Folder holding the Directory's state.",
 )
+
+
+@click.group(help="The sandbox Open Banking Directory.")
+def cli() -> None:
+    pass
+
+
+@cli.command()
+@state_option
 def init(state_dir: str) -> None:
     """Create the Directory's PKI and SSA signing key (kept if they exist)."""
     state = DirectoryState.open(state_dir)
@@ -615,13 +619,7 @@ def init(state_dir: str) -> None:
 
 
 @cli.command("server-cert")
-@click.option(
-    "--state",
-    "state_dir",
-    default="instance/directory",
-    show_default=True,
-    type=click.Path(file_okay=False),
-)
+@state_option
 @click.option(
     "--out",
     "out_dir",
@@ -646,13 +644,7 @@ def server_cert(state_dir: str, out_dir: str, name: str, hosts: tuple[str, ...])
 
 
 @cli.command()
-@click.option(
-    "--state",
-    "state_dir",
-    default="instance/directory",
-    show_default=True,
-    type=click.Path(file_okay=False),
-)
+@state_option
 @click.option("--host", default="127.0.0.1", show_default=True)
 @click.option("--port", default=8443, show_default=True, help="0: a free port.")
 @click.option(
