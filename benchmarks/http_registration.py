@@ -1393,12 +1393,45 @@ def prepare(procs: Processes, work: Path, plan: Plan, *, node: bool) -> tuple[On
     return tpp, files
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_run_arguments(parser: argparse.ArgumentParser, *, gunicorn: str) -> None:
+    """The options every HTTP benchmark here takes: timing, repeats, servers, the quiet check."""
     parser.add_argument("--duration", type=float, default=12.0, help="seconds per measured run")
     parser.add_argument("--warmup", type=float, default=3.0, help="seconds of warm-up per cell")
     parser.add_argument("--connections", default="1,8", help="comma-separated (default 1,8)")
     parser.add_argument("--repeat", type=int, default=1, help="runs per cell (the best is shown)")
+    parser.add_argument(
+        "--gunicorn",
+        default=gunicorn,
+        help="sync:N (N sync workers), gevent:N (N gevent workers) or gthread:NxT"
+        f" (N workers x T threads); default {gunicorn}",
+    )
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
+    parser.add_argument(
+        "--redis-url",
+        default=None,
+        help="share the jti replay and JWKS caches through Redis (as a"
+        " multi-worker deployment should), e.g. redis://127.0.0.1:6379/0",
+    )
+    parser.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=120.0,
+        help="before each cell, wait up to this many seconds for the machine to"
+        " be idle (other work skews a 2-core machine); 0: do not wait",
+    )
+    parser.add_argument(
+        "--max-other-load",
+        type=float,
+        default=0.3,
+        help="a cell during which other work used more CPU (cores) than this is run again",
+    )
+    parser.add_argument("--retries", type=int, default=3, help="at most this many re-runs")
+    parser.add_argument("--profile-store", default="sqlite", choices=["sqlite", "postgres"])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_run_arguments(parser, gunicorn="sync:2,gevent:2")
     parser.add_argument(
         "--only",
         action="append",
@@ -1415,20 +1448,6 @@ def main(argv: list[str] | None = None) -> int:
         " by default)",
     )
     parser.add_argument(
-        "--gunicorn",
-        default="sync:2,gevent:2",
-        help="gunicorn settings to compare, comma-separated: sync:N (N sync workers),"
-        " gevent:N (N gevent workers) or gthread:NxT (N workers x T threads);"
-        " default sync:2,gevent:2",
-    )
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
-    parser.add_argument(
-        "--redis-url",
-        default=None,
-        help="share the jti replay and JWKS caches through Redis (as a"
-        " multi-worker deployment should), e.g. redis://127.0.0.1:6379/0",
-    )
-    parser.add_argument(
         "--requests",
         type=int,
         default=40000,
@@ -1437,25 +1456,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node-requests", type=int, default=80000)
     parser.add_argument("--warmup-requests", type=int, default=4000)
     parser.add_argument(
-        "--quiet-wait",
-        type=float,
-        default=120.0,
-        help="before each cell, wait up to this many seconds for the machine to"
-        " be idle (other work skews a 2-core machine); 0: do not wait",
-    )
-    parser.add_argument(
-        "--max-other-load",
-        type=float,
-        default=0.3,
-        help="a cell during which other work used more CPU (cores) than this is run again",
-    )
-    parser.add_argument("--retries", type=int, default=3, help="at most this many re-runs")
-    parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of the comparison: py-spy on flask-obdcr (SQLite, 8 conns)",
     )
-    parser.add_argument("--profile-store", default="sqlite", choices=["sqlite", "postgres"])
     parser.add_argument("--keep", action="store_true", help="keep the working folder")
     parser.add_argument(
         "--tag", default="", help="suffix for the output files: http_registration-<tag>.json/png"

@@ -49,7 +49,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from http_registration import (  # noqa: E402
     CERT_HEADER,
-    DEFAULT_PG_URL,
     ISSUER,
     OUT_DIR,
     REDIRECT_URIS,
@@ -59,6 +58,7 @@ from http_registration import (  # noqa: E402
     Onboarded,
     Processes,
     _init_signer,
+    add_run_arguments,
     chart,
     git_version,
     node_registration_metadata,
@@ -249,24 +249,14 @@ def profile(args: argparse.Namespace, store: str, connections: int = 8) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--duration", type=float, default=12.0)
-    parser.add_argument("--warmup", type=float, default=3.0)
-    parser.add_argument("--connections", default="1,8")
-    parser.add_argument("--repeat", type=int, default=1)
+    add_run_arguments(parser, gunicorn="sync:2")
     parser.add_argument(
         "--only", action="append", choices=["node-oidc-provider", "flask-sqlite", "flask-postgres"]
     )
     parser.add_argument(
-        "--gunicorn",
-        default="sync:2",
-        help="sync:N (N sync workers), gevent:N or gthread:NxT; default sync:2",
-    )
-    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
-    parser.add_argument("--redis-url", default=None)
-    parser.add_argument(
         "--assertions-flask",
         type=int,
-        default=20000,
+        default=40000,
         help="assertions signed per flask-obdcr cell (warm-up + measured)",
     )
     parser.add_argument(
@@ -275,16 +265,12 @@ def main(argv: list[str] | None = None) -> int:
         default=60000,
         help="assertions signed per node-oidc-provider cell",
     )
-    parser.add_argument("--quiet-wait", type=float, default=120.0)
-    parser.add_argument("--max-other-load", type=float, default=0.3)
-    parser.add_argument("--retries", type=int, default=3)
     parser.add_argument(
         "--profile",
         action="store_true",
         help="instead of the comparison: py-spy on flask-obdcr's token endpoint (8 connections;"
         " use --gunicorn sync:2)",
     )
-    parser.add_argument("--profile-store", default="sqlite", choices=["sqlite", "postgres"])
     args = parser.parse_args(argv)
     if args.profile:
         require_tools(node=False)
