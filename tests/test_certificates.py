@@ -784,6 +784,16 @@ def test_verifier_needs_anchors():
 OB_DN = f"CN={SOFTWARE_ID},OU={ORG_ID},O=OpenBanking,C=GB"
 
 
+# one subject, spelled with the attribute types' short and long names
+_PERSON = name(
+    (NameOID.TITLE, "Dr"),
+    (NameOID.SURNAME, "Lovelace"),
+    (NameOID.GIVEN_NAME, "Ada"),
+    (NameOID.EMAIL_ADDRESS, "a@b.example"),
+    (NameOID.SERIAL_NUMBER, "42"),
+)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -846,24 +856,12 @@ OB_DN = f"CN={SOFTWARE_ID},OU={ORG_ID},O=OpenBanking,C=GB"
         ),
         pytest.param(
             "serialNumber=42,emailAddress=a@b.example,givenName=Ada,surname=Lovelace,title=Dr",
-            name(
-                (NameOID.TITLE, "Dr"),
-                (NameOID.SURNAME, "Lovelace"),
-                (NameOID.GIVEN_NAME, "Ada"),
-                (NameOID.EMAIL_ADDRESS, "a@b.example"),
-                (NameOID.SERIAL_NUMBER, "42"),
-            ),
+            _PERSON,
             id="serial-email-given-surname-title",
         ),
         pytest.param(
             "SERIALNUMBER=42,EMAILADDRESS=a@b.example,GIVENNAME=Ada,SURNAME=Lovelace,TITLE=Dr",
-            name(
-                (NameOID.TITLE, "Dr"),
-                (NameOID.SURNAME, "Lovelace"),
-                (NameOID.GIVEN_NAME, "Ada"),
-                (NameOID.EMAIL_ADDRESS, "a@b.example"),
-                (NameOID.SERIAL_NUMBER, "42"),
-            ),
+            _PERSON,
             id="upper-case-long-types",
         ),
     ],
