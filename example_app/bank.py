@@ -50,7 +50,7 @@ from flask_obdcr import OpenBankingDCR, RegistrationError
 from flask_obdcr.certificates import client_certificate_from_environ
 from flask_obdcr.errors import InvalidClient
 
-from ._util import write_file, write_json
+from ._util import write_json
 
 __all__ = [
     "ACCOUNTS",
@@ -333,7 +333,7 @@ def serve(
     Writes the effective OBDCR_* settings to <instance>/anybank.json, so that
     `flask --app example_app obdcr clients list` run with the same instance folder sees the
     same bank."""
-    from .serving import TLSServer, tls_context, wait_for_signal
+    from .serving import serve_until_stopped, server_hosts, tls_context
 
     parent = os.getppid() if exit_with_parent else None
     instance_path = os.path.abspath(instance_path)
@@ -351,24 +351,24 @@ def serve(
         cert_file, key_file = directory.issue_server_certificate(
             os.path.join(instance_path, "tls"),
             name="bank",
-            hosts=list(dict.fromkeys([host, "127.0.0.1", "localhost"])),
+            hosts=server_hosts(host),
         )
-    context = tls_context(cert_file, key_file, client_ca_file=ca_file)
-    try:
-        server = TLSServer(None, host=host, port=port, ssl_context=context, name="anybank")
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    try:
-        config = sandbox_config(issuer=server.url, directory_url=directory_url, ca_file=ca_file)
+
+    def make_app(url: str):
+        config = sandbox_config(issuer=url, directory_url=directory_url, ca_file=ca_file)
         write_json(os.path.join(instance_path, CONFIG_FILE), config)
-        server.app = create_app(config, instance_path=instance_path)
-        server.start()
-        click.echo(f"AnyBank at {server.url}", err=True)
-        if url_file:
-            write_file(url_file, server.url + "\n")
-        wait_for_signal(parent_pid=parent)
-    finally:
-        server.stop()
+        return create_app(config, instance_path=instance_path)
+
+    serve_until_stopped(
+        name="anybank",
+        title="AnyBank",
+        host=host,
+        port=port,
+        ssl_context=tls_context(cert_file, key_file, client_ca_file=ca_file),
+        make_app=make_app,
+        url_file=url_file,
+        parent_pid=parent,
+    )
 
 
 if __name__ == "__main__":

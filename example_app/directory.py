@@ -655,31 +655,26 @@ def server_cert(state_dir: str, out_dir: str, name: str, hosts: tuple[str, ...])
 @click.option("--exit-with-parent", is_flag=True, help="Stop when the parent process ends.")
 def serve(state_dir: str, host: str, port: int, url_file: str | None, exit_with_parent: bool):
     """Serve the Directory over HTTPS until interrupted."""
-    from .serving import TLSServer, tls_context, wait_for_signal
+    from .serving import serve_until_stopped, server_hosts, tls_context
 
     parent = os.getppid() if exit_with_parent else None
     state = DirectoryState.open(state_dir)
-    cert, key = state.issue_server_certificate(state.folder / "tls", hosts=_hosts_for(host))
-    try:
-        server = TLSServer(
-            None, host=host, port=port, ssl_context=tls_context(cert, key), name="directory"
-        )
-    except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
-    try:
-        state.base_url = server.url
-        server.app = create_directory_app(state)
-        server.start()
-        click.echo(f"Sandbox Open Banking Directory at {server.url}", err=True)
-        if url_file:
-            write_file(url_file, server.url + "\n")
-        wait_for_signal(parent_pid=parent)
-    finally:
-        server.stop()
+    cert, key = state.issue_server_certificate(state.folder / "tls", hosts=server_hosts(host))
 
+    def make_app(url: str):
+        state.base_url = url
+        return create_directory_app(state)
 
-def _hosts_for(host: str) -> list[str]:
-    return list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
+    serve_until_stopped(
+        name="directory",
+        title="Sandbox Open Banking Directory",
+        host=host,
+        port=port,
+        ssl_context=tls_context(cert, key),
+        make_app=make_app,
+        url_file=url_file,
+        parent_pid=parent,
+    )
 
 
 @cli.command()

@@ -35,9 +35,12 @@ import threading
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import click
 from werkzeug.serving import BaseWSGIServer, make_server
 
 from flask_obdcr.testing.server import ConnectionTracker, TrackedRequestHandler
+
+from ._util import write_file
 
 __all__ = [
     "GunicornClientCertMiddleware",
@@ -182,6 +185,40 @@ def wait_for_signal(*, parent_pid: int | None = None) -> None:
     finally:
         for sig, old in previous.items():
             signal.signal(sig, old)
+
+
+def server_hosts(host: str) -> list[str]:
+    """The names a sandbox server certificate covers: the bind address and loopback's."""
+    return list(dict.fromkeys([host, "127.0.0.1", "localhost"]))
+
+
+def serve_until_stopped(
+    *,
+    name: str,
+    title: str,
+    host: str,
+    port: int,
+    ssl_context: ssl.SSLContext,
+    make_app: Callable[[str], Any],
+    url_file: str | None = None,
+    parent_pid: int | None = None,
+) -> None:
+    """A command line's ``serve``: bind, build the app for the URL the server got
+    (``make_app(url)``: port 0 means any free port), say where it is (and write the URL to
+    ``url_file``), serve until a signal or the parent's exit, stop."""
+    try:
+        server = TLSServer(None, host=host, port=port, ssl_context=ssl_context, name=name)
+    except OSError as exc:
+        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    try:
+        server.app = make_app(server.url)
+        server.start()
+        click.echo(f"{title} at {server.url}", err=True)
+        if url_file:
+            write_file(url_file, server.url + "\n")
+        wait_for_signal(parent_pid=parent_pid)
+    finally:
+        server.stop()
 
 
 # -- production: gunicorn with TLS, or a TLS-terminating proxy --------------------------------
