@@ -910,6 +910,27 @@ def smoke_test(url: str, path: str, body: str, content_type: str, headers: dict,
     return response
 
 
+def start_target(
+    procs: Processes,
+    work: Path,
+    tpp: Onboarded,
+    target: str,
+    *,
+    gunicorn: GunicornOptions,
+    pg_url: str,
+    redis_url: str | None,
+) -> tuple[subprocess.Popen, str, str, str]:
+    """Start one server under test: ``(process, url, store, setup)`` for the table."""
+    if target == "node-oidc-provider":
+        process, url = start_node(procs, work)
+        return process, url, "memory", f"node {platform_node_version()}, 1 process"
+    store = target.removeprefix("flask-")
+    process, url = start_bank(
+        procs, work, tpp, store=store, gunicorn=gunicorn, pg_url=pg_url, redis_url=redis_url
+    )
+    return process, url, store, gunicorn.describe() + (", Redis caches" if redis_url else "")
+
+
 def run_target(
     plan: Plan,
     procs: Processes,
@@ -923,29 +944,23 @@ def run_target(
 ) -> Cell:
     """One cell: a fresh server, a warm-up run, a measured run, the server stopped."""
     header_file = work / "client-cert.header"
+    process, url, store, setup = start_target(
+        procs,
+        work,
+        tpp,
+        target,
+        gunicorn=gunicorn or plan.gunicorn,
+        pg_url=plan.pg_url,
+        redis_url=plan.redis_url,
+    )
     if target == "node-oidc-provider":
-        process, url = start_node(procs, work)
         path, content_type, expect = "/reg", "application/json", 201
         body_file, header = files["node"], {}
-        store, setup = "memory", "node " + platform_node_version() + ", 1 process"
         load_header = (None, None)
     else:
-        store = target.removeprefix("flask-")
-        process, url = start_bank(
-            procs,
-            work,
-            tpp,
-            store=store,
-            gunicorn=gunicorn or plan.gunicorn,
-            pg_url=plan.pg_url,
-            redis_url=plan.redis_url,
-        )
         path, content_type, expect = "/register", "application/jwt", 201
         body_file = files["flask"]
         header = {CERT_HEADER: tpp.escaped_transport_pem}
-        setup = (gunicorn or plan.gunicorn).describe() + (
-            ", Redis caches" if plan.redis_url else ""
-        )
         load_header = (CERT_HEADER, header_file)
     try:
         with open(body_file) as handle:

@@ -73,7 +73,7 @@ from http_registration import (  # noqa: E402
     sign_ps256,
     start_bank,
     start_directory,
-    start_node,
+    start_target,
     stop_bank,
     table,
     wait_for_quiet,
@@ -295,41 +295,26 @@ def main(argv: list[str] | None = None) -> int:
             # every server up at once (idle servers cost nothing), so the cells can alternate
             servers: dict[str, dict[str, Any]] = {}
             for target in targets:
-                if target == "node-oidc-provider":
-                    process, url = start_node(procs, work)
-                    client_id = register_at_node(url, tpp)
-                    servers[target] = dict(
-                        process=process,
-                        url=url,
-                        client_id=client_id,
-                        aud=f"{url}/token",
-                        count=args.assertions_node,
-                        header=(None, None),
-                        store="memory",
-                        setup=f"node {platform_node_version()}, 1 process",
-                    )
-                else:
-                    store = target.removeprefix("flask-")
-                    process, url = start_bank(
-                        procs,
-                        work,
-                        tpp,
-                        store=store,
-                        gunicorn=gunicorn,
-                        pg_url=args.pg_url,
-                        redis_url=args.redis_url,
-                    )
-                    client_id = register_at_bank(url, tpp)
-                    servers[target] = dict(
-                        process=process,
-                        url=url,
-                        client_id=client_id,
-                        aud=ISSUER,
-                        count=args.assertions_flask,
-                        header=(CERT_HEADER, header_file),
-                        store=store,
-                        setup=gunicorn.describe() + (", Redis caches" if args.redis_url else ""),
-                    )
+                process, url, store, setup = start_target(
+                    procs,
+                    work,
+                    tpp,
+                    target,
+                    gunicorn=gunicorn,
+                    pg_url=args.pg_url,
+                    redis_url=args.redis_url,
+                )
+                node = target == "node-oidc-provider"
+                servers[target] = dict(
+                    process=process,
+                    url=url,
+                    client_id=register_at_node(url, tpp) if node else register_at_bank(url, tpp),
+                    aud=f"{url}/token" if node else ISSUER,
+                    count=args.assertions_node if node else args.assertions_flask,
+                    header=(None, None) if node else (CERT_HEADER, header_file),
+                    store=store,
+                    setup=setup,
+                )
             for repeat in range(args.repeat):
                 for conns in connections:
                     for target in targets:
