@@ -23,44 +23,19 @@ reads ``environ["gunicorn.socket"]``, which every gunicorn worker sets).
 
     gunicorn 'example_app.wsgi:behind_nginx()' --bind 127.0.0.1:8000 --workers 4
 
-nginx (``load_module modules/ngx_http_js_module.so;`` at the top level)::
-
-    js_import client_cert from /etc/nginx/client_cert.js;
-    js_set $client_cert_rfc9440 client_cert.rfc9440;
-
-    server {
-        listen 443 ssl;
-        server_name as.anybank.example;
-        ssl_certificate         /etc/anybank/tls/bank.pem;
-        ssl_certificate_key     /etc/anybank/tls/bank.key;
-        ssl_client_certificate  /etc/anybank/ob-transport-cas.pem;  # issuing + root CAs
-        ssl_verify_client       optional;  # ask; verify if sent; discovery works without
-        ssl_verify_depth        3;
-
-        location / {
-            # always set by nginx, never passed through from the client (an empty value
-            # removes the header: no certificate, no header)
-            proxy_set_header Client-Cert       $client_cert_rfc9440;
-            proxy_set_header Host              $host;
-            proxy_set_header X-Forwarded-Proto $scheme;
-            proxy_set_header X-Forwarded-Host  $host;
-            proxy_set_header X-Forwarded-Port  $server_port;
-            proxy_pass http://127.0.0.1:8000;
-        }
-    }
-
-``/etc/nginx/client_cert.js`` (RFC 9440: the DER certificate, base64, between colons)::
-
-    function rfc9440(r) {
-        var pem = r.variables.ssl_client_raw_cert;
-        if (!pem) { return ""; }
-        return ":" + pem.replace(/-----[A-Z ]+-----/g, "").replace(/\\s+/g, "") + ":";
-    }
-    export default { rfc9440 };
-
-Without njs, nginx's own ``$ssl_client_escaped_cert`` (URL-escaped PEM) does the same job:
-``proxy_set_header X-SSL-Client-Cert $ssl_client_escaped_cert;`` with
-``behind_nginx(header="X-SSL-Client-Cert")``.
+The nginx configuration is the file ``example_app/nginx/anybank.conf``: a server block for
+nginx's ``http {}`` context (Debian: ``/etc/nginx/conf.d/anybank.conf``) whose ``{{...}}``
+placeholders, listed at its top, are the listen address, the server name, the bank's HTTPS
+certificate and key, the transport CA bundle, where ``client_cert.js`` is and gunicorn's
+address. With it comes ``example_app/nginx/client_cert.js``, the njs function that makes the
+RFC 9440 value (Debian: ``apt-get install nginx libnginx-mod-http-js``). nginx asks every
+client for a certificate and verifies the one it gets (``ssl_verify_client optional``, so
+discovery works without one), and sets both ``Client-Cert`` (RFC 9440) and
+``X-SSL-Client-Cert`` (nginx's URL-escaped PEM) on every request, empty (so absent) without a
+verified certificate: neither can come from the client, whichever the bank reads
+(``behind_nginx()``: ``Client-Cert``; ``behind_nginx(header="X-SSL-Client-Cert")``).
+``tests/test_nginx.py`` renders exactly this file, nothing changed but the placeholders, and
+runs it in front of :func:`behind_nginx` under gunicorn.
 
 ``REMOTE_ADDR`` must be the proxy's address (gunicorn bound to TCP loopback; not a unix
 socket, and no ``X-Forwarded-For`` rewriting), or the header is ignored as if absent.
