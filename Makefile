@@ -28,6 +28,7 @@ test: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check flask_obdcr example_app tests benchmarks
+	$(BIN)/mypy flask_obdcr example_app tests benchmarks
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"

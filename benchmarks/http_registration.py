@@ -66,7 +66,7 @@ from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import requests
@@ -680,7 +680,10 @@ def floor_app(instance_path: str):
         db().execute("INSERT INTO clients VALUES (?, ?)", (client_id, body))
         return Response(body, status=201, mimetype="application/json")
 
-    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1)
+    # Flask's documented way to add WSGI middleware replaces the wsgi_app method
+    app.wsgi_app = ProxyFix(  # type: ignore[method-assign]
+        app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1
+    )
     return app
 
 
@@ -956,7 +959,7 @@ def run_target(
     if target == "node-oidc-provider":
         path, content_type, expect = "/reg", "application/json", 201
         body_file, header = files["node"], {}
-        load_header = (None, None)
+        load_header: tuple[str, Path] | tuple[None, None] = (None, None)
     else:
         path, content_type, expect = "/register", "application/jwt", 201
         body_file = files["flask"]
@@ -1015,7 +1018,17 @@ def run_target(
     return cell
 
 
-def run_undisturbed(plan: Plan, run) -> Cell:
+class RetryPolicy(Protocol):
+    """What :func:`run_undisturbed` reads of a plan (a :class:`Plan` or an argparse namespace)."""
+
+    @property
+    def max_other_load(self) -> float: ...
+
+    @property
+    def retries(self) -> int: ...
+
+
+def run_undisturbed(plan: RetryPolicy, run) -> Cell:
     """Run a cell; while other work on the machine took more than ``plan.max_other_load``
     cores during it, run it again (at most ``plan.retries`` more times; the last run counts)."""
     cell = run()
@@ -1509,7 +1522,9 @@ def main(argv: list[str] | None = None) -> int:
             if args.profile:
                 profile(plan, procs, work, tpp, files, store=args.profile_store)
                 return 0
-            settings = [GunicornOptions.parse(spec) for spec in args.gunicorn.split(",")]
+            settings: list[GunicornOptions | None] = [
+                GunicornOptions.parse(spec) for spec in args.gunicorn.split(",")
+            ]
             for repeat in range(plan.repeat):
                 for connections in plan.connections:
                     for target in targets:

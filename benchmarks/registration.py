@@ -47,6 +47,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from importlib.metadata import version
 from pathlib import Path
 from typing import Any
@@ -62,13 +63,14 @@ from flask_obdcr import OpenBankingDCR
 from flask_obdcr import certificates as obcerts
 from flask_obdcr.storage import SQLiteStore
 from flask_obdcr.testing import SandboxDirectory, Software
+from flask_obdcr.testing.pki import KeyType
 
 ISSUER = "https://as.bench-bank.test"
 OUT_DIR = Path(__file__).resolve().parent / "out"
 TARGET_RATIO = 4.0
 WARMUP = 20
 
-VARIANTS = {
+VARIANTS: dict[str, tuple[KeyType, KeyType]] = {
     # name: (software signing key type, transport certificate key type)
     "PS256": ("RSA", "RSA"),
     "PS256+ES256": ("EC", "EC"),
@@ -367,12 +369,12 @@ def bench_variant(
         # Series interleaved within each repeat, so drifting machine load hits all of them.
         for r in range(repeat):
             chunk = bodies[r * series * n : (r * series + 1) * n]
-            result.registration.append(_timed(lambda chunk=chunk: post(chunk)) / n)
+            result.registration.append(_timed(partial(post, chunk)) / n)
             for label, op in ops.items():
                 result.floor[label].append(time_op(op, n))
             if breakdown:
                 chunk = bodies[(r * series + 1) * n : (r * series + 2) * n]
-                result.info[CORE].append(_timed(lambda chunk=chunk: core(chunk)) / n)
+                result.info[CORE].append(_timed(partial(core, chunk)) / n)
                 store(n)
                 result.info[STORE].append(store.elapsed / n)  # type: ignore[attr-defined]
                 result.info[NOOP].append(_timed(lambda: noop(n)) / n)
@@ -436,9 +438,9 @@ def markdown_table(results: list[Result], baseline: dict[str, Result] | None = N
             bold=True,
         )
         for name in (CORE, STORE, NOOP):
-            value = res.info_median(name)
-            if value is not None:
-                row(res.variant, f"(info) {name}", value, old.info_median(name) if old else None)
+            info = res.info_median(name)
+            if info is not None:
+                row(res.variant, f"(info) {name}", info, old.info_median(name) if old else None)
         verdict = "OK" if res.ratio < TARGET_RATIO else "above target"
         line = (
             f"| {res.variant} | **ratio registration / floor** | **{res.ratio:.2f}x** "

@@ -44,6 +44,7 @@ import sys
 import tempfile
 import time
 import uuid
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -120,19 +121,27 @@ def record_factory(slim: bool) -> tuple[Callable[[random.Random], dict[str, Any]
 # ----------------------------------------------------------------------------- backends
 
 
-class Backend:
+class Backend(ABC):
     name: str
     store: Any
     columns: tuple[str, ...]
     #: other (label, store) pairs timed on the same data (prototypes of possible changes)
     variants: list[tuple[str, Any]] = []
 
+    @abstractmethod
+    def raw_get(self) -> Callable[[str], Any]:
+        """The driver's own primary-key lookup: the floor the stores are measured against."""
+
+    @abstractmethod
     def bulk_insert(self, rows: Iterator[dict[str, Any]]) -> None: ...
 
+    @abstractmethod
     def size_bytes(self) -> int: ...
 
+    @abstractmethod
     def finish_load(self) -> None: ...
 
+    @abstractmethod
     def close(self, keep: bool) -> None: ...
 
 

@@ -60,7 +60,7 @@ from werkzeug.exceptions import HTTPException
 from flask_obdcr.certificates import dn_matches
 from flask_obdcr.testing import SandboxDirectory, Software, base62_id
 from flask_obdcr.testing.directory import jwk_from_certificate
-from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject, pem
+from flask_obdcr.testing.pki import Usage, generate_key, key_pem, ob_subject, pem
 
 from ._util import read_json, write_file, write_json
 
@@ -68,7 +68,11 @@ __all__ = ["DirectoryError", "DirectoryState", "create_directory_app", "cli"]
 
 ROLES = ("AISP", "PISP", "CBPII", "ASPSP")
 #: certificate type -> (JWK ``use``, the issuing CA's certificate profile)
-CERTIFICATE_TYPES = {"transport": ("tls", "transport"), "signing": ("sig", "signing")}
+#: certificate type -> (JWK "use", issuing profile)
+CERTIFICATE_TYPES: dict[str, tuple[str, Usage]] = {
+    "transport": ("tls", "transport"),
+    "signing": ("sig", "signing"),
+}
 JWKS_MAX_AGE = 60
 
 
@@ -462,10 +466,11 @@ def create_directory_app(
     app.extensions["sandbox_directory"] = state
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    def base_url() -> str:
-        if state.base_url is None:
-            state.base_url = request.host_url
-        return state.base_url  # type: ignore[return-value]
+    def public_base_url() -> str:
+        url = state.base_url
+        if url is None:
+            url = state.base_url = request.host_url
+        return url
 
     def body_json() -> dict[str, Any]:
         data = request.get_json(silent=True)
@@ -488,7 +493,7 @@ def create_directory_app(
 
     @app.get("/")
     def index():
-        url = base_url()
+        url = public_base_url()
         return jsonify(
             {
                 "service": "Sandbox Open Banking Directory",
@@ -538,16 +543,16 @@ def create_directory_app(
             redirect_uris=data.get("redirect_uris") or [],
             **{k: data[k] for k in optional if isinstance(data.get(k), str)},
         )
-        return jsonify(_software_view(software, base_url())), 201
+        return jsonify(_software_view(software, public_base_url())), 201
 
     @app.get("/api/software/<software_id>")
     def get_software(software_id: str):
-        return jsonify(_software_view(state.software(software_id), base_url()))
+        return jsonify(_software_view(state.software(software_id), public_base_url()))
 
     @app.post("/api/software/<software_id>/certificates/<cert_type>")
     def upload_csr(software_id: str, cert_type: str):
         record = state.sign_csr(software_id, cert_type, request.get_data())
-        return jsonify(_public(record, base_url(), software_id)), 201
+        return jsonify(_public(record, public_base_url(), software_id)), 201
 
     @app.get("/api/software/<software_id>/certificates/<kid>.pem")
     def download_certificate(software_id: str, kid: str):
@@ -558,11 +563,11 @@ def create_directory_app(
 
     @app.delete("/api/software/<software_id>/certificates/<kid>")
     def revoke_certificate(software_id: str, kid: str):
-        return jsonify(_public(state.revoke(software_id, kid), base_url(), software_id))
+        return jsonify(_public(state.revoke(software_id, kid), public_base_url(), software_id))
 
     @app.post("/api/software/<software_id>/ssa")
     def generate_ssa(software_id: str):
-        base_url()
+        public_base_url()
         return Response(state.ssa(software_id), status=201, mimetype="application/jwt")
 
     @app.get("/<org_id>/<software_id>.jwks")

@@ -38,6 +38,7 @@ import click
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from jwcrypto import jwk
 
@@ -142,7 +143,7 @@ def show_response(response: requests.Response) -> Any:
     except ValueError:
         phrase = response.reason
     click.echo(f"HTTP {response.status_code} {phrase}")
-    headers = ("Cache-Control", "WWW-Authenticate", "x-fapi-interaction-id")
+    headers: tuple[str, ...] = ("Cache-Control", "WWW-Authenticate", "x-fapi-interaction-id")
     if response.content:
         headers = ("Content-Type", *headers)
     for header in headers:
@@ -325,6 +326,9 @@ def p12(tpp: TPP, password: str) -> None:
     cert_path, key_path = tpp.transport_cert()
     certificate = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
     key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
+    if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
+        # the Directory certifies RSA and EC keys only (and pkcs12 takes those)
+        raise Failed(f"{key_path} holds a {type(key).__name__}, not an RSA or EC key")
     chain = x509.load_pem_x509_certificates(Path(tpp.ca_file).read_bytes())
     encryption = (
         serialization.BestAvailableEncryption(password.encode())
@@ -337,7 +341,7 @@ def p12(tpp: TPP, password: str) -> None:
         key,
         certificate,
         chain,
-        encryption,  # type: ignore[arg-type]
+        encryption,
     )
     write_file(tpp.path("transport.p12"), data, secret=True)
     loaded = pkcs12.load_pkcs12(data, password.encode() or None)

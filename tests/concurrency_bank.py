@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import os
 
+from flask import Flask
+
 from example_app.wsgi import gunicorn_tls
 
 
 def warm_bank(*, instance_path: str | os.PathLike[str]):
     app = gunicorn_tls(instance_path=instance_path)
-    state = app.app.extensions["obdcr"]
-    with app.app.app_context():
+    bank = app.app  # the middleware is typed to wrap any WSGI app; this one wraps AnyBank's
+    assert isinstance(bank, Flask)
+    state = bank.extensions["obdcr"]
+    with bank.app_context():
         len(state.store)  # opens (and keeps) a connection in the master
         list(state.store.list())
         state.tokens.find("no-such-token")

@@ -295,6 +295,7 @@ if __name__ == "__main__":
         print(
             f"{server.url}  suffix {server.suffix}  bind {server.root_dn} / {server.root_password}"
         )
+        assert server.process is not None, "start() launched slapd"
         try:
             server.process.wait()
         except KeyboardInterrupt:

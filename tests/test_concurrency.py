@@ -296,7 +296,7 @@ class Gunicorn:
                 cwd=self.instance, env=env, start_new_session=True,
             )  # fmt: skip
         try:
-            self.url = self._wait_until_serving()
+            self.url = self._wait_until_serving(self.process)
         except BaseException:
             self.kill()
             raise
@@ -311,13 +311,13 @@ class Gunicorn:
             if (m, p) == (method, path)
         )
 
-    def _wait_until_serving(self) -> str:
+    def _wait_until_serving(self, process: subprocess.Popen) -> str:
         deadline = time.monotonic() + START_TIMEOUT
         port = None
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+            if process.poll() is not None:
                 raise AssertionError(
-                    f"gunicorn exited with {self.process.returncode}:\n{self.log_tail()}"
+                    f"gunicorn exited with {process.returncode}:\n{self.log_tail()}"
                 )
             text = self.log.read_bytes()
             if port is None and (found := self.LISTENING.search(text)):
@@ -350,7 +350,7 @@ class Gunicorn:
             return
         self._signal_group(signal.SIGKILL)
         self.process.wait(timeout=10)
-        self._wait_group_gone()
+        self._wait_group_gone(self.process.pid)
         self.process = None
 
     def stop(self) -> None:
@@ -364,15 +364,13 @@ class Gunicorn:
             pass
         self.kill()
 
-    def _wait_group_gone(self) -> None:
+    def _wait_group_gone(self, pgid: int) -> None:
         """Until no process of the group is alive (zombies hold no socket, file or lock: the
         orphaned workers are reaped by whatever init there is, if at all)."""
         deadline = time.monotonic() + 10
-        while _group_alive(self.process.pid):
+        while _group_alive(pgid):
             if time.monotonic() > deadline:
-                raise AssertionError(
-                    f"gunicorn's process group {self.process.pid} survived SIGKILL"
-                )
+                raise AssertionError(f"gunicorn's process group {pgid} survived SIGKILL")
             self._signal_group(signal.SIGKILL)
             time.sleep(0.05)
 
@@ -604,7 +602,7 @@ def assert_complete(client: StoredClient, attempt: Attempt) -> None:
     assert client.client_id_issued_at > 0
     assert client.updated_at == client.client_id_issued_at
     assert (client.registration_access_token_hash or "").startswith("sha256:")
-    assert len(client.registration_access_token_hash) == len("sha256:") + 64
+    assert len(client.registration_access_token_hash or "") == len("sha256:") + 64
     if attempt.method == "client_secret_basic":
         assert (client.client_secret_hash or "").startswith("sha256:")
     else:

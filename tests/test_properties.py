@@ -143,7 +143,9 @@ class Bank:
         if status == 201:
             assert may_register, f"registered from input that must never register: {shown}"
             assert len(self.store) == before + 1
-            stored = self.store.get(data.get("client_id"))
+            client_id = data.get("client_id")
+            assert isinstance(client_id, str), shown
+            stored = self.store.get(client_id)
             assert stored is not None
             self.outcomes["201"] += 1
             event("201")

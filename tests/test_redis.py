@@ -15,6 +15,7 @@ import threading
 import time
 import uuid
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -318,7 +319,7 @@ def test_jwks_clients_share_fetches(redis_server, prefix, ob_directory, ob_softw
 def make_bank(tmp_path, ob_directory, ob_clock):
     """Build one bank instance (as ``ob_app_factory`` does) with the caches given."""
 
-    def make(name: str, **extension: object) -> tuple[Flask, StaticFetcher, MemoryStore]:
+    def make(name: str, **extension: Any) -> tuple[Flask, StaticFetcher, MemoryStore]:
         fetcher = StaticFetcher(ob_directory.documents(), allowed_hosts=[ob_directory.host])
         store = MemoryStore()
         app = Flask(name, instance_path=str(tmp_path / name))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -74,7 +74,9 @@ def table_prefix() -> str:
 
 
 @pytest.fixture
-def pg_store_factory(pg_engine, pg_schema, table_prefix) -> Callable[..., SQLAlchemyStore]:
+def pg_store_factory(
+    pg_engine, pg_schema, table_prefix
+) -> Iterator[Callable[..., SQLAlchemyStore]]:
     """Store objects over this test's table. Each has its own engine (its own pool), as
     separate server processes would; ``engine=`` shares one instead."""
     made: list[SQLAlchemyStore] = []

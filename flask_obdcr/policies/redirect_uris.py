@@ -18,12 +18,14 @@ def _is_local(host: str) -> bool:
     host = host.rstrip(".")  # "localhost." is the fully qualified "localhost"
     if host == "localhost" or host.endswith(".localhost"):
         return True
+    address: ipaddress.IPv4Address | ipaddress.IPv6Address
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        address = _legacy_ipv4(host)
-        if address is None:
+        legacy = _legacy_ipv4(host)
+        if legacy is None:
             return False
+        address = legacy
     if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
         address = address.ipv4_mapped  # ::ffff:127.0.0.1 is not is_loopback before Python 3.13
     return address.is_loopback or address.is_unspecified

@@ -26,7 +26,7 @@ import time
 import weakref
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, nullcontext
-from typing import Any
+from typing import Any, cast
 
 try:
     import sqlalchemy as sa
@@ -275,6 +275,12 @@ class _Database:
         return f"{where!r}, table_prefix={self.table_prefix!r}{schema}"
 
 
+def _client(row: sa.RowMapping) -> StoredClient:
+    # the rows of a Core select are keyed by column name; SQLAlchemy types the keys as
+    # "str | Column" and Mapping's key type is invariant, hence the cast
+    return StoredClient.from_record(cast("Mapping[str, Any]", row))
+
+
 class SQLAlchemyStore(ClientStore):
     """Registered clients in one table, ``<table_prefix>clients``.
 
@@ -371,13 +377,13 @@ class SQLAlchemyStore(ClientStore):
     def _get(self, client_id: str) -> StoredClient | None:
         with self._db.reading() as conn:
             row = conn.execute(self._select_one, {"id": client_id}).mappings().first()
-        return None if row is None else StoredClient.from_record(row)
+        return None if row is None else _client(row)
 
     def _list(self) -> Iterator[StoredClient]:
         query = sa.select(self.table).order_by(*self._order)
         with self._db.reading() as conn:
             rows = conn.execute(query).mappings().all()
-        return (StoredClient.from_record(row) for row in rows)
+        return (_client(row) for row in rows)
 
     def _replace(self, client: StoredClient) -> None:
         record = client.to_record()
@@ -396,7 +402,8 @@ class SQLAlchemyStore(ClientStore):
 
     def __len__(self) -> int:
         with self._db.reading() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(self.table)).scalar())
+            count = sa.select(sa.func.count()).select_from(self.table)
+            return int(conn.execute(count).scalar_one())  # COUNT(*) always returns one row
 
     def drop_schema(self) -> None:
         """Drop the table (tests and teardown; the data is gone)."""

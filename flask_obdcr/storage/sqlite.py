@@ -104,14 +104,15 @@ class SQLiteStore(ClientStore):
 
     @staticmethod
     def _ensure_schema(db: sqlite_utils.Database) -> None:
-        if not db["clients"].exists():
+        clients = db.table("clients")  # a Table, where db["clients"] may also be a View
+        if not clients.exists():
             try:
-                db["clients"].create(_COLUMNS, pk="client_id", not_null={"metadata"})
+                clients.create(_COLUMNS, pk="client_id", not_null={"metadata"})
             except sqlite3.OperationalError:
                 # another process created it between our check and our create
-                if not db["clients"].exists():
+                if not clients.exists():
                     raise
-        db["clients"].create_index(["software_id"], if_not_exists=True)
+        clients.create_index(["software_id"], if_not_exists=True)
 
     def _add(self, client: StoredClient) -> None:
         record = client.to_record()

@@ -115,6 +115,7 @@ def main() -> int:
     step(5, "The stored client keeps the SSA's metadata")
     with app.app_context():
         stored = dcr.store.get(body["client_id"])
+    assert stored is not None, "a 201 response means the client is stored"
     show(
         {
             "client_id": stored.client_id,

@@ -32,6 +32,7 @@ from .pki import (
     CertificateAuthority,
     KeyType,
     PrivateKey,
+    Usage,
     eidas_subject,
     generate_key,
     ob_subject,
@@ -58,8 +59,8 @@ def jwk_from_key(key: PrivateKey, *, kid: str, use: str, certificate: x509.Certi
         serialization.NoEncryption(),
     )
     der = certificate.public_bytes(serialization.Encoding.DER)
-    key = jwk.JWK.from_pem(pem_bytes)
-    params = json.loads(key.export(private_key=True))
+    private_jwk = jwk.JWK.from_pem(pem_bytes)
+    params = json.loads(private_jwk.export(private_key=True))
     params.update(
         kid=kid,
         use=use,
@@ -414,11 +415,11 @@ class SandboxDirectory:
             self._fetcher.documents.update(self.documents())
         return certificate
 
-    def sign_csr(self, csr: x509.CertificateSigningRequest, *, usage: str) -> x509.Certificate:
+    def sign_csr(self, csr: x509.CertificateSigningRequest, *, usage: Usage) -> x509.Certificate:
         """Issue a certificate for an uploaded CSR (as the Directory UI does)."""
         if not csr.is_signature_valid:
             raise ValueError("the CSR signature is invalid")
-        return self.issuing_ca.issue(csr.subject, csr.public_key(), usage=usage)  # type: ignore[arg-type]
+        return self.issuing_ca.issue(csr.subject, csr.public_key(), usage=usage)
 
     # -- software statements and registration requests ----------------------------------
 

@@ -15,6 +15,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 KeyType = Literal["RSA", "EC"]
+#: what a leaf certificate is for (:meth:`CertificateAuthority.issue`)
+Usage = Literal["transport", "signing", "server"]
 PrivateKey = rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey
 
 #: the eIDAS organizationIdentifier attribute (ETSI EN 319 412-1)
@@ -80,7 +82,11 @@ class CertificateAuthority:
         key = serialization.load_pem_private_key(key_pem, password=None)
         if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
             raise ValueError("a CA key must be RSA or EC")
-        if key.public_key().public_numbers() != certificate.public_key().public_numbers():
+        certificate_key = certificate.public_key()
+        if (
+            not isinstance(certificate_key, rsa.RSAPublicKey | ec.EllipticCurvePublicKey)
+            or key.public_key().public_numbers() != certificate_key.public_numbers()
+        ):
             raise ValueError("the private key does not belong to the CA certificate")
         return cls(certificate.subject, key, certificate)
 
@@ -125,7 +131,7 @@ class CertificateAuthority:
         subject: x509.Name,
         public_key,
         *,
-        usage: Literal["transport", "signing", "server"] = "transport",
+        usage: Usage = "transport",
         not_before: datetime.datetime | None = None,
         not_after: datetime.datetime | None = None,
         dns_names: Sequence[str] = (),
