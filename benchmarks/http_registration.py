@@ -1218,7 +1218,7 @@ PROFILE_BUCKETS: list[tuple[str, str]] = [
         r"^(_parse_escaped_pem|load_certificate|client_certificate_from_environ|_peer_is_trusted)"
         r" |[(/]ipaddress\.py|[(/]urllib/parse\.py",
     ),
-    ("certificate binding, DN, thumbprints", r"[(/]flask_obdcr/certificates\.py"),
+    ("certificate binding, DN, thumbprints", r"[(/]flask_obdcr/certificates/"),
     ("JSON encode/decode", r"[(/]json/"),
     ("JOSE parsing (jwcrypto objects, base64)", r"[(/](jwcrypto/|base64\.py|flask_obdcr/jose\.py)"),
     (

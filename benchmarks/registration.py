@@ -60,7 +60,7 @@ from cryptography.x509.verification import ExtensionPolicy, PolicyBuilder, Store
 from flask import Flask, jsonify, request
 
 from flask_obdcr import OpenBankingDCR
-from flask_obdcr import certificates as obcerts
+from flask_obdcr.certificates import verify as obcerts_verify
 from flask_obdcr.storage import SQLiteStore
 from flask_obdcr.testing import SandboxDirectory, Software
 from flask_obdcr.testing.pki import KeyType
@@ -150,12 +150,10 @@ def post_runner(scenario: Scenario) -> Callable[[Sequence[str]], None]:
 def core_runner(scenario: Scenario) -> Callable[[Sequence[str]], None]:
     """The protocol core alone: what views.register calls, minus HTTP and the response."""
     state = scenario.app.extensions["obdcr"]
-    registrar, settings, environ = state.registrar, state.settings, scenario.environ
+    registrar, environ = state.registrar, scenario.environ
 
     def load() -> x509.Certificate | None:
-        return obcerts.client_certificate_from_environ(
-            environ, header=settings.client_cert_header, trusted_proxies=settings.trusted_proxies
-        )
+        return state.certificates.from_environ(environ)
 
     def run(bodies: Sequence[str]) -> None:
         for body in bodies:
@@ -252,7 +250,7 @@ def floor_ops(scenario: Scenario, request_jwt: str) -> dict[str, Callable[[], No
         .time(datetime.datetime.now(datetime.timezone.utc))
         .extension_policies(
             ca_policy=ExtensionPolicy.webpki_defaults_ca(),
-            ee_policy=obcerts._ee_policy(),  # the profile TransportCertificateVerifier uses
+            ee_policy=obcerts_verify._ee_policy(),  # the profile TransportCertificateVerifier uses
         )
         .build_client_verifier()
     )
@@ -591,13 +589,13 @@ PROFILE_POINTS: list[tuple[str, str, str]] = [
     ("  JWKSClient.document", "flask_obdcr/jwks.py", "document"),
     (
         "  client_certificate_from_environ",
-        "flask_obdcr/certificates.py",
+        "flask_obdcr/certificates/source.py",
         "client_certificate_from_environ",
     ),
-    ("  TransportCertificateVerifier.verify", "flask_obdcr/certificates.py", "verify"),
+    ("  TransportCertificateVerifier.verify", "flask_obdcr/certificates/verify.py", "verify"),
     (
         "  certificate_belongs_to_software",
-        "flask_obdcr/certificates.py",
+        "flask_obdcr/certificates/binding.py",
         "certificate_belongs_to_software",
     ),
 ]

@@ -34,7 +34,6 @@ Configuration, later wins: :func:`default_config` (a sandbox Directory at
 from __future__ import annotations
 
 import copy
-import datetime
 import json
 import os
 import uuid
@@ -44,11 +43,9 @@ from urllib.parse import urlsplit
 
 import click
 from authlib.integrations.flask_oauth2 import AuthorizationServer
-from flask import Flask, current_app, jsonify, request, url_for
+from flask import Flask, current_app, jsonify, request
 
 from flask_obdcr import OpenBankingDCR, RegistrationError
-from flask_obdcr.certificates import client_certificate_from_environ
-from flask_obdcr.errors import InvalidClient
 
 from ._util import write_json
 
@@ -70,6 +67,7 @@ CONFIG_FILE = "anybank.json"
 #: endpoints reachable without a client certificate
 PUBLIC_ENDPOINTS = frozenset({"index", "discovery", "static"})
 SCOPES = ("openid", "accounts")
+ACCOUNTS_PATH = "/open-banking/v3.1/aisp/accounts"
 
 #: the accounts API's fixed data set, in the OB Read/Write API v3.1 shape
 ACCOUNTS: list[dict[str, Any]] = [
@@ -135,14 +133,12 @@ def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str
 
 def default_config(instance_path: str) -> dict[str, Any]:
     """The defaults: the ``make serve`` layout (bank instance folder with the Directory's state
-    in ``directory/``), tokens valid for an hour."""
-    config = sandbox_config(
+    in ``directory/``). Tokens live ``OBDCR_ACCESS_TOKEN_LIFETIME`` (an hour by default)."""
+    return sandbox_config(
         issuer=DEFAULT_ISSUER,
         directory_url=DEFAULT_DIRECTORY_URL,
         ca_file=os.path.join(instance_path, "directory", "ca-bundle.pem"),
     )
-    config["OAUTH2_TOKEN_EXPIRES_IN"] = {"client_credentials": 3600}
-    return config
 
 
 def create_app(
@@ -169,13 +165,14 @@ def create_app(
 
     app.before_request(_require_client_certificate)
 
+    # every URL this bank publishes comes from its configuration, never from the Host header
     @app.get("/")
     def index():
         return jsonify(
             {
                 "service": "AnyBank (sandbox)",
                 "issuer": dcr.settings.issuer,
-                "discovery": url_for("discovery", _external=True),
+                "discovery": f"{dcr.urls.issuer}/.well-known/openid-configuration",
             }
         )
 
@@ -183,12 +180,11 @@ def create_app(
     def discovery():
         metadata = {
             "issuer": dcr.settings.issuer,
-            "token_endpoint": url_for("token", _external=True),
             "scopes_supported": list(SCOPES),
             **dcr.discovery_metadata(),
             # this bank serves the client_credentials grant only
             "grant_types_supported": ["client_credentials"],
-            "accounts_endpoint": url_for("accounts", _external=True),
+            "accounts_endpoint": dcr.urls.under_mtls_base(ACCOUNTS_PATH),
         }
         response = jsonify(metadata)
         response.headers["Cache-Control"] = "max-age=300"
@@ -198,12 +194,12 @@ def create_app(
     def token():
         return authorization_server.create_token_response()
 
-    @app.get("/open-banking/v3.1/aisp/accounts")
+    @app.get(ACCOUNTS_PATH)
     @dcr.require_token("accounts")
     def accounts():
         return _ob_response({"Account": copy.deepcopy(ACCOUNTS)})
 
-    @app.get("/open-banking/v3.1/aisp/accounts/<account_id>")
+    @app.get(f"{ACCOUNTS_PATH}/<account_id>")
     @dcr.require_token("accounts")
     def account(account_id: str):
         found = [a for a in ACCOUNTS if a["AccountId"] == account_id]
@@ -218,18 +214,9 @@ def _require_client_certificate():
     """Refuse every call but the public ones without a valid transport certificate."""
     if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
         return None  # a 404/405 stays a 404/405
-    state = current_app.extensions["obdcr"]
+    dcr: OpenBankingDCR = current_app.extensions["anybank"]["dcr"]
     try:
-        certificate = client_certificate_from_environ(
-            request.environ,
-            header=state.settings.client_cert_header,
-            trusted_proxies=state.settings.trusted_proxies,
-        )
-        if certificate is None:
-            raise InvalidClient("A client certificate (mutual TLS) is required for this call.")
-        state.transport_verifier.verify(
-            certificate, now=datetime.datetime.now(datetime.timezone.utc)
-        )
+        dcr.client_certificate()
     except RegistrationError as exc:
         response = jsonify(exc.to_dict())
         response.status_code = exc.status
@@ -247,7 +234,9 @@ def _interaction_id() -> str:
 
 
 def _ob_response(data: dict[str, Any]):
-    body = {"Data": data, "Links": {"Self": request.base_url}, "Meta": {"TotalPages": 1}}
+    dcr: OpenBankingDCR = current_app.extensions["anybank"]["dcr"]
+    self_url = dcr.urls.under_mtls_base(request.path)  # configured base, not the Host header
+    body = {"Data": data, "Links": {"Self": self_url}, "Meta": {"TotalPages": 1}}
     response = jsonify(body)
     response.headers["x-fapi-interaction-id"] = _interaction_id()
     response.headers["Cache-Control"] = "no-store"

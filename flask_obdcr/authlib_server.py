@@ -11,35 +11,34 @@ issues certificate-bound access tokens (RFC 8705 section 3)::
 
 from __future__ import annotations
 
-import datetime
-import logging
-import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant as _ClientCredentialsGrant
 from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
 from flask import request as flask_request
 
 from . import jose
-from .certificates import client_certificate_from_environ, dn_matches, thumbprint_sha256
-from .errors import RegistrationError
+from .certificates import VerifiedCertificate, dn_matches
+from .errors import InvalidClient, RegistrationError
 from .jwks import JWKSError
+from .log import get_logger
+from .management import software_jwks
 from .storage import StoredClient
 
 if TYPE_CHECKING:
     from authlib.integrations.flask_oauth2 import AuthorizationServer
 
-    from .extension import DCRState
+    from .state import DCRState
 
-logger = logging.getLogger("flask_obdcr")
+logger = get_logger()
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: the order a bank advertises them in: the FAPI-compliant ones first
 AUTH_METHODS = ("tls_client_auth", "private_key_jwt", "client_secret_basic", "client_secret_post")
-#: a client assertion may not live longer than this (RFC 7523 lets the server bound exp)
-MAX_ASSERTION_LIFETIME = 600
+#: where the token endpoint keeps the verified certificate it will bind the token to
+CERTIFICATE_ATTRIBUTE = "obdcr_certificate"
 
 
 class OBClient(ClientMixin):
@@ -101,18 +100,17 @@ class ClientAuthenticator:
         client_id = request.form.get("client_id")
         if not client_id:
             return None
-        certificate = self._verified_certificate()
-        if certificate is None:
-            return None
         client = query_client(client_id)
         if client is None or client.metadata.get("token_endpoint_auth_method") != "tls_client_auth":
             return None  # not a tls_client_auth client: let the other methods have a go
+        try:
+            verified = self._state().certificates.verified(flask_request.environ)
+        except RegistrationError as exc:
+            raise _invalid(exc.description) from None
         subject_dn = client.metadata.get("tls_client_auth_subject_dn")
-        if not subject_dn or not dn_matches(subject_dn, certificate.subject):
-            raise InvalidClientError(
-                status_code=401,
-                description="The client certificate does not match the registered subject.",
-            )
+        if not subject_dn or not dn_matches(subject_dn, verified.subject):
+            raise _invalid("The client certificate does not match the registered subject.")
+        setattr(request, CERTIFICATE_ATTRIBUTE, verified)
         return client
 
     # -- RFC 7523 section 2.2 / OIDC private_key_jwt -------------------------------------
@@ -122,13 +120,13 @@ class ClientAuthenticator:
         if form.get("client_assertion_type") != ASSERTION_TYPE or not assertion:
             return None
         state = self._state()
-        settings = state.settings
+        rules = state.registrar.rules
         try:
             header, claims = jose.peek(assertion)
         except jose.MalformedJWS:
             raise _invalid("The client assertion is not a signed JWT.") from None
         alg = header["alg"]
-        if alg not in settings.signing_algs or jose.KEY_BEARING_HEADERS & header.keys():
+        if alg not in rules.signing_algs or jose.KEY_BEARING_HEADERS & header.keys():
             raise _invalid(f"The client assertion algorithm {alg!r} is not accepted.")
         client_id = claims.get("sub")
         if not isinstance(client_id, str) or claims.get("iss") != client_id:
@@ -149,22 +147,30 @@ class ClientAuthenticator:
         except (JWKSError, jose.BadSignature, jose.MalformedJWS):
             raise _invalid("The client assertion signature is invalid.") from None
 
-        now = state.registrar.clock()
-        skew = settings.clock_skew
+        now = state.clock()
+        skew = rules.clock_skew
         audiences = claims.get("aud")
         audiences = audiences if isinstance(audiences, list) else [audiences]
-        accepted = {settings.issuer, flask_request.base_url, *settings.audiences}
+        # configured values only (DESIGN 2.1): never the request's own URL, which follows the
+        # Host header and would accept an assertion made for another bank
+        accepted = rules.assertion_audiences
         if self.token_endpoint:
-            accepted.add(self.token_endpoint)
+            accepted = accepted | {self.token_endpoint}
         if not any(isinstance(a, str) and a in accepted for a in audiences):
-            raise _invalid("The client assertion aud must be the token endpoint or the issuer.")
+            raise _invalid(
+                "The client assertion aud must be the token endpoint or the issuer.",
+                detail=f"aud {audiences!r} is none of {sorted(accepted)}",
+            )
         exp = claims.get("exp")
         if isinstance(exp, bool) or not isinstance(exp, int | float):
             raise _invalid("The client assertion has no exp.")
         if now > exp + skew:
             raise _invalid("The client assertion has expired.")
-        if exp - now > MAX_ASSERTION_LIFETIME:
-            raise _invalid("The client assertion lives too long.")
+        if exp - now > rules.max_assertion_lifetime:
+            raise _invalid(
+                f"The client assertion exp is more than {rules.max_assertion_lifetime} seconds"
+                " ahead."
+            )
         iat = claims.get("iat")
         if isinstance(iat, int | float) and not isinstance(iat, bool) and iat > now + skew:
             raise _invalid("The client assertion iat is in the future.")
@@ -180,24 +186,53 @@ class ClientAuthenticator:
             raise _invalid("The client assertion has been used before.")
         return client
 
-    def _verified_certificate(self):
+    # -- RFC 8705 section 3 / DESIGN 2.1: the certificate every token is bound to ---------
+    def bind(self, client: OBClient, request: Any) -> None:
+        """After any client authentication at the token endpoint: find the certificate the
+        token will be bound to. With OBDCR_CERTIFICATE_BOUND_TOKENS a token is issued only
+        over mTLS with a trusted certificate that belongs to the client; without it, a
+        certificate is used only if it would pass the same test."""
         state = self._state()
-        try:
-            certificate = client_certificate_from_environ(
-                flask_request.environ,
-                header=state.settings.client_cert_header,
-                trusted_proxies=state.settings.trusted_proxies,
+        required = state.settings.certificate_bound_tokens
+        verified = getattr(request, CERTIFICATE_ATTRIBUTE, None)
+        if verified is None:
+            try:
+                verified = self._belonging_certificate(state, client)
+            except RegistrationError as exc:
+                if required:
+                    raise _invalid(exc.description, detail=exc.detail) from None
+                logger.info("token for %s issued unbound: %s", client.client_id, exc.detail)
+                return
+        setattr(request, CERTIFICATE_ATTRIBUTE, verified)
+
+    @staticmethod
+    def _belonging_certificate(state: DCRState, client: OBClient) -> VerifiedCertificate:
+        certificate = state.certificates.from_environ(flask_request.environ)
+        if certificate is None:
+            raise InvalidClient(
+                "A client certificate (mutual TLS) is required: tokens are certificate-bound."
             )
-            if certificate is None:
-                return None
-            now = datetime.datetime.fromtimestamp(state.registrar.clock(), datetime.timezone.utc)
-            state.transport_verifier.verify(certificate, now=now)
-        except RegistrationError as exc:
-            raise InvalidClientError(status_code=401, description=exc.description) from None
-        return certificate
+        verified = state.certificates.verify(certificate)
+        rule = state.certificates.binding(
+            certificate,
+            ssa_claims=client.stored.ssa_claims,
+            software_jwks=software_jwks(state, client.stored),
+            subject_dn=client.metadata.get("tls_client_auth_subject_dn"),
+        )
+        if rule is None:
+            raise InvalidClient(
+                "The client certificate does not belong to this client's software.",
+                detail=(
+                    f"certificate {certificate.subject.rfc4514_string()!r} presented for"
+                    f" client {client.client_id}"
+                ),
+            )
+        return verified
 
 
-def _invalid(description: str) -> InvalidClientError:
+def _invalid(description: str, *, detail: str | None = None) -> InvalidClientError:
+    if detail:
+        logger.info("token endpoint: %s (%s)", description, detail)
     return InvalidClientError(status_code=401, description=description)
 
 
@@ -215,26 +250,52 @@ def configure_authorization_server(
     server.register_client_auth_method("private_key_jwt", authenticator.private_key_jwt)
     if register_grant:
         server.register_grant(ClientCredentialsGrant)
+
+    # Every grant authenticates its client through server.authenticate_client: wrapping it
+    # binds the certificate for all of them (client_credentials, authorization_code, ...),
+    # whatever method the client authenticated with.
+    authenticate_client = server.authenticate_client
+
+    def authenticate_and_bind(request: Any, methods: Any, endpoint: str = "token") -> Any:
+        client = authenticate_client(request, methods, endpoint)
+        if endpoint == "token":
+            authenticator.bind(client, request)
+        return client
+
+    handle_error_response = server.handle_error_response
+
+    def log_and_handle_error(request: Any, error: OAuth2Error) -> Any:
+        form = getattr(request, "form", None) or {}
+        logger.warning(
+            "OAuth2 %s %s refused: %s (%s) client_id=%s",
+            getattr(request, "method", "-"),
+            getattr(request, "uri", "-"),
+            error.error,
+            error.description,
+            form.get("client_id", "-") if hasattr(form, "get") else "-",
+        )
+        return handle_error_response(request, error)
+
+    server.authenticate_client = authenticate_and_bind  # type: ignore[method-assign]
+    server.handle_error_response = log_and_handle_error  # type: ignore[method-assign]
     return authenticator
 
 
-def save_token(state: DCRState, token: dict[str, Any], request) -> None:
-    """Authlib's ``save_token``: keep the token hashed, bound to the mTLS certificate."""
-    certificate = None
-    try:
-        certificate = client_certificate_from_environ(
-            flask_request.environ,
-            header=state.settings.client_cert_header,
-            trusted_proxies=state.settings.trusted_proxies,
-        )
-    except RegistrationError:
-        certificate = None
-    now = int(time.time()) if state.registrar is None else int(state.registrar.clock())
+def save_token(state: DCRState, token: dict[str, Any], request: Any) -> None:
+    """Authlib's ``save_token``: keep the token hashed, bound to the certificate the token
+    endpoint verified (DESIGN 2.1), living ``OBDCR_ACCESS_TOKEN_LIFETIME`` seconds."""
+    verified: VerifiedCertificate | None = getattr(request, CERTIFICATE_ATTRIBUTE, None)
+    if verified is None and state.settings.certificate_bound_tokens:
+        # a grant that did not authenticate its client through the server: fail closed
+        raise _invalid("A client certificate (mutual TLS) is required: tokens are bound.")
+    lifetime = state.settings.access_token_lifetime
+    token["expires_in"] = lifetime  # Authlib's and the host app's own defaults do not apply
+    now = int(state.clock())
     state.tokens.save(
         token["access_token"],
         client_id=request.client.get_client_id(),
         scope=token.get("scope", "") or "",
         issued_at=now,
-        expires_at=now + int(token.get("expires_in", 3600)),
-        x5t_s256=thumbprint_sha256(certificate) if certificate is not None else None,
+        expires_at=now + lifetime,
+        x5t_s256=verified.thumbprint if verified is not None else None,
     )

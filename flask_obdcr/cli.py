@@ -8,13 +8,20 @@ import click
 from flask import current_app
 from flask.cli import AppGroup
 
+from .errors import RegistrationError
+from .state import EXTENSION_KEY, DCRState
+
 obdcr_cli = AppGroup("obdcr", help="Open Banking Dynamic Client Registration.")
 clients_cli = AppGroup("clients", help="Registered clients.")
 obdcr_cli.add_command(clients_cli)
 
 
+def _state() -> DCRState:
+    return current_app.extensions[EXTENSION_KEY]
+
+
 def _store():
-    return current_app.extensions["obdcr"].store
+    return _state().store
 
 
 @clients_cli.command("list")
@@ -44,6 +51,13 @@ def show_client(client_id: str) -> None:
 @click.argument("client_id")
 @click.confirmation_option(prompt="Delete this client?")
 def delete_client(client_id: str) -> None:
-    if not _store().delete(client_id):
+    """Revoke the client's access tokens, then delete it (as DELETE /register/<id> does)."""
+    state = _state()
+    client = state.store.get(client_id)
+    if client is None:
         raise click.ClickException(f"no client {client_id!r}")
+    try:
+        state.registrar.delete(client)
+    except RegistrationError as exc:
+        raise click.ClickException(exc.description) from None
     click.echo(f"deleted {client_id}")

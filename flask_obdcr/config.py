@@ -7,6 +7,7 @@ never at the first request.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import os
 from collections.abc import Mapping
@@ -45,11 +46,52 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_CLOCK_SKEW": 30,
     "OBDCR_SSA_MAX_AGE": None,
     "OBDCR_MAX_REQUEST_BYTES": 65536,
+    # tokens, published URLs and fetches (DESIGN 2.1)
+    "OBDCR_TOKEN_ENDPOINT": None,
+    "OBDCR_MTLS_BASE_URL": None,
+    "OBDCR_CERTIFICATE_BOUND_TOKENS": True,
+    "OBDCR_ACCESS_TOKEN_LIFETIME": 3600,
+    "OBDCR_MAX_ASSERTION_LIFETIME": 3600,
+    "OBDCR_HTTP_TIMEOUT": 10,
     # beyond one process (optional extras `redis`, `postgres`)
     "OBDCR_REDIS_URL": None,
     "OBDCR_REDIS_PREFIX": "obdcr:",
     "OBDCR_DATABASE_URL": None,
 }
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """What the protocol core judges requests by: the rules, without the deployment (no
+    database or Redis URLs, no file paths). Built from :class:`Settings` as ``settings.rules``."""
+
+    issuer: str
+    trusted_directories: Mapping[str, str]
+    audiences: tuple[str, ...] = ()
+    signing_algs: tuple[str, ...] = ("PS256", "ES256")
+    token_endpoint_auth_methods: tuple[str, ...] = KNOWN_AUTH_METHODS
+    clock_skew: int = 30
+    ssa_max_age: int | None = None
+    max_request_bytes: int = 65536
+    max_request_lifetime: int = 86400
+    #: hosts a JWKS may be fetched from: the trusted directories' and the configured ones
+    fetch_allowed_hosts: frozenset[str] = frozenset()
+    #: the token endpoint's own URL: a client assertion may name it as its aud
+    token_endpoint: str = ""
+    max_assertion_lifetime: int = 3600
+    access_token_lifetime: int = 3600
+    certificate_bound_tokens: bool = True
+
+    @functools.cached_property
+    def accepted_audiences(self) -> frozenset[str]:
+        """What a registration request's ``aud`` may be: the issuer and OBDCR_AUDIENCES."""
+        return frozenset((self.issuer, *self.audiences))
+
+    @functools.cached_property
+    def assertion_audiences(self) -> frozenset[str]:
+        """What a client assertion's ``aud`` may be (DESIGN 2.1): the issuer, the token
+        endpoint and OBDCR_AUDIENCES; never anything taken from the request."""
+        return frozenset((self.issuer, self.token_endpoint, *self.audiences))
 
 
 @dataclass(frozen=True)
@@ -79,10 +121,47 @@ class Settings:
     database_url: str | None = None
     #: hosts a JWKS may be fetched from: the trusted directories' and the configured ones
     fetch_allowed_hosts: frozenset[str] = field(default=frozenset())
+    #: OBDCR_TOKEN_ENDPOINT as configured (None: the default, see :attr:`token_endpoint_url`)
+    token_endpoint: str | None = None
+    mtls_base_url: str | None = None
+    certificate_bound_tokens: bool = True
+    access_token_lifetime: int = 3600
+    max_assertion_lifetime: int = 3600
+    http_timeout: float = 10.0
 
     @property
     def accepted_audiences(self) -> frozenset[str]:
-        return frozenset((self.issuer, *self.audiences))
+        return self.rules.accepted_audiences
+
+    @property
+    def mtls_base(self) -> str:
+        """Where the mTLS endpoints (registration, token) are published: OBDCR_MTLS_BASE_URL,
+        else OBDCR_ISSUER; never the request's Host."""
+        return (self.mtls_base_url or self.issuer).rstrip("/")
+
+    @property
+    def token_endpoint_url(self) -> str:
+        return self.token_endpoint or f"{self.mtls_base}/token"
+
+    @functools.cached_property
+    def rules(self) -> RuleSettings:
+        """The part of the configuration the protocol core needs."""
+        return RuleSettings(
+            issuer=self.issuer,
+            trusted_directories=self.trusted_directories,
+            audiences=self.audiences,
+            signing_algs=self.signing_algs,
+            token_endpoint_auth_methods=self.token_endpoint_auth_methods,
+            clock_skew=self.clock_skew,
+            ssa_max_age=self.ssa_max_age,
+            max_request_bytes=self.max_request_bytes,
+            max_request_lifetime=self.max_request_lifetime,
+            fetch_allowed_hosts=self.fetch_allowed_hosts,
+            token_endpoint=self.token_endpoint_url,
+            max_assertion_lifetime=self.max_assertion_lifetime,
+            access_token_lifetime=self.access_token_lifetime,
+            certificate_bound_tokens=self.certificate_bound_tokens,
+        )
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any]) -> Settings:
@@ -176,7 +255,36 @@ class Settings:
         ):
             _fail("OBDCR_DATABASE_URL", "must be None or an SQLAlchemy URL")
 
+        token_endpoint = raw["OBDCR_TOKEN_ENDPOINT"]
+        if token_endpoint is not None:
+            _https_url(token_endpoint, "OBDCR_TOKEN_ENDPOINT")
+        mtls_base_url = raw["OBDCR_MTLS_BASE_URL"]
+        if mtls_base_url is not None:
+            _https_url(mtls_base_url, "OBDCR_MTLS_BASE_URL")
+            mtls_base_url = mtls_base_url.rstrip("/")
+        bound = raw["OBDCR_CERTIFICATE_BOUND_TOKENS"]
+        if not isinstance(bound, bool):
+            _fail("OBDCR_CERTIFICATE_BOUND_TOKENS", f"must be True or False; got {bound!r}")
+        token_lifetime = _int(raw, "OBDCR_ACCESS_TOKEN_LIFETIME", minimum=1, maximum=86400)
+        assertion_lifetime = _int(raw, "OBDCR_MAX_ASSERTION_LIFETIME", minimum=60, maximum=86400)
+        http_timeout = raw["OBDCR_HTTP_TIMEOUT"]
+        if (
+            isinstance(http_timeout, bool)
+            or not isinstance(http_timeout, int | float)
+            or not 0 < http_timeout <= 120
+        ):
+            _fail(
+                "OBDCR_HTTP_TIMEOUT",
+                f"must be seconds, more than 0, at most 120; got {http_timeout!r}",
+            )
+
         return cls(
+            token_endpoint=token_endpoint,
+            mtls_base_url=mtls_base_url,
+            certificate_bound_tokens=bound,
+            access_token_lifetime=token_lifetime,
+            max_assertion_lifetime=assertion_lifetime,
+            http_timeout=float(http_timeout),
             issuer=issuer,
             trusted_directories=dict(directories),
             transport_ca_file=os.fspath(ca_file),

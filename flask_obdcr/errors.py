@@ -110,5 +110,19 @@ class InvalidToken(RegistrationError):
         )
 
 
+class InsufficientScope(RegistrationError):
+    """A protected resource called with a token that lacks the scope it needs (RFC 6750)."""
+
+    status = 403
+    error = "insufficient_scope"
+    default_description = "The access token does not carry the scope this resource needs."
+
+    def __init__(self, scope: str, **kw: Any) -> None:
+        super().__init__(**kw)
+        self.headers.setdefault(
+            "WWW-Authenticate", f'Bearer error="insufficient_scope", scope="{scope}"'
+        )
+
+
 class ConfigurationError(RuntimeError):
     """A wrong or missing OBDCR_* setting; raised at start-up, naming the key."""

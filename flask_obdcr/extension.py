@@ -3,42 +3,30 @@
 from __future__ import annotations
 
 import functools
-import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
-from flask import Flask, current_app, g, has_app_context, has_request_context, request, url_for
+from flask import Flask, current_app, g, has_app_context, request
 
-from .certificates import TransportCertificateVerifier
+from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
-from .errors import ConfigurationError
+from .errors import ConfigurationError, RegistrationError
 from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
+from .log import get_logger
+from .management import check_access_token
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
 from .replay import MemoryReplayCache, ReplayCache
+from .state import EXTENSION_KEY, DCRState
 from .storage import ClientStore, MemoryStore, SQLiteStore
 from .tokens import MemoryTokenStore, SQLiteTokenStore, TokenStore
+from .urls import PublishedURLs
 
-log = logging.getLogger("flask_obdcr")
+log = get_logger()
 
-EXTENSION_KEY = "obdcr"
-
-
-@dataclass
-class DCRState:
-    """Per-application state, kept in ``app.extensions["obdcr"]``."""
-
-    extension: OpenBankingDCR
-    settings: Settings
-    store: ClientStore
-    jwks: JWKSClient
-    replay_cache: ReplayCache
-    transport_verifier: TransportCertificateVerifier
-    registrar: Registrar
-    tokens: TokenStore
+__all__ = ["EXTENSION_KEY", "DCRState", "OpenBankingDCR"]
 
 
 class OpenBankingDCR:
@@ -82,6 +70,21 @@ class OpenBankingDCR:
             self.init_app(app)
 
     def init_app(self, app: Flask) -> None:
+        """Read and validate the app's ``OBDCR_*`` configuration, build the per-app state and
+        register the blueprint (``POST /register``, ``GET|PUT|DELETE /register/<id>``) and the
+        ``flask obdcr`` commands.
+
+        Keys read (README, "Configuration", has the full table): ``OBDCR_ISSUER``,
+        ``OBDCR_AUDIENCES``, ``OBDCR_TRUSTED_DIRECTORIES``, ``OBDCR_JWKS_ALLOWED_HOSTS``,
+        ``OBDCR_HTTP_VERIFY``, ``OBDCR_HTTP_TIMEOUT``, ``OBDCR_TRANSPORT_CA_FILE``,
+        ``OBDCR_CLIENT_CERT_HEADER``, ``OBDCR_TRUSTED_PROXIES``, ``OBDCR_SIGNING_ALGS``,
+        ``OBDCR_TOKEN_ENDPOINT_AUTH_METHODS``, ``OBDCR_CLOCK_SKEW``, ``OBDCR_SSA_MAX_AGE``,
+        ``OBDCR_MAX_REQUEST_BYTES``, ``OBDCR_TOKEN_ENDPOINT``, ``OBDCR_MTLS_BASE_URL``,
+        ``OBDCR_CERTIFICATE_BOUND_TOKENS``, ``OBDCR_ACCESS_TOKEN_LIFETIME``,
+        ``OBDCR_MAX_ASSERTION_LIFETIME``, ``OBDCR_REDIS_URL``, ``OBDCR_REDIS_PREFIX`` and
+        ``OBDCR_DATABASE_URL``. A wrong or missing key raises :class:`ConfigurationError`
+        naming it, here, not at the first request.
+        """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
                 "OpenBankingDCR is already registered on this app; call init_app once per app."
@@ -118,19 +121,20 @@ class OpenBankingDCR:
             jwks_cache = shared_jwks if jwks_cache is None else jwks_cache
         fetcher = self.jwks_fetcher
         if fetcher is None:
+            # OBDCR_HTTP_TIMEOUT bounds a whole fetch: connect and read share it
+            connect = min(3.05, settings.http_timeout / 2)
             fetcher = HTTPFetcher(
-                allowed_hosts=settings.fetch_allowed_hosts, verify=settings.http_verify
+                allowed_hosts=settings.fetch_allowed_hosts,
+                verify=settings.http_verify,
+                timeout=(connect, settings.http_timeout - connect),
             )
         jwks = JWKSClient(fetcher, cache=jwks_cache, clock=self.clock)
         if replay_cache is None:
             replay_cache = MemoryReplayCache(clock=self.clock)
-        registrar = Registrar(
-            settings=settings,
-            store=store,
-            jwks=jwks,
-            replay_cache=replay_cache,
-            transport_verifier=verifier,
-            pipeline=self.pipeline,
+        certificates = ClientCertificates(
+            verifier,
+            header=settings.client_cert_header,
+            trusted_proxies=settings.trusted_proxies,
             clock=self.clock,
         )
         tokens = self._token_store
@@ -154,7 +158,27 @@ class OpenBankingDCR:
                         type(store).__name__,
                     )
                 tokens = MemoryTokenStore(clock=self.clock)
-        state = DCRState(self, settings, store, jwks, replay_cache, verifier, registrar, tokens)
+        registrar = Registrar(
+            rules=settings.rules,
+            store=store,
+            jwks=jwks,
+            replay_cache=replay_cache,
+            certificates=certificates,
+            tokens=tokens,
+            pipeline=self.pipeline,
+            clock=self.clock,
+        )
+        state = DCRState(
+            settings=settings,
+            store=store,
+            jwks=jwks,
+            replay_cache=replay_cache,
+            certificates=certificates,
+            registrar=registrar,
+            tokens=tokens,
+            urls=PublishedURLs.from_settings(settings, self.url_prefix),
+            clock=self.clock,
+        )
         app.extensions[EXTENSION_KEY] = state
         self._last_state = state
         self._app_count += 1
@@ -183,7 +207,24 @@ class OpenBankingDCR:
 
     @property
     def settings(self) -> Settings:
+        """The validated configuration of the current app."""
         return self._state().settings
+
+    @property
+    def urls(self) -> PublishedURLs:
+        """The URLs this app publishes, built from configuration (never from ``Host``)."""
+        return self._state().urls
+
+    @property
+    def certificates(self) -> ClientCertificates:
+        """The app's certificate service (source, trust anchors, binding rules)."""
+        return self._state().certificates
+
+    def client_certificate(self) -> VerifiedCertificate:
+        """The current request's client certificate, verified with the app's clock;
+        raises :class:`~flask_obdcr.InvalidClient` when there is none or it is not trusted.
+        For a host app's own mTLS checks (the example bank's before_request hook)."""
+        return self._state().certificates.verified(request.environ)
 
     @property
     def registrar(self) -> Registrar:
@@ -222,21 +263,18 @@ class OpenBankingDCR:
             server, self._state, token_endpoint=token_endpoint, register_grant=register_grant
         )
 
-    def discovery_metadata(self, *, registration_endpoint: str | None = None) -> dict[str, Any]:
-        """What DCR contributes to ``/.well-known/openid-configuration``."""
+    def discovery_metadata(self) -> dict[str, Any]:
+        """What DCR contributes to ``/.well-known/openid-configuration``; every URL comes from
+        configuration (DESIGN 2.1), so a forged ``Host`` cannot poison a cached copy."""
         from .authlib_server import AUTH_METHODS
         from .policies.client_metadata import RESPONSE_TYPES
 
         state = self._state()
         settings = state.settings
-        if registration_endpoint is None:
-            if has_request_context():
-                registration_endpoint = url_for("obdcr.register", _external=True)
-            else:
-                registration_endpoint = f"{settings.issuer.rstrip('/')}{self.url_prefix}/register"
         algs = sorted(settings.signing_algs, key=lambda alg: (alg != "PS256", alg))
         return {
-            "registration_endpoint": registration_endpoint.rstrip("/"),
+            "registration_endpoint": state.urls.registration_endpoint,
+            "token_endpoint": state.urls.token_endpoint,
             "token_endpoint_auth_methods_supported": [
                 m for m in AUTH_METHODS if m in settings.token_endpoint_auth_methods
             ],
@@ -245,19 +283,19 @@ class OpenBankingDCR:
             "id_token_signing_alg_values_supported": algs,
             "response_types_supported": list(RESPONSE_TYPES),
             "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
-            "tls_client_certificate_bound_access_tokens": True,
+            "tls_client_certificate_bound_access_tokens": settings.certificate_bound_tokens,
+            **state.urls.mtls_endpoint_aliases(),
         }
 
     def require_token(self, scope: str | None = None) -> Callable:
         """Protect a resource view: a valid access token, bound to the certificate presented
-        (when it was issued over mTLS), carrying ``scope``. The token record is put in
-        ``g.obdcr_token``."""
+        with it (DESIGN 2.1), carrying ``scope``. The token record is put in
+        ``g.obdcr_token``; a refusal is a JSON 401 ``invalid_token`` or 403
+        ``insufficient_scope`` with ``WWW-Authenticate``."""
 
         def decorator(view: Callable) -> Callable:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                from .errors import RegistrationError
-                from .resource import check_access_token
                 from .views import json_response
 
                 try:

@@ -1,27 +1,29 @@
-"""Who may read, update or delete a registration (GET/PUT/DELETE /register/<id>).
+"""Who may use what the token endpoint issued: ``/register/<id>`` and protected resources.
 
-Two kinds of token are accepted: the OB way, an access token the same client obtained
-with client_credentials; and the RFC 7592 way, the registration_access_token returned at
-registration. Either way the caller must also present, over mutual TLS, a certificate of
-the client's own software or organisation. Anything wrong is a 401 and, where the token
-exists, the token is revoked (OB DCR: "immediately revokes the access token").
+* :func:`authorize_management`: GET/PUT/DELETE ``/register/<id>``. Two kinds of token are
+  accepted: the OB way, an access token the same client obtained with client_credentials; and
+  the RFC 7592 way, the registration_access_token returned at registration. Either way the
+  caller must also present, over mutual TLS, a certificate of the client's own software or
+  organisation. Anything wrong is a 401 and, where the token exists, the token is revoked
+  (OB DCR: "immediately revokes the access token").
+* :func:`check_access_token`: ``require_token`` (RFC 6750, RFC 8705 section 3): an active token,
+  bound to the certificate presented with it, carrying the scope.
+
+Core side: the request arrives as its ``Authorization`` header and WSGI environ; no Flask.
 """
 
 from __future__ import annotations
 
-import datetime
-from collections.abc import Callable
-from typing import TYPE_CHECKING
+from collections.abc import Mapping
+from typing import Any
 
-from cryptography import x509
-
-from .certificates import certificate_belongs_to_software, thumbprint_sha256
-from .errors import InvalidClient, InvalidToken, TemporarilyUnavailable
+from .errors import InsufficientScope, InvalidClient, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSError
+from .state import DCRState
 from .storage import StoredClient, secret_matches
+from .tokens import AccessToken
 
-if TYPE_CHECKING:
-    from .extension import DCRState
+__all__ = ["authorize_management", "bearer_token", "check_access_token"]
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -35,11 +37,9 @@ def bearer_token(authorization: str | None) -> str | None:
 
 
 def authorize_management(
-    state: DCRState,
-    client_id: str,
-    authorization: str | None,
-    certificate_loader: Callable[[], x509.Certificate | None],
+    state: DCRState, client_id: str, authorization: str | None, environ: Mapping[str, Any]
 ) -> StoredClient:
+    """The client whose registration the request may read, update or delete."""
     token = bearer_token(authorization)
     if token is None:
         raise InvalidToken("An access token is required (Authorization: Bearer).")
@@ -60,25 +60,55 @@ def authorize_management(
     else:
         raise InvalidToken()
 
-    certificate = certificate_loader()
+    certificate = state.certificates.from_environ(environ)
     if certificate is None:
         raise InvalidClient("A client certificate is required (mutual TLS).")
-    now = datetime.datetime.fromtimestamp(state.registrar.clock(), datetime.timezone.utc)
-    state.transport_verifier.verify(certificate, now=now)
-    if bound_to is not None and thumbprint_sha256(certificate) != bound_to:
+    verified = state.certificates.verify(certificate)
+    if bound_to is not None and verified.thumbprint != bound_to:
         state.tokens.revoke(token)
         raise InvalidToken("The access token is bound to another certificate.")
-    try:
-        jwks = state.jwks.document(client.ssa_claims["software_jwks_endpoint"])
-    except (JWKSError, KeyError):
-        jwks = None
-    if (
-        certificate_belongs_to_software(
-            certificate, ssa_claims=client.ssa_claims, software_jwks=jwks
-        )
-        is None
-    ):
+    if state.certificates.binding(
+        certificate, ssa_claims=client.ssa_claims, software_jwks=software_jwks(state, client)
+    ) is None:
         if record is not None:
             state.tokens.revoke(token)
         raise InvalidToken("The client certificate does not belong to this client's software.")
     return client
+
+
+def check_access_token(
+    state: DCRState, authorization: str | None, environ: Mapping[str, Any], scope: str | None
+) -> AccessToken:
+    """The record of the request's access token; ``InvalidToken`` unless it is active, its
+    client is still registered and (DESIGN 2.1) it is bound to the certificate presented;
+    ``InsufficientScope`` unless it carries ``scope``."""
+    token = bearer_token(authorization)
+    record = state.tokens.find(token)
+    if record is None or state.store.get(record.client_id) is None:
+        raise InvalidToken()
+    if record.x5t_s256 is not None or state.settings.certificate_bound_tokens:
+        if record.x5t_s256 is None:
+            raise InvalidToken("The access token is not bound to a client certificate.")
+        try:
+            certificate = state.certificates.from_environ(environ)
+        except InvalidClient:
+            certificate = None
+        if certificate is None:
+            raise InvalidToken("The access token is bound to a client certificate; present it.")
+        try:
+            verified = state.certificates.verify(certificate)
+        except InvalidClient as exc:  # e.g. expired since the token was issued
+            raise InvalidToken(exc.description, detail=exc.detail) from None
+        if verified.thumbprint != record.x5t_s256:
+            raise InvalidToken("The access token is bound to another certificate.")
+    if scope is not None and scope not in record.scope.split():
+        raise InsufficientScope(scope)
+    return record
+
+
+def software_jwks(state: DCRState, client: StoredClient) -> dict[str, Any] | None:
+    """The client's software JWKS (for the x5c binding rule), or None if it cannot be had."""
+    try:
+        return state.jwks.document(client.ssa_claims["software_jwks_endpoint"])
+    except (JWKSError, KeyError, TypeError):
+        return None

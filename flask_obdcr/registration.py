@@ -16,13 +16,14 @@ from typing import Any
 
 from cryptography import x509
 
-from .certificates import TransportCertificateVerifier
-from .config import Settings
+from .certificates import ClientCertificates
+from .config import RuleSettings
 from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSClient
 from .policies import Pipeline, RegistrationContext, default_pipeline
 from .replay import ReplayCache
 from .storage import ClientExists, ClientNotFound, ClientStore, StoredClient, hash_secret
+from .tokens import TokenStore
 
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 
@@ -55,21 +56,24 @@ class Registrar:
     def __init__(
         self,
         *,
-        settings: Settings,
+        rules: RuleSettings,
         store: ClientStore,
         jwks: JWKSClient,
         replay_cache: ReplayCache,
-        transport_verifier: TransportCertificateVerifier,
+        certificates: ClientCertificates,
+        tokens: TokenStore | None = None,
         pipeline: Pipeline | None = None,
         clock: Callable[[], float] = time.time,
         client_id_factory: Callable[[], str] = new_client_id,
         secret_factory: Callable[[], str] = new_secret,
     ) -> None:
-        self.settings = settings
+        self.rules = rules
         self.store = store
         self.jwks = jwks
         self.replay_cache = replay_cache
-        self.transport_verifier = transport_verifier
+        self.certificates = certificates
+        #: the access tokens issued to clients: revoked with the client they belong to
+        self.tokens = tokens
         self.pipeline = pipeline if pipeline is not None else default_pipeline()
         self.clock = clock
         self.client_id_factory = client_id_factory
@@ -85,11 +89,11 @@ class Registrar:
     ) -> RegistrationContext:
         """Run the pipeline; raises a RegistrationError, or returns the judged context."""
         context = RegistrationContext(
-            settings=self.settings,
+            rules=self.rules,
             now=self.clock(),
             jwks=self.jwks,
             replay_cache=self.replay_cache,
-            transport_verifier=self.transport_verifier,
+            certificates=self.certificates,
             body=body,
             content_type=content_type,
             certificate_loader=certificate_loader,
@@ -160,9 +164,13 @@ class Registrar:
         return Registration(updated, self._response(updated, secret), context)
 
     def delete(self, client: StoredClient) -> bool:
-        """DELETE /register/<id>: the client goes; its tokens go with it (the caller's job
-        for stores it does not know)."""
+        """DELETE /register/<id>: the client's tokens are revoked, then the client goes.
+
+        Tokens first: if revoking fails, nothing is deleted and the client may retry; the
+        other way round, a failure would leave live tokens of a deleted client."""
         try:
+            if self.tokens is not None:
+                self.tokens.revoke_client(client.client_id)
             return self.store.delete(client.client_id)
         except Exception as exc:
             raise TemporarilyUnavailable(
@@ -173,7 +181,7 @@ class Registrar:
         # atomic check-and-set: of two racing copies of one request, exactly one passes
         exp = float(context.request_claims["exp"])
         try:
-            fresh = self.replay_cache.remember(context.jti_key, exp + self.settings.clock_skew)
+            fresh = self.replay_cache.remember(context.jti_key, exp + self.rules.clock_skew)
         except Exception as exc:  # a shared cache that is down: refuse, and say so
             raise TemporarilyUnavailable(
                 "The replay check cannot be made right now; retry later.", detail=repr(exc)

@@ -2,27 +2,24 @@
 
 from __future__ import annotations
 
-import logging
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from flask import Blueprint, Response, current_app, json, request, url_for
+from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
-from .certificates import client_certificate_from_environ
-from .errors import RegistrationError, RequestTooLarge, TemporarilyUnavailable
+from .errors import RegistrationError, RequestTooLarge
+from .log import get_logger
 from .management import authorize_management
 from .signals import client_deleted, client_registered, client_updated, registration_rejected
+from .state import EXTENSION_KEY, DCRState
 
-if TYPE_CHECKING:
-    from .extension import DCRState
-
-logger = logging.getLogger("flask_obdcr")
+logger = get_logger()
 
 blueprint = Blueprint("obdcr", __name__)
 
 
 def _state() -> DCRState:
-    return current_app.extensions["obdcr"]
+    return current_app.extensions[EXTENSION_KEY]
 
 
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -43,23 +40,13 @@ def read_body(limit: int) -> bytes:
     return request.stream.read(limit + 1)
 
 
-def certificate_loader(state: DCRState):
-    settings = state.settings
-    environ = request.environ
-
-    def load():
-        return client_certificate_from_environ(
-            environ, header=settings.client_cert_header, trusted_proxies=settings.trusted_proxies
-        )
-
-    return load
-
-
 @blueprint.post("/register")
 def register() -> Response:
     state = _state()
     body = read_body(state.settings.max_request_bytes)
-    registration = state.registrar.register(body, request.content_type, certificate_loader(state))
+    registration = state.registrar.register(
+        body, request.content_type, state.certificates.loader(request.environ)
+    )
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     logger.info(
         "registered client %s for software %s (org %s), certificate bound by %s",
@@ -69,14 +56,13 @@ def register() -> Response:
         registration.context.certificate_binding,
     )
     client_registered.send(app, client=registration.client, context=registration.context)
-    return json_response(_with_client_uri(registration.response), 201)
+    return json_response(_with_client_uri(state, registration.response), 201)
 
 
-def _with_client_uri(body: dict[str, Any]) -> dict[str, Any]:
-    # RFC 7592: where the client reads, updates and deletes its registration
-    body["registration_client_uri"] = url_for(
-        "obdcr.manage", client_id=body["client_id"], _external=True
-    )
+def _with_client_uri(state: DCRState, body: dict[str, Any]) -> dict[str, Any]:
+    # RFC 7592: where the client reads, updates and deletes its registration (from the
+    # configuration, never from the Host header)
+    body["registration_client_uri"] = state.urls.registration_client_uri(body["client_id"])
     return body
 
 
@@ -85,32 +71,26 @@ def manage(client_id: str) -> Response:
     state = _state()
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     client = authorize_management(
-        state, client_id, request.headers.get("Authorization"), certificate_loader(state)
+        state, client_id, request.headers.get("Authorization"), request.environ
     )
     if request.method == "GET":
-        return json_response(_with_client_uri(client.to_response()), 200)
+        return json_response(_with_client_uri(state, client.to_response()), 200)
     if request.method == "PUT":
         body = read_body(state.settings.max_request_bytes)
         registration = state.registrar.update(
-            client, body, request.content_type, certificate_loader(state)
+            client, body, request.content_type, state.certificates.loader(request.environ)
         )
         logger.info("updated client %s", client.client_id)
         client_updated.send(
             app, client=registration.client, previous=client, context=registration.context
         )
-        return json_response(_with_client_uri(registration.response), 200)
-    # tokens first: if that fails, nothing is deleted and the client may retry; the other
-    # way round, a failure would leave live tokens of a deleted client
-    try:
-        state.tokens.revoke_client(client.client_id)
-    except Exception as exc:
-        raise TemporarilyUnavailable(
-            "The client could not be deleted; retry later.", detail=repr(exc)
-        ) from exc
+        return json_response(_with_client_uri(state, registration.response), 200)
     state.registrar.delete(client)
     logger.info("deleted client %s", client.client_id)
     client_deleted.send(app, client=client)
+    # no body, so no Content-Type (Flask's default would say text/html)
     response = current_app.response_class(status=204)
+    del response.headers["Content-Type"]
     response.headers["Cache-Control"] = "no-store"
     return response
 

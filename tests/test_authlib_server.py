@@ -12,41 +12,11 @@ import pytest
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from jwcrypto import jwk
 
-from flask_obdcr.storage import MemoryStore
 from flask_obdcr.testing import REMOVE, sign_jwt
+from flask_obdcr.testing.fixtures import ISSUER
 
 BASE = "https://localhost"
-TOKEN_URL = f"{BASE}/token"
-
-
-@pytest.fixture
-def store():
-    return MemoryStore()
-
-
-@pytest.fixture
-def bank(ob_app_factory, store):
-    app = ob_app_factory(store=store)
-    dcr = app.extensions["obdcr"].extension
-    server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
-    dcr.configure_authorization_server(server)
-
-    @app.post("/token")
-    def token():
-        return server.create_token_response()
-
-    @app.get("/accounts")
-    @dcr.require_token("accounts")
-    def accounts():
-        return {"Data": {"Account": [{"AccountId": "22289"}]}}
-
-    app.dcr = dcr
-    return app
-
-
-@pytest.fixture
-def http(bank):
-    return bank.test_client()
+TOKEN_URL = f"{ISSUER}/token"  # the configured token endpoint (OBDCR_ISSUER + /token)
 
 
 def register(http, directory, software, issuer, method="private_key_jwt", **claims):
@@ -400,7 +370,10 @@ def test_wrong_client_secret(http, ob_directory, ob_software, issuer):
 def test_discovery_metadata(bank):
     with bank.test_request_context("/.well-known/openid-configuration", base_url=BASE):
         metadata = bank.dcr.discovery_metadata()
-    assert metadata["registration_endpoint"] == f"{BASE}/register"
+    # from OBDCR_ISSUER, not from the request's host (DESIGN 2.1)
+    assert metadata["registration_endpoint"] == f"{ISSUER}/register"
+    assert metadata["token_endpoint"] == TOKEN_URL
+    assert "mtls_endpoint_aliases" not in metadata
     assert metadata["token_endpoint_auth_methods_supported"][0] == "tls_client_auth"
     for key in (
         "token_endpoint_auth_signing_alg_values_supported",

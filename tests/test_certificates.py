@@ -61,6 +61,9 @@ SSA_CLAIMS = {
 NOT_TRUSTED = "The client certificate is not trusted."
 OUT_OF_VALIDITY = "The client certificate has expired or is not yet valid."
 UNPARSEABLE = "The client certificate could not be parsed."
+NOT_CLIENT = (
+    "The client certificate is not a TLS client certificate (clientAuth extended key usage)."
+)
 
 COUNTRY, ORG_NAME, ORG_UNIT, COMMON = (
     NameOID.COUNTRY_NAME,
@@ -530,6 +533,80 @@ def test_other_header_name_maps_to_environ_key(pki):
     assert got == pki.ec_leaf
 
 
+def xfcc(cert: x509.Certificate, **extra: str) -> str:
+    """An Envoy X-Forwarded-Client-Cert element (forward_client_cert_details: SANITIZE_SET)."""
+    digest = hashlib.sha256(der(cert)).hexdigest()
+    parts = [f"Hash={digest}", f'Cert="{urllib.parse.quote(pem(cert), safe="")}"']
+    parts += [f'{key}="{value}"' for key, value in extra.items()]
+    return ";".join(parts)
+
+
+@pytest.mark.parametrize(
+    "value_of",
+    [
+        pytest.param(lambda cert: xfcc(cert), id="hash-and-cert"),
+        pytest.param(
+            lambda cert: xfcc(cert, Subject='CN=a,OU=b;c,O=\\"q\\"', URI="spiffe://x"),
+            id="quoted-subject-with-separators",
+        ),
+        pytest.param(lambda cert: "By=spiffe://bank/edge;" + xfcc(cert), id="with-by"),
+    ],
+)
+def test_envoy_xfcc_header_from_trusted_proxy(pki, value_of):
+    environ = {"HTTP_X_FORWARDED_CLIENT_CERT": value_of(pki.rsa_leaf), "REMOTE_ADDR": "10.0.0.1"}
+    got = client_certificate_from_environ(
+        environ, header="X-Forwarded-Client-Cert", trusted_proxies=["10.0.0.1"]
+    )
+    assert got == pki.rsa_leaf
+
+
+@pytest.mark.parametrize(
+    "value_of",
+    [
+        # APPEND_FORWARD: which element is the client's cannot be told; never guessed
+        pytest.param(lambda pki: xfcc(pki.ec_leaf) + "," + xfcc(pki.rsa_leaf), id="two-elements"),
+        pytest.param(lambda pki: 'Hash=abcdef;Subject="CN=x"', id="no-cert"),
+        pytest.param(lambda pki: 'Cert="-----BEGIN', id="unterminated-quote"),
+        pytest.param(lambda pki: 'Cert="not%20a%20certificate"', id="not-a-certificate"),
+    ],
+)
+def test_envoy_xfcc_header_refusals(pki, value_of):
+    environ = {"HTTP_X_FORWARDED_CLIENT_CERT": value_of(pki), "REMOTE_ADDR": "10.0.0.1"}
+    with pytest.raises(InvalidClient) as info:
+        client_certificate_from_environ(
+            environ, header="X-Forwarded-Client-Cert", trusted_proxies=["10.0.0.1"]
+        )
+    assert_invalid_client(info.value, UNPARSEABLE)
+
+
+def test_envoy_xfcc_header_from_untrusted_peer_is_ignored(pki):
+    environ = {"HTTP_X_FORWARDED_CLIENT_CERT": xfcc(pki.rsa_leaf), "REMOTE_ADDR": "8.8.8.8"}
+    got = client_certificate_from_environ(
+        environ, header="X-Forwarded-Client-Cert", trusted_proxies=["10.0.0.1"]
+    )
+    assert got is None
+
+
+def test_a_new_proxy_format_is_one_registry_entry(pki, monkeypatch):
+    from flask_obdcr.certificates import HEADER_FORMATS, load_certificate
+
+    # e.g. Traefik's passTLSClientCert: the PEM body without armour, URL-escaped
+    def traefik(value: str) -> x509.Certificate:
+        body = urllib.parse.unquote(value)
+        return load_certificate(f"-----BEGIN CERTIFICATE-----\n{body}\n-----END CERTIFICATE-----")
+
+    monkeypatch.setitem(HEADER_FORMATS, "x-forwarded-tls-client-cert", traefik)
+    body = "".join(pem(pki.ec_leaf).strip().splitlines()[1:-1])
+    environ = {
+        "HTTP_X_FORWARDED_TLS_CLIENT_CERT": urllib.parse.quote(body, safe=""),
+        "REMOTE_ADDR": "10.0.0.1",
+    }
+    got = client_certificate_from_environ(
+        environ, header="X-Forwarded-Tls-Client-Cert", trusted_proxies=["10.0.0.1"]
+    )
+    assert got == pki.ec_leaf
+
+
 def test_escaped_pem_header_from_untrusted_peer_is_ignored(pki):
     environ = {
         "HTTP_X_SSL_CLIENT_CERT": urllib.parse.quote(pem(pki.rsa_leaf), safe=""),
@@ -576,14 +653,15 @@ def ica_verifier(pki) -> TransportCertificateVerifier:
     return TransportCertificateVerifier([pki.ica])
 
 
-@pytest.mark.parametrize("leaf", ["rsa_leaf", "ec_leaf", "eidas", "no_eku", "no_aki", "with_san"])
+@pytest.mark.parametrize("leaf", ["rsa_leaf", "ec_leaf", "eidas", "no_aki", "with_san"])
 def test_verify_with_root_anchor_and_intermediate(pki, root_verifier, leaf):
-    assert root_verifier.verify(getattr(pki, leaf), now=NOW, intermediates=[pki.ica]) is None
+    chain = root_verifier.verify(getattr(pki, leaf), now=NOW, intermediates=[pki.ica])
+    assert chain == (getattr(pki, leaf), pki.ica, pki.root)
 
 
-@pytest.mark.parametrize("leaf", ["rsa_leaf", "ec_leaf", "eidas", "no_eku", "no_aki", "with_san"])
+@pytest.mark.parametrize("leaf", ["rsa_leaf", "ec_leaf", "eidas", "no_aki", "with_san"])
 def test_verify_with_issuing_ca_anchor(pki, ica_verifier, leaf):
-    assert ica_verifier.verify(getattr(pki, leaf), now=NOW) is None
+    assert ica_verifier.verify(getattr(pki, leaf), now=NOW) == (getattr(pki, leaf), pki.ica)
 
 
 def test_verify_with_both_anchors_and_unneeded_intermediates(pki):
@@ -599,9 +677,12 @@ def test_verify_with_both_anchors_and_unneeded_intermediates(pki):
         pytest.param("foreign", [], NOT_TRUSTED, id="issued-by-another-ca"),
         pytest.param("foreign", ["other_ca"], NOT_TRUSTED, id="another-ca-as-intermediate"),
         pytest.param("impostor", [], NOT_TRUSTED, id="same-issuer-name-other-key"),
-        pytest.param("server_only", ["ica"], NOT_TRUSTED, id="eku-without-clientAuth"),
+        pytest.param("server_only", ["ica"], NOT_CLIENT, id="eku-without-clientAuth"),
+        # DESIGN 2.1: an OB signing certificate (no EKU at all, same subject, same CA) is no
+        # transport certificate
+        pytest.param("no_eku", ["ica"], NOT_CLIENT, id="no-eku-signing-certificate"),
         pytest.param("weak", ["ica"], NOT_TRUSTED, id="rsa-1024"),
-        pytest.param("ica", [], NOT_TRUSTED, id="ca-certificate-as-client"),
+        pytest.param("ica", [], NOT_CLIENT, id="ca-certificate-as-client"),
         pytest.param("expired", ["ica"], OUT_OF_VALIDITY, id="expired"),
         pytest.param("not_yet_valid", ["ica"], OUT_OF_VALIDITY, id="not-yet-valid"),
     ],
@@ -615,10 +696,14 @@ def test_verify_rejects(pki, root_verifier, leaf, intermediates, description):
 
 
 def test_verify_rejects_with_issuing_ca_anchor(pki, ica_verifier):
-    for leaf in (pki.foreign, pki.impostor, pki.server_only, pki.weak):
+    for leaf in (pki.foreign, pki.impostor, pki.weak):
         with pytest.raises(InvalidClient) as info:
             ica_verifier.verify(leaf, now=NOW)
         assert_invalid_client(info.value, NOT_TRUSTED)
+    for leaf in (pki.server_only, pki.no_eku):
+        with pytest.raises(InvalidClient) as info:
+            ica_verifier.verify(leaf, now=NOW)
+        assert_invalid_client(info.value, NOT_CLIENT)
 
 
 def test_verify_detail_names_the_reason(pki, root_verifier):
@@ -671,16 +756,16 @@ def test_verify_rejects_expired_anchor(short_lived_ca_chain):
 @pytest.fixture
 def chain_checks(monkeypatch):
     """How many chain verifications the verifier built (one PolicyBuilder each)."""
-    from flask_obdcr import certificates
+    from flask_obdcr.certificates import verify
 
-    real = certificates.PolicyBuilder
+    real = verify.PolicyBuilder
     calls = []
 
     def counting_builder():
         calls.append(1)
         return real()
 
-    monkeypatch.setattr(certificates, "PolicyBuilder", counting_builder)
+    monkeypatch.setattr(verify, "PolicyBuilder", counting_builder)
     return calls
 
 
@@ -1026,27 +1111,33 @@ def test_dn_matches_cryptography_rfc4514_strings(attributes):
     assert dn_matches(subject.rfc4514_string() + ",C=ZZ", subject) is False
 
 
-def test_module_does_not_import_flask():
-    # certificates.py is protocol core (DESIGN.md section 1): no Flask, no Werkzeug.
-    source = Path(__file__).resolve().parents[1] / "flask_obdcr" / "certificates.py"
+def test_package_does_not_import_flask():
+    # certificates/ is protocol core (docs/architecture.md): no Flask, no Werkzeug.
+    package = Path(__file__).resolve().parents[1] / "flask_obdcr" / "certificates"
+    modules = sorted(package.glob("*.py"))
+    assert {m.name for m in modules} >= {"load.py", "source.py", "verify.py", "dn.py"}
     imported = set()
-    for node in ast.walk(ast.parse(source.read_text())):
-        if isinstance(node, ast.Import):
-            imported.update(alias.name.split(".")[0] for alias in node.names)
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            imported.add(node.module.split(".")[0])
-    assert imported == {
+    for source in modules:
+        for node in ast.walk(ast.parse(source.read_text())):
+            if isinstance(node, ast.Import):
+                imported.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+                imported.add(node.module.split(".")[0])
+    assert not imported & {"flask", "werkzeug"}
+    assert imported <= {
         "__future__",
         "base64",
         "binascii",
         "collections",
         "cryptography",
+        "dataclasses",
         "datetime",
         "functools",
         "ipaddress",
         "os",
         "re",
         "threading",
+        "time",
         "typing",
         "urllib",
     }

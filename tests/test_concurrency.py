@@ -818,7 +818,8 @@ def test_kill_9_mid_burst_loses_no_acknowledged_client(
                 assert read.status_code == 200, read.text
                 assert read.json() == {
                     **clients[attempt.client_id].to_response(),
-                    "registration_client_uri": f"{url}/register/{attempt.client_id}",
+                    # published from OBDCR_ISSUER, whatever address the TPP dialled
+                    "registration_client_uri": f"{ISSUER}/register/{attempt.client_id}",
                 }
             for session in sessions.values():
                 session.close()

@@ -129,6 +129,21 @@ WRONG = [
     ("OBDCR_TOKEN_ENDPOINT_AUTH_METHODS", ["tls_client_auth", "none"], "methods-none"),
     ("OBDCR_TOKEN_ENDPOINT_AUTH_METHODS", [], "methods-empty"),
     ("OBDCR_TOKEN_ENDPOINT_AUTH_METHODS", "tls_client_auth", "methods-bare-string"),
+    ("OBDCR_TOKEN_ENDPOINT", "http://as.example/token", "token-endpoint-http"),
+    ("OBDCR_TOKEN_ENDPOINT", "/token", "token-endpoint-relative"),
+    ("OBDCR_MTLS_BASE_URL", "http://mtls.example", "mtls-base-http"),
+    ("OBDCR_MTLS_BASE_URL", "https://u:p@mtls.example", "mtls-base-credentials"),
+    ("OBDCR_CERTIFICATE_BOUND_TOKENS", "yes", "bound-tokens-string"),
+    ("OBDCR_CERTIFICATE_BOUND_TOKENS", 1, "bound-tokens-int"),
+    ("OBDCR_ACCESS_TOKEN_LIFETIME", 0, "token-lifetime-zero"),
+    ("OBDCR_ACCESS_TOKEN_LIFETIME", 864000, "token-lifetime-ten-days"),
+    ("OBDCR_ACCESS_TOKEN_LIFETIME", True, "token-lifetime-bool"),
+    ("OBDCR_MAX_ASSERTION_LIFETIME", 10, "assertion-lifetime-tiny"),
+    ("OBDCR_MAX_ASSERTION_LIFETIME", "3600", "assertion-lifetime-string"),
+    ("OBDCR_HTTP_TIMEOUT", 0, "http-timeout-zero"),
+    ("OBDCR_HTTP_TIMEOUT", -1, "http-timeout-negative"),
+    ("OBDCR_HTTP_TIMEOUT", 1000, "http-timeout-huge"),
+    ("OBDCR_HTTP_TIMEOUT", None, "http-timeout-none"),
 ]
 
 
@@ -192,7 +207,14 @@ def test_defaults_are_the_documented_values():
         "OBDCR_CLOCK_SKEW": 30,
         "OBDCR_SSA_MAX_AGE": None,
         "OBDCR_MAX_REQUEST_BYTES": 65536,
-        # ours, beyond the DESIGN.md contract: shared state for several processes
+        # docs/architecture.md, "Tokens, published URLs and keys"
+        "OBDCR_TOKEN_ENDPOINT": None,
+        "OBDCR_MTLS_BASE_URL": None,
+        "OBDCR_CERTIFICATE_BOUND_TOKENS": True,
+        "OBDCR_ACCESS_TOKEN_LIFETIME": 3600,
+        "OBDCR_MAX_ASSERTION_LIFETIME": 3600,
+        "OBDCR_HTTP_TIMEOUT": 10,
+        # ours, beyond the contract: shared state for several processes
         "OBDCR_REDIS_URL": None,
         "OBDCR_REDIS_PREFIX": "obdcr:",
         "OBDCR_DATABASE_URL": None,

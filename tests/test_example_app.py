@@ -702,8 +702,10 @@ def test_behind_nginx_takes_client_cert_from_the_trusted_proxy_only(sandbox, tpp
     )
     assert created.status_code == 201, created.get_json()
     registration = created.get_json()
-    assert registration["registration_client_uri"].startswith(
-        "https://as.anybank.example/register/"
+    # published from the configuration, not from the X-Forwarded-Host the proxy passed on
+    issuer = settings.issuer.rstrip("/")
+    assert registration["registration_client_uri"] == (
+        f"{issuer}/register/{registration['client_id']}"
     )
     assert store.get(registration["client_id"]) is not None
 

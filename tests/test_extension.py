@@ -68,7 +68,8 @@ def test_constructor_with_app(make_app, make_dcr, register):
     dcr = make_dcr(app, store=store)
     state = app.extensions["obdcr"]
     assert type(state) is DCRState
-    assert state.extension is dcr
+    with app.app_context():
+        assert dcr.registrar is state.registrar
     assert state.store is store
     assert state.settings == Settings.from_config(app.config)
     assert dcr.store is store
@@ -89,7 +90,6 @@ def test_init_app_factory_pattern(make_app, make_dcr, register):
         dcr.settings  # noqa: B018 - no app yet
     assert str(excinfo.value) == "OpenBankingDCR.init_app(app) has not been called."
     app = create_app()
-    assert app.extensions["obdcr"].extension is dcr
     assert app.extensions["obdcr"].store is store
     with app.app_context():
         assert dcr.settings is app.extensions["obdcr"].settings
@@ -239,7 +239,7 @@ def test_transport_ca_file_without_a_ca_certificate_fails_at_init_app(
 # -- the blueprint ---------------------------------------------------------------------------
 
 
-def test_blueprint_routes(make_app, make_dcr, register):
+def test_blueprint_routes(make_app, make_dcr, register, issuer):
     app = make_app()
     make_dcr(app, store=MemoryStore())
     rules = {
@@ -267,7 +267,7 @@ def test_blueprint_routes(make_app, make_dcr, register):
             "error_description": f"Use {allow} on this endpoint.",
         }
     data = register(app)
-    assert data["registration_client_uri"] == f"http://localhost/register/{data['client_id']}"
+    assert data["registration_client_uri"] == f"{issuer}/register/{data['client_id']}"
 
 
 def test_url_prefix(make_app, make_dcr, ob_directory, ob_software, issuer, post_registration):
@@ -288,7 +288,7 @@ def test_url_prefix(make_app, make_dcr, ob_directory, ob_software, issuer, post_
         assert response.status_code == 201, response.get_json()
         data = response.get_json()
         assert data["registration_client_uri"] == (
-            f"http://localhost/dcr/register/{data['client_id']}"
+            f"{issuer}/dcr/register/{data['client_id']}"
         )
         read = client.get(
             f"/dcr/register/{data['client_id']}",

@@ -17,6 +17,7 @@ from jwcrypto import jwk
 
 from flask_obdcr.storage import MemoryStore, secret_matches
 from flask_obdcr.testing import REMOVE, SandboxDirectory, generate_key, ob_subject, sign_jwt
+from flask_obdcr.testing.fixtures import ISSUER
 from flask_obdcr.testing.directory import jwk_from_key
 from flask_obdcr.testing.pki import pem
 
@@ -53,7 +54,7 @@ def assert_registered(response, store, software, body_jwt):
         "registration_client_uri",
     )
     assert stored.to_response() == {k: v for k, v in data.items() if k not in once}
-    assert data["registration_client_uri"] == f"http://localhost/register/{data['client_id']}"
+    assert data["registration_client_uri"] == f"{ISSUER}/register/{data['client_id']}"
     assert secret_matches(data["registration_access_token"], stored.registration_access_token_hash)
     return data, stored
 

@@ -17,8 +17,8 @@ from ..errors import RegistrationError
 if TYPE_CHECKING:
     from cryptography import x509
 
-    from ..certificates import TransportCertificateVerifier
-    from ..config import Settings
+    from ..certificates import ClientCertificates
+    from ..config import RuleSettings
     from ..jwks import JWKSClient
     from ..replay import ReplayCache
     from ..storage import StoredClient
@@ -37,11 +37,13 @@ _UNSET: Any = object()
 class RegistrationContext:
     """Everything one registration (POST) or update (PUT) request is judged on."""
 
-    settings: Settings
+    #: the rules the core judges by (issuer, audiences, algorithms, lifetimes...)
+    rules: RuleSettings
     now: float
     jwks: JWKSClient
     replay_cache: ReplayCache
-    transport_verifier: TransportCertificateVerifier
+    #: reads, verifies and binds client certificates (the app's one certificate service)
+    certificates: ClientCertificates
     body: bytes
     content_type: str | None
     certificate_loader: Callable[[], x509.Certificate | None]
@@ -70,6 +72,11 @@ class RegistrationContext:
         if self._certificate is _UNSET:
             self._certificate = self.certificate_loader()
         return self._certificate
+
+    @property
+    def settings(self) -> RuleSettings:
+        """The same as :attr:`rules` (the name policies written for 0.1 use)."""
+        return self.rules
 
     @property
     def jti_key(self) -> str:

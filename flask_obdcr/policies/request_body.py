@@ -19,9 +19,9 @@ class RequestBody:
     name = "request_body"
 
     def __call__(self, context: RegistrationContext) -> None:
-        if len(context.body) > context.settings.max_request_bytes:
+        if len(context.body) > context.rules.max_request_bytes:
             raise RequestTooLarge(
-                f"The request body is larger than {context.settings.max_request_bytes} bytes."
+                f"The request body is larger than {context.rules.max_request_bytes} bytes."
             )
         kind = media_type(context.content_type)
         if kind not in MEDIA_TYPES:

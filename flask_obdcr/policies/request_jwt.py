@@ -18,10 +18,10 @@ class RequestJWT:
                 "The request body is not a signed JWT.", detail=str(exc)
             ) from None
         alg = header["alg"]
-        if alg not in context.settings.signing_algs:
+        if alg not in context.rules.signing_algs:
             raise InvalidClientMetadata(
                 f"The request JWT is signed with {alg!r}; accepted:"
-                f" {', '.join(context.settings.signing_algs)}."
+                f" {', '.join(context.rules.signing_algs)}."
             )
         bearing = sorted(jose.KEY_BEARING_HEADERS & header.keys())
         if bearing:

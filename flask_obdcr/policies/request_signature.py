@@ -18,7 +18,7 @@ class RequestSignature:
         parts = urlsplit(endpoint)
         host = (parts.hostname or "").lower()
         # checked here as well as in the fetcher: no request leaves for a host we do not trust
-        if parts.scheme != "https" or host not in context.settings.fetch_allowed_hosts:
+        if parts.scheme != "https" or host not in context.rules.fetch_allowed_hosts:
             raise InvalidSoftwareStatement(
                 "The software_jwks_endpoint must be an https URL on an allowed host.",
                 detail=f"software_jwks_endpoint {endpoint!r}",

@@ -30,7 +30,7 @@ class SoftwareStatement:
         self.verified = jose.VerifiedTokens(remember)
 
     def __call__(self, context: RegistrationContext) -> None:
-        settings = context.settings
+        settings = context.rules
         try:
             header, claims = self.verified.peek(context.software_statement)
         except jose.MalformedJWS as exc:

@@ -2,9 +2,6 @@
 
 from __future__ import annotations
 
-import datetime
-
-from ..certificates import certificate_belongs_to_software
 from ..errors import InvalidClient, InvalidSoftwareStatement
 from ..jwks import JWKSError
 from .base import RegistrationContext
@@ -17,13 +14,12 @@ class TransportCertificate:
         certificate = context.certificate
         if certificate is None:
             raise InvalidClient("A client certificate is required (mutual TLS).")
-        now = datetime.datetime.fromtimestamp(context.now, datetime.timezone.utc)
-        context.transport_verifier.verify(certificate, now=now)
+        context.certificates.verify(certificate, now=context.now)
         try:
             software_jwks = context.jwks.document(context.software_jwks_endpoint)
         except JWKSError:
             software_jwks = None
-        rule = certificate_belongs_to_software(
+        rule = context.certificates.binding(
             certificate, ssa_claims=context.ssa_claims, software_jwks=software_jwks
         )
         if rule is None:

@@ -20,6 +20,8 @@ from .clock import FrozenClock
 from .directory import SandboxDirectory, Software
 
 ISSUER = "https://as.sandbox-bank.test"
+#: ``app.extensions[DCR_KEY]`` is the OpenBankingDCR of an ``ob_app_factory`` app
+DCR_KEY = "obdcr.testing.extension"
 
 
 @pytest.fixture(scope="session")
@@ -68,12 +70,14 @@ def ob_app_factory(
         app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=ISSUER))
         app.config.update(config)
         app.testing = True
-        OpenBankingDCR(
+        dcr = OpenBankingDCR(
             app,
             store=store if store is not None else MemoryStore(),
             jwks_fetcher=ob_fetcher,
             clock=ob_clock,
         )
+        # the extension object, for tests that wire it to an Authlib server
+        app.extensions[DCR_KEY] = dcr
         return app
 
     return make

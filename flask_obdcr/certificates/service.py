@@ -1,0 +1,116 @@
+"""The one certificate service: read the client certificate of a request, verify it, bind it.
+
+Built once per app by ``init_app`` and used by every place that looks at a client certificate:
+registration, the token endpoint, ``/register/<id>``, ``require_token`` and the host app
+(``dcr.client_certificate()``). It holds the source (environ or trusted proxy header), the
+trust anchors and the clock, so no caller rebuilds that plumbing or picks its own "now".
+"""
+
+from __future__ import annotations
+
+import datetime
+import functools
+import time
+from collections.abc import Callable, Collection, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from cryptography import x509
+
+from ..errors import InvalidClient
+from .binding import certificate_belongs_to_software, thumbprint_sha256
+from .dn import dn_matches
+from .source import client_certificate_from_environ
+from .verify import TransportCertificateVerifier
+
+__all__ = ["ClientCertificates", "VerifiedCertificate"]
+
+#: the binding rule reported when a certificate matches a client's registered subject DN
+SUBJECT_DN_RULE = "tls_client_auth_subject_dn"
+
+
+@dataclass(frozen=True)
+class VerifiedCertificate:
+    """A client certificate that chains to a trust anchor, is valid now and may do mTLS."""
+
+    certificate: x509.Certificate
+    #: leaf first, trust anchor last
+    chain: tuple[x509.Certificate, ...]
+    #: RFC 8705 ``x5t#S256``: what a bound token's ``cnf`` carries
+    thumbprint: str
+
+    @property
+    def subject(self) -> x509.Name:
+        return self.certificate.subject
+
+
+class ClientCertificates:
+    """Where a request's client certificate comes from and whether it is trusted.
+
+    ``header`` and ``trusted_proxies`` say where to read it (see
+    :func:`~flask_obdcr.certificates.source.client_certificate_from_environ`); ``verifier``
+    holds the trust anchors; ``clock`` is the app's clock, so every check stands at the same
+    "now" as registration does.
+    """
+
+    def __init__(
+        self,
+        verifier: TransportCertificateVerifier,
+        *,
+        header: str | None = None,
+        trusted_proxies: Collection[str] = (),
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.verifier = verifier
+        self.header = header
+        self.trusted_proxies = tuple(trusted_proxies)
+        self.clock = clock
+
+    def from_environ(self, environ: Mapping[str, Any]) -> x509.Certificate | None:
+        """The certificate the request presents, not yet verified; None if it presents none.
+        ``InvalidClient`` if it presents something that is not a certificate."""
+        return client_certificate_from_environ(
+            environ, header=self.header, trusted_proxies=self.trusted_proxies
+        )
+
+    def loader(self, environ: Mapping[str, Any]) -> Callable[[], x509.Certificate | None]:
+        """A deferred :meth:`from_environ`, for the registration pipeline."""
+        return functools.partial(self.from_environ, environ)
+
+    def verify(
+        self, certificate: x509.Certificate, *, now: float | None = None
+    ) -> VerifiedCertificate:
+        """``certificate`` verified at ``now`` (default: the clock); ``InvalidClient`` if it
+        is not trusted, not valid now, has a weak key or lacks the clientAuth usage."""
+        at = datetime.datetime.fromtimestamp(
+            self.clock() if now is None else now, datetime.timezone.utc
+        )
+        chain = self.verifier.verify(certificate, now=at)
+        return VerifiedCertificate(certificate, chain, thumbprint_sha256(certificate))
+
+    def verified(
+        self, environ: Mapping[str, Any], *, now: float | None = None
+    ) -> VerifiedCertificate:
+        """The request's certificate, verified; ``InvalidClient`` if there is none or it fails."""
+        certificate = self.from_environ(environ)
+        if certificate is None:
+            raise InvalidClient("A client certificate is required (mutual TLS).")
+        return self.verify(certificate, now=now)
+
+    @staticmethod
+    def binding(
+        certificate: x509.Certificate,
+        *,
+        ssa_claims: Mapping[str, Any],
+        software_jwks: Mapping[str, Any] | None,
+        subject_dn: str | None = None,
+    ) -> str | None:
+        """The rule that ties ``certificate`` to the software of ``ssa_claims`` (x5c in the
+        software JWKS, the OB subject, the organizationIdentifier) or, when ``subject_dn`` is
+        given, to a client's registered ``tls_client_auth_subject_dn``; None if none does."""
+        rule = certificate_belongs_to_software(
+            certificate, ssa_claims=ssa_claims, software_jwks=software_jwks
+        )
+        if rule is None and subject_dn and dn_matches(subject_dn, certificate.subject):
+            rule = SUBJECT_DN_RULE
+        return rule
