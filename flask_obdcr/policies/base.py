@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 
 class Policy(Protocol):
+    """A named check of a registration: raise a RegistrationError to refuse it."""
+
     name: str
 
     def __call__(self, context: RegistrationContext) -> None: ...
@@ -107,6 +109,7 @@ class Pipeline:
 
     @property
     def names(self) -> list[str]:
+        """The policies' names, in the order they run."""
         return [item.name for item in self._policies]
 
     def __iter__(self) -> Iterator[Policy]:
@@ -116,24 +119,32 @@ class Pipeline:
         return len(self._policies)
 
     def __getitem__(self, name: str) -> Policy:
+        """The policy called ``name``; ``KeyError`` naming the others if there is none."""
         return self._policies[self._index(name)]
 
     def append(self, item: Policy) -> Pipeline:
+        """Run ``item`` after every policy already in the pipeline. Returns the pipeline."""
         self._check_new(item)
         self._policies.append(item)
         return self
 
     def insert_before(self, name: str, item: Policy) -> Pipeline:
+        """Run ``item`` just before the policy called ``name``. ``ValueError`` if a policy
+        of ``item``'s name is already there, ``TypeError`` if it has no name."""
         self._check_new(item)
         self._policies.insert(self._index(name), item)
         return self
 
     def insert_after(self, name: str, item: Policy) -> Pipeline:
+        """Run ``item`` just after the policy called ``name`` (same checks as
+        :meth:`insert_before`)."""
         self._check_new(item)
         self._policies.insert(self._index(name) + 1, item)
         return self
 
     def replace(self, name: str, item: Policy) -> Pipeline:
+        """Put ``item`` in the place of the policy called ``name``: the way to change a
+        default check, visibly in code. ``item`` may keep the name or bring its own."""
         index = self._index(name)
         if getattr(item, "name", None) != name:
             self._check_new(item)
@@ -141,9 +152,13 @@ class Pipeline:
         return self
 
     def copy(self) -> Pipeline:
+        """A new pipeline with the same policies (the policies themselves are shared)."""
         return Pipeline(self._policies)
 
     def run(self, context: RegistrationContext) -> None:
+        """Call each policy in order; the first to raise ends the run, and its error carries
+        the policy's name in ``error.policy`` (for the log and the ``registration_rejected``
+        signal)."""
         for item in self._policies:
             try:
                 item(context)

@@ -42,6 +42,9 @@ def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
 
 
 class RedirectURIs:
+    """redirect_uris: present, https, not loopback or localhost, and each one listed in the
+    SSA's software_redirect_uris (RFC 7591 section 2, OB DCR v3.3 data dictionary)."""
+
     name = "redirect_uris"
 
     def __call__(self, context: RegistrationContext) -> None:

@@ -16,6 +16,8 @@ def media_type(content_type: str | None) -> str:
 
 
 class RequestBody:
+    """The body: an accepted media type, within OBDCR_MAX_REQUEST_BYTES, a compact JWS."""
+
     name = "request_body"
 
     def __call__(self, context: RegistrationContext) -> None:

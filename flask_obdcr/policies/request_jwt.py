@@ -8,6 +8,9 @@ from .base import RegistrationContext
 
 
 class RequestJWT:
+    """The request JWT decoded (not yet verified): an allowed alg, no key-bearing headers,
+    and the software_statement claim taken out for the next policy."""
+
     name = "request_jwt"
 
     def __call__(self, context: RegistrationContext) -> None:

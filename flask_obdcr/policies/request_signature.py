@@ -11,6 +11,9 @@ from .base import RegistrationContext
 
 
 class RequestSignature:
+    """The request JWT verified with a key of the software JWKS the SSA names (fetched only
+    from an allowed https host)."""
+
     name = "request_signature"
 
     def __call__(self, context: RegistrationContext) -> None:

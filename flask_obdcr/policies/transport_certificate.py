@@ -8,6 +8,9 @@ from .base import RegistrationContext
 
 
 class TransportCertificate:
+    """The mTLS certificate: trusted, valid now, a client certificate, and bound to the SSA's
+    software or organisation by one of the binding rules."""
+
     name = "transport_certificate"
 
     def __call__(self, context: RegistrationContext) -> None:
