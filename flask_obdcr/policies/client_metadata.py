@@ -24,6 +24,9 @@ ALG_CLAIMS = (
     "id_token_signed_response_alg",
     "request_object_signing_alg",
 )
+#: 1..1 in the OB DCR data dictionary, and required in the OpenAPI's registration response:
+#: with no default FAPI allows (OIDC's is RS256), a request without them is refused
+REQUIRED_ALG_CLAIMS = ("id_token_signed_response_alg", "request_object_signing_alg")
 MAX_DN_LENGTH = 1024
 
 
@@ -146,6 +149,8 @@ class SigningAlgorithms:
         claims, accepted = context.request_claims, context.settings.signing_algs
         for name in ALG_CLAIMS:
             if name not in claims:
+                if name in REQUIRED_ALG_CLAIMS:
+                    raise InvalidClientMetadata(f"{name} is required.")
                 continue
             value = claims[name]
             if value not in accepted:

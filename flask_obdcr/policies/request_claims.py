@@ -2,10 +2,23 @@
 
 from __future__ import annotations
 
+import re
+
 from ..errors import InvalidClientMetadata
 from .base import RegistrationContext
 
-MAX_JTI_LENGTH = 256
+#: A jti is a UUIDv4: "The value must be a UUIDv4 GUID" (OB DCR v3.3 data dictionary), and
+#: the OpenAPI pattern for it, both cases of hex digits. The data dictionary's own pattern
+#: has capitals only, but the OB conformance tool, Python's and Go's uuid libraries all
+#: write lowercase: refusing those would refuse nearly every TPP, so case is not judged.
+#: Anything else (a 16-hex Directory-style id, a random string, a UUIDv1, a braced UUID) is
+#: refused rather than registered: the response must echo the jti, and the OpenAPI allows
+#: only a UUIDv4 there.
+UUID4_JTI = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}", re.I)
+
+#: The OpenAPI's aud: one string, Base62, up to 18 characters ("the unique identifier for
+#: the ASPSP issued by the issuer of the software statement", the Directory org id).
+OB_AUDIENCE = re.compile(r"[0-9a-zA-Z]{1,18}")
 
 
 def _timestamp(claims: dict, name: str) -> int:
@@ -31,11 +44,18 @@ class RequestClaims:
             )
         audience = claims.get("aud")
         audiences = audience if isinstance(audience, list) else [audience]
-        if not any(isinstance(a, str) and a in settings.accepted_audiences for a in audiences):
+        named = [a for a in audiences if isinstance(a, str) and a in settings.accepted_audiences]
+        if not named:
             raise InvalidClientMetadata(
                 "The request aud does not name this authorization server.",
                 detail=f"aud {audience!r}",
             )
+        # The response's aud is one string (OpenAPI), a request's may be a list (RFC 7519):
+        # answer the value that named this server, the OB-shaped one (our Directory org id)
+        # if several did. A bank addressed by its issuer URL answers with that URL, as sent,
+        # though the OpenAPI's aud pattern wants the org id: the request is accepted, so its
+        # aud is not rewritten into something the TPP did not send.
+        answered_aud = next((a for a in named if OB_AUDIENCE.fullmatch(a)), named[0])
 
         exp = _timestamp(claims, "exp")
         iat = _timestamp(claims, "iat")
@@ -48,8 +68,13 @@ class RequestClaims:
                 f"The request JWT exp is more than {settings.max_request_lifetime} seconds ahead."
             )
         jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti.strip() or len(jti) > MAX_JTI_LENGTH:
+        if not isinstance(jti, str) or not jti:
             raise InvalidClientMetadata("The request JWT must carry a jti.")
+        if not UUID4_JTI.fullmatch(jti):
+            raise InvalidClientMetadata(
+                "The request jti must be a UUIDv4 (OB DCR data dictionary).",
+                detail=f"jti {jti[:64]!r}",
+            )
         # A replayed jti is refused by the registrar's atomic check-and-set, once every check
         # has passed and just before the client is stored: no early look here, which would
         # cost a shared cache a second round trip on every request and decide nothing.
@@ -62,5 +87,12 @@ class RequestClaims:
             raise InvalidClientMetadata(
                 "An update cannot change the software or organisation of a client."
             )
+        # The request's own iss/iat/exp/aud/jti, as sent on this POST or PUT (timestamps as
+        # whole seconds: the OpenAPI's are integers), kept with the metadata so that GET
+        # answers them too. The OB data dictionary marks them "Request only" yet the OpenAPI
+        # requires them in the response; the software statement's registered claims of the
+        # same names (its iss "OpenBanking Ltd", its jti and iat) are flattened into the
+        # response with every other SSA claim, but the metadata wins over them.
+        context.metadata.update(iss=software_id, iat=iat, exp=exp, aud=answered_aud, jti=jti)
         context.metadata["software_id"] = software_id
         context.metadata["software_statement"] = context.software_statement

@@ -53,8 +53,9 @@ class StoredClient:
     """A registered client: what the TPP registered, the SSA claims, hashed secrets.
 
     ``metadata`` holds the validated registration metadata (``redirect_uris``,
-    ``token_endpoint_auth_method``, ``software_statement``...); ``ssa_claims`` holds every
-    claim of the software statement (PingFederate's "extended client metadata").
+    ``token_endpoint_auth_method``, ``software_statement``...) and the registration
+    request's own ``iss``/``iat``/``exp``/``aud``/``jti``; ``ssa_claims`` holds every claim
+    of the software statement (PingFederate's "extended client metadata").
     """
 
     client_id: str
@@ -82,10 +83,19 @@ class StoredClient:
         return secret_matches(secret, self.client_secret_hash)
 
     def to_response(self) -> dict[str, Any]:
-        """The OB registration response: SSA claims flattened to the top level, then the
-        registered metadata (which wins on a clash), then the server-assigned values."""
+        """The OB registration response (OpenAPI ``OBClientRegistration1``): every SSA claim
+        flattened to the top level, then the registered metadata, which wins on a clash,
+        then the server-assigned values.
+
+        The metadata holds the registration request's own ``iss`` (the software_id),
+        ``iat``, ``exp``, ``aud`` and ``jti``, as the last POST or PUT sent them: the OpenAPI
+        requires those five, and the SSA's registered claims of the same names (its
+        ``iss: "OpenBanking Ltd"``, its jti and iat) describe the statement, not this
+        request, so they must never win. A client stored before the request claims were
+        kept has none in its metadata and answers with the SSA's until its next PUT.
+        """
         body: dict[str, Any] = dict(self.ssa_claims)
-        body.update(self.metadata)
+        body.update(self.metadata)  # the request's iss/iat/exp/aud/jti over the SSA's
         body["client_id"] = self.client_id
         body["client_id_issued_at"] = self.client_id_issued_at
         return body
