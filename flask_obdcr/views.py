@@ -130,5 +130,7 @@ def registration_error(error: RegistrationError) -> Response:
 def http_error(error: HTTPException) -> Response:
     # werkzeug's own 4xx (e.g. MAX_CONTENT_LENGTH, a broken chunked body) as JSON, not HTML
     status = error.code or 400
-    code = "invalid_client_metadata" if status == 413 else "invalid_request"
+    # the OB DCR OpenAPI lists four error codes for a 400: a body werkzeug could not read is
+    # a client-metadata problem like any other unreadable request
+    code = "invalid_client_metadata" if status in (400, 413, 415) else "invalid_request"
     return json_response({"error": code, "error_description": error.name}, status)

@@ -13,15 +13,13 @@ unique identifier for the ASPSP issued by the issuer of the software statement",
 up to 18 characters); addressed by its issuer URL it answers with that URL, the one
 deviation from the OAS it keeps (see ``test_an_issuer_url_aud_is_echoed``).
 
-The OAS file lives outside the repository (``../shared/specs/``); ``OB_DCR_OPENAPI`` names
-another copy. Without it these tests are skipped.
+The OAS file is kept in the repository, byte for byte (``docs/specs/``, with its provenance).
 """
 
 from __future__ import annotations
 
 import base64
 import json
-import os
 import re
 import uuid
 from dataclasses import dataclass
@@ -40,11 +38,7 @@ from flask_obdcr.testing import REMOVE, SandboxDirectory, Software
 from flask_obdcr.testing.fixtures import ISSUER
 
 REPO = Path(__file__).resolve().parents[1]
-OAS_FILE = Path(
-    os.environ.get(
-        "OB_DCR_OPENAPI", REPO.parent / "shared" / "specs" / "client-registration-openapi.json"
-    )
-)
+OAS_FILE = REPO / "docs" / "specs" / "client-registration-openapi.json"
 OAS_URI = "urn:ob:dcr:client-registration-openapi:v3.3"
 #: the responses of the OAS paths: 201/200 of POST, GET, PUT; 400 of POST and PUT
 CLIENT_REGISTRATION = (
@@ -59,11 +53,6 @@ DIRECTORY_JTI = "8a3c5e7f9b1d2f40"
 #: shown once, so never in GET or in the store
 ONCE = ("client_secret", "client_secret_expires_at", "registration_access_token")
 REQUEST_CLAIMS = ("iss", "iat", "exp", "aud", "jti")
-
-pytestmark = pytest.mark.skipif(
-    not OAS_FILE.is_file(), reason=f"the OB DCR OpenAPI file is not at {OAS_FILE}"
-)
-
 
 # -- the OAS as a JSON Schema validator ----------------------------------------------------
 
