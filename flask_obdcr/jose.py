@@ -3,6 +3,16 @@
 Nothing here trusts a JOSE header for key material: keys come only from the JWKS the
 caller chose, and headers that would point elsewhere (``jku``, ``x5u``, ``jwk``, ``x5c``)
 make the token unacceptable.
+
+The rules every caller gets (DESIGN.md section 2.1):
+
+* the header and the payload are UTF-8 JSON objects (RFC 7515 section 5.2, RFC 7519
+  section 7.2): no byte order mark, no UTF-16/32, no lone surrogate (a ``\\ud800`` escape);
+* a ``crit`` header, whatever it lists, and ``b64`` (RFC 7797, which needs ``crit``) make the
+  token malformed: this verifier understands no extension, and an empty ``crit`` is itself
+  invalid (RFC 7515 section 4.1.11);
+* keys below the floor of :func:`jws_key_problem` never verify anything, and at most
+  :data:`MAX_KEYS_TRIED` keys are tried per token.
 """
 
 from __future__ import annotations
@@ -12,9 +22,10 @@ import binascii
 import hashlib
 import json
 import math
+import re
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from jwcrypto import jwk, jws
@@ -25,6 +36,30 @@ from jwcrypto.jwa import JWA
 KEY_BEARING_HEADERS = frozenset({"jku", "x5u", "jwk", "x5c"})
 
 _B64URL_ALPHABET = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+# -- the key floor: what a key must be to verify any JWS here --------------------------------
+
+#: RSA moduli shorter than this never verify: the floor the transport certificates already
+#: have (NIST SP 800-131A); the OB Directory issues no shorter signing key.
+MIN_RSA_BITS = 2048
+#: ... nor longer than this: an RSA verification costs about the square of the modulus
+#: length, and OB keys are 2048 (at most 4096) bits, so this only bounds what a hostile key
+#: set can make one verification cost.
+MAX_RSA_BITS = 8192
+#: The only RSA public exponent accepted. 65537 is what the OB Directory, HSMs and every
+#: mainstream generator (OpenSSL, cryptography, Java, .NET) produce, so an allow-list of one
+#: refuses no honest key. Small exponents (3) are what the forgeries against lax PKCS#1 v1.5
+#: verifiers (Bleichenbacher 2006) need; large ones make a verification cost grow with their
+#: length, up to a private-key operation for a modulus-sized exponent, for every key tried.
+RSA_PUBLIC_EXPONENTS = frozenset({65537})
+#: EC keys verify on P-256 only (ES256, the OB profile's one EC algorithm): other curves are
+#: not in the profile (P-384, P-521) or not in any JOSE standard we accept (secp256k1).
+EC_CURVES = frozenset({"P-256"})
+#: At most this many keys are tried (public-key operations made) per verification, so a
+#: kid-less token, or one whose kid many keys share, cannot make a large key set cost one
+#: operation per key. OB keys carry a kid and a software JWKS has a few sig keys; a token
+#: without kid whose key comes later than this in the set is not verified.
+MAX_KEYS_TRIED = 8
 
 
 class MalformedJWS(ValueError):
@@ -57,16 +92,65 @@ def _no_constant(name: str) -> Any:
 _DECODER = json.JSONDecoder(parse_float=_finite_float, parse_constant=_no_constant)
 
 
+_UTF8_BOM = b"\xef\xbb\xbf"
+# A \uD800-\uDFFF escape in the text: the only way a JSON string gets a surrogate once the
+# bytes are strict UTF-8. json pairs a valid high+low escape into one character, so the
+# decoded value then holds a surrogate only where one was lone. (Also matches "\\ud800",
+# an escaped backslash: that only costs a walk of the value, which then finds nothing.)
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_SURROGATE = re.compile(r"[\ud800-\udfff]")
+
+
+def _has_lone_surrogate(value: Any) -> bool:
+    # iterative: the decoder accepts nesting as deep as the recursion limit allows
+    stack = [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            if _SURROGATE.search(item):
+                return True
+        elif isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+    return False
+
+
 def _json_object(segment: str, what: str) -> dict[str, Any]:
+    """The base64url ``segment`` as a UTF-8 JSON object, or :class:`MalformedJWS`.
+
+    RFC 7515 and 7519 define the header and claims as UTF-8 (RFC 8259 section 8.1: no byte
+    order mark). ``json.loads`` would also take UTF-16/32 and, with surrogatepass, UTF-8
+    encoded surrogates; those are refused here, so one token has one reading everywhere.
+    Lone surrogate escapes are valid JSON syntax, but RFC 8259 section 8.2 says such text is
+    not interoperable: a string holding one is not Unicode, fails to encode for storage or
+    logs, and other parsers replace or reject it; they are refused too."""
     try:
         raw = b64url_decode(segment)
-        # what json.loads does with bytes: detect UTF-8/16/32, then decode the text
-        value = _DECODER.decode(raw.decode(json.detect_encoding(raw), "surrogatepass"))
+        if raw.startswith(_UTF8_BOM):
+            raise ValueError("a byte order mark")
+        # strict UTF-8: UTF-16/32 text either is not UTF-8 or decodes with NULs that are not
+        # JSON; UTF-8 encoded surrogates (ED A0 80) are invalid UTF-8
+        text = raw.decode("utf-8")
+        value = _DECODER.decode(text)
     except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        raise MalformedJWS(f"the {what} is not JSON") from exc
+        raise MalformedJWS(f"the {what} is not UTF-8 JSON") from exc
     if not isinstance(value, dict):
         raise MalformedJWS(f"the {what} is not a JSON object")
+    if _SURROGATE_ESCAPE.search(text) is not None and _has_lone_surrogate(value):
+        raise MalformedJWS(f"the {what} has a lone surrogate (not Unicode text)")
     return value
+
+
+def _check_header(header: dict[str, Any]) -> None:
+    # RFC 7515 4.1.11: a recipient must refuse a crit it does not understand, and crit must
+    # not be empty. We understand no extension, so any crit is refused, and so is b64
+    # (RFC 7797), which is only valid listed in crit and changes what is signed.
+    if "crit" in header:
+        raise MalformedJWS("the JOSE header has crit: no JWS extension is understood here")
+    if "b64" in header:
+        raise MalformedJWS("the JOSE header has b64 (RFC 7797): not understood here")
 
 
 def _is_compact(token: str) -> bool:
@@ -92,55 +176,133 @@ def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     claims = _json_object(payload_b64, "payload")
     if not isinstance(header.get("alg"), str):
         raise MalformedJWS("the JOSE header has no alg")
+    _check_header(header)
     return header, claims
 
 
-def verify(token: str, keys: Iterable[jwk.JWK], alg: str) -> jwk.JWK:
+# Longest encodings worth decoding (base64url, padded or not, one leading zero octet
+# allowed): anything longer cannot be an accepted key, and is refused without decoding, so a
+# hostile key set of huge members costs nothing per verification.
+_MAX_MODULUS_CHARS = 4 * -(-(MAX_RSA_BITS // 8 + 1) // 3)
+_MAX_EXPONENT_CHARS = 8
+
+
+def _b64url_uint(value: Any, max_chars: int) -> int | None:
+    if not isinstance(value, str) or len(value) > max_chars:
+        return None
+    try:
+        # jwcrypto's own decoder: the number judged is the number jwcrypto builds the key from
+        return int.from_bytes(base64url_decode(value), "big")
+    except (binascii.Error, ValueError):
+        return None
+
+
+def jws_key_problem(key: Mapping[str, Any]) -> str | None:
+    """Why the public key ``key`` (a JWK, or its members) may verify no JWS, or None.
+
+    RSA: an exponent in :data:`RSA_PUBLIC_EXPONENTS` and a modulus of :data:`MIN_RSA_BITS`
+    to :data:`MAX_RSA_BITS` bits. EC: a curve in :data:`EC_CURVES`. Other key types have no
+    floor here (OKP curves are fixed-size and strong; a JWKS never yields ``oct`` keys).
+    Malformed members are a problem too, never an exception.
+    """
+    kty = key.get("kty")
+    if kty == "RSA":
+        exponent = _b64url_uint(key.get("e"), _MAX_EXPONENT_CHARS)
+        if exponent not in RSA_PUBLIC_EXPONENTS:
+            shown = "missing or too long" if exponent is None else str(exponent)
+            return f"RSA public exponent {shown} (accepted: 65537)"
+        modulus = _b64url_uint(key.get("n"), _MAX_MODULUS_CHARS)
+        if modulus is None:
+            return f"RSA modulus missing or longer than {MAX_RSA_BITS} bits"
+        bits = modulus.bit_length()
+        if not MIN_RSA_BITS <= bits <= MAX_RSA_BITS:
+            return f"RSA modulus of {bits} bits (accepted: {MIN_RSA_BITS} to {MAX_RSA_BITS})"
+        return None
+    if kty == "EC":
+        curve = key.get("crv")
+        if curve not in EC_CURVES:
+            return f"EC curve {curve!r} (accepted: {', '.join(sorted(EC_CURVES))})"
+        return None
+    return None
+
+
+def _each_key(keys: Iterable[Any], kid: Any) -> Iterator[jwk.JWK]:
+    """The JWKs of ``keys``; a JWKSet gives its keys with the header's kid, as jwcrypto's
+    JWS.verify would pick them, or all of them without one. Anything else is no key."""
+    for key in keys:
+        if isinstance(key, jwk.JWKSet):
+            members = key["keys"]
+            yield from (m for m in members if not isinstance(kid, str) or m.get("kid") == kid)
+        elif isinstance(key, jwk.JWK):
+            yield key
+
+
+def verify(token: str, keys: Iterable[jwk.JWK | jwk.JWKSet], alg: str) -> jwk.JWK:
     """Check the signature of ``token`` with ``alg`` against each candidate key in turn;
     return the key that verifies it.
 
     The caller has already checked ``alg`` against its allow-list; jwcrypto is told the
-    single algorithm to accept, so the header cannot choose another one.
+    single algorithm to accept, so the header cannot choose another one. Keys below the
+    floor (:func:`jws_key_problem`) or of another type than ``alg`` needs are passed over;
+    of the others at most :data:`MAX_KEYS_TRIED` are tried, in order.
 
-    Raises :class:`MalformedJWS` if ``token`` is not a JWS, :class:`BadSignature` if no key
-    verifies it.
+    Raises :class:`MalformedJWS` if ``token`` is not a compact JWS whose header is a UTF-8
+    JSON object without ``crit`` (the rules of :func:`peek` for the header),
+    :class:`BadSignature` if no key verifies it.
     """
-    keys = list(keys)
+    if not isinstance(token, str) or not _is_compact(token):
+        raise MalformedJWS("not a compact JWS (three base64url parts)")
+    header_b64, payload_b64, signature_b64 = token.split(".")
+    header = _json_object(header_b64, "JOSE header")
+    _check_header(header)
+    if header.get("alg") != alg:
+        # what jwcrypto does with a pinned alg the header does not name
+        raise BadSignature(f"the JOSE header does not name {alg}")
+    signature = b64url_decode(signature_b64)
     size = _EC_SIGNATURE_BYTES.get(alg)
-    if size is not None and isinstance(token, str):
+    if size is not None and len(signature) != size:
         # R || S of fixed width (RFC 7518 3.4): refuse other lengths, which jwcrypto would
         # split in half and could verify (a malleable signature)
-        signature_b64 = token.rpartition(".")[2]
-        if len(b64url_decode(signature_b64)) != size:
-            raise BadSignature(f"an {alg} signature is {size} bytes")
-    fast = _plain_compact(token, alg, keys)
-    if fast is not None:
-        signing_input, signature = fast
+        raise BadSignature(f"an {alg} signature is {size} bytes")
+    kty = _ALG_KTY.get(alg)
+    if kty is not None:
+        signing_input = _signing_input(token, header_b64, payload_b64)
         engine = _engine(alg)
-        kty = _ALG_KTY[alg]
-        for key in keys:
-            if key.get("kty") != kty:
-                continue  # would fail in cryptography anyway; refuse it up front
+
+        def attempt(key: jwk.JWK) -> bool:
             try:
                 # jwcrypto's own per-algorithm verifier, as JWS.verify ends up calling it:
                 # the key's use/key_ops and curve are checked by key.get_op_key("verify")
                 engine.verify(key, signing_input, signature)
-                return key
-            except Exception:  # noqa: BLE001, S112 - jwcrypto treats any failure as "no"
-                continue
-        raise BadSignature("no key of the key set verifies the signature")
+            except Exception:  # noqa: BLE001 - jwcrypto treats any failure as "no"
+                return False
+            return True
 
-    signed = jws.JWS()
-    try:
-        signed.deserialize(token)
-    except (JWException, ValueError) as exc:
-        raise MalformedJWS("not a JWS") from exc
-    for key in keys:
+    else:  # HS*, EdDSA, ...: jwcrypto's JWS object, told the one alg it may accept
+        signed = jws.JWS()
         try:
-            signed.verify(key, alg=alg)
+            signed.deserialize(token)
+        except (JWException, ValueError) as exc:
+            raise MalformedJWS("not a JWS") from exc
+
+        def attempt(key: jwk.JWK) -> bool:
+            try:
+                signed.verify(key, alg=alg)
+            except (JWException, ValueError, TypeError):
+                return False
+            return True
+
+    tried = 0
+    for key in _each_key(keys, header.get("kid")):
+        if kty is not None and key.get("kty") != kty:
+            continue  # would fail in cryptography anyway; refuse it up front, uncounted
+        if jws_key_problem(key) is not None:
+            continue  # below the floor: never a candidate, costs no public-key operation
+        if tried == MAX_KEYS_TRIED:
+            raise BadSignature(f"no key of the first {MAX_KEYS_TRIED} verifies the signature")
+        tried += 1
+        if attempt(key):
             return key
-        except (JWException, ValueError, TypeError):
-            continue
     raise BadSignature("no key of the key set verifies the signature")
 
 
@@ -232,12 +394,11 @@ def _digest(token: str) -> bytes:
 # jwcrypto's JWS object costs more than the public-key operation it wraps: every JWS()
 # deep-copies the header registry, and deserialize + verify decode the header three times
 # and build a JWSCore per key. For the tokens DCR actually sees (compact, one protected
-# header that names ``alg`` and uses neither ``crit`` nor ``b64``), every check jwcrypto makes
-# before the signature reduces to "the header's alg is the pinned alg"; for those tokens
-# :func:`verify` computes jwcrypto's signing input itself and calls the same jwcrypto
-# per-algorithm verifier (``JWA.signing_alg(alg).verify``). Anything else (crit, b64, an alg
-# mismatch, an algorithm outside the RSA/EC set, input that is not plain compact) takes the
-# jwcrypto JWS path, unchanged, so the outcome is the same in every case.
+# header that names ``alg``; :func:`verify` has refused ``crit`` and ``b64``), every check
+# jwcrypto makes before the signature reduces to "the header's alg is the pinned alg"; for
+# the RSA and EC algorithms :func:`verify` computes jwcrypto's signing input itself and calls
+# the same jwcrypto per-algorithm verifier (``JWA.signing_alg(alg).verify``). Other
+# algorithms take the jwcrypto JWS path, so the outcome is the same in every case.
 
 #: algorithm -> the key type that can have made its signatures (HS*, none, EdDSA: slow path)
 _ALG_KTY: dict[str, str] = {
@@ -268,41 +429,13 @@ def _canonical_b64url(segment: str) -> bool:
     return not _B64URL_VALUE[segment[-1]] & spare_bits
 
 
-def _plain_compact(token: Any, alg: str, keys: list[Any]) -> tuple[bytes, bytes] | None:
-    """``(signing input, signature)`` as jwcrypto would verify them, or None when ``token``
-    is not a plain compact JWS for ``alg`` (then the caller uses jwcrypto's JWS object)."""
-    if alg not in _ALG_KTY or not isinstance(token, str):
-        return None
-    try:
-        ascii_token = token.encode("ascii")
-    except UnicodeEncodeError:
-        return None
-    # [A-Za-z0-9_-]+ . [A-Za-z0-9_-]+ . [A-Za-z0-9_-]+ and nothing else (cheaper than a regex)
-    if ascii_token.translate(None, _B64URL_ALPHABET) != b"..":
-        return None
-    header_b64, payload_b64, signature_b64 = token.split(".")
-    if not (header_b64 and payload_b64 and signature_b64):
-        return None
-    if not all(isinstance(key, jwk.JWK) for key in keys):
-        return None  # e.g. a JWKSet: jwcrypto's kid lookup applies
-    try:
-        protected = base64url_decode(header_b64).decode("utf-8")
-        header = json.loads(protected)
-        signature = base64url_decode(signature_b64)
-    except Exception:  # noqa: BLE001 - jwcrypto will say what is wrong
-        return None
-    if not isinstance(header, dict) or header.get("alg") != alg:
-        return None
-    if "crit" in header or "b64" in header:
-        return None
-    # jwcrypto verifies over the re-encoded header and payload (JWSCore), which is the
-    # received text when that is canonical base64url (the usual case: no need to decode the
-    # payload again); otherwise re-encode, exactly as jwcrypto does.
+def _signing_input(token: str, header_b64: str, payload_b64: str) -> bytes:
+    """What jwcrypto verifies the signature over for the compact ``token``: the re-encoded
+    header and payload (JWSCore), which is the received text when that is canonical base64url
+    (the usual case: no need to decode the payload again); otherwise re-encode, as jwcrypto
+    does. ``token`` is ASCII (checked by :func:`_is_compact`)."""
     if _canonical_b64url(header_b64) and _canonical_b64url(payload_b64):
-        return ascii_token[: len(header_b64) + 1 + len(payload_b64)], signature
-    try:
-        payload = base64url_decode(payload_b64)
-    except Exception:  # noqa: BLE001 - length 1 mod 4: jwcrypto will refuse it
-        return None
-    signing_input = base64url_encode(protected.encode("utf-8")) + "." + base64url_encode(payload)
-    return signing_input.encode("utf-8"), signature
+        return token[: len(header_b64) + 1 + len(payload_b64)].encode("ascii")
+    header = b64url_decode(header_b64)  # decodes: _json_object read it
+    payload = b64url_decode(payload_b64)  # a length of 1 mod 4 raises MalformedJWS
+    return (base64url_encode(header) + "." + base64url_encode(payload)).encode("ascii")

@@ -32,7 +32,7 @@ import urllib3.exceptions
 import urllib3.util
 from jwcrypto.jwk import JWK, JWKSet, JWKValuesRegistry
 
-from .jose import copy_json
+from .jose import copy_json, jws_key_problem
 
 __all__ = [
     "CacheEntry",
@@ -423,12 +423,24 @@ _PRIVATE_MEMBERS = frozenset(
 class _ParsedKeys:
     raw: str  # sanitised JSON: {"keys": [public members of the importable keys]}
     document: dict[str, Any]  # the same, parsed (for x5c and other members)
-    keys: tuple[JWK, ...]  # document order (a JWKSet is a set: its order is arbitrary)
-    key_set: JWKSet
+    # the keys that may verify a signature (above the JWS key floor), in document order
+    # (a JWKSet is a set: its order is arbitrary)
+    keys: tuple[JWK, ...]
+    key_set: JWKSet  # the same keys
 
 
-def _parse_jwks(body: bytes | str, url: str) -> _ParsedKeys:
-    """Parse a JWKS document, keeping only public parts of the keys jwcrypto can import."""
+#: at most this many weak keys are named in the one log line a fetch writes about them
+_WEAK_KEYS_SHOWN = 5
+
+
+def _parse_jwks(body: bytes | str, url: str, *, quiet: bool = False) -> _ParsedKeys:
+    """Parse a JWKS document, keeping only public parts of the keys jwcrypto can import.
+
+    Keys below the JWS key floor (:func:`~flask_obdcr.jose.jws_key_problem`: short or
+    odd-exponent RSA, EC off P-256) stay in the document, whose ``x5c`` members bind transport
+    certificates, but are never candidates for verifying a signature. One warning names them
+    unless ``quiet`` (a cached entry parsed again: warned about when it was fetched).
+    """
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as exc:  # UnicodeDecodeError is a ValueError
@@ -439,6 +451,7 @@ def _parse_jwks(body: bytes | str, url: str) -> _ParsedKeys:
         )
     kept: list[dict[str, Any]] = []
     keys: list[JWK] = []
+    weak: list[str] = []
     seen: set[tuple[str, Any]] = set()
     key_set = JWKSet()
     for index, member in enumerate(document["keys"]):
@@ -467,8 +480,23 @@ def _parse_jwks(body: bytes | str, url: str) -> _ParsedKeys:
             continue
         seen.add(identity)
         kept.append(public)
+        problem = jws_key_problem(key)
+        if problem is not None:
+            weak.append(f"kid {_show(key.get('kid'))}: {problem}")  # repr, cut short
+            continue
         keys.append(key)
         key_set.add(key)
+    if weak and not quiet:
+        # one line per fetch, however many keys: a hostile set cannot flood the log
+        shown = "; ".join(weak[:_WEAK_KEYS_SHOWN])
+        more = f"; and {len(weak) - _WEAK_KEYS_SHOWN} more" if len(weak) > _WEAK_KEYS_SHOWN else ""
+        log.warning(
+            "JWKS %s: %d key(s) below the JWS key floor, never used to verify a signature: %s%s",
+            _show(url),
+            len(weak),
+            shown,
+            more,
+        )
     raw = json.dumps({"keys": kept}, separators=(",", ":"))
     return _ParsedKeys(raw=raw, document={"keys": kept}, keys=tuple(keys), key_set=key_set)
 
@@ -497,12 +525,12 @@ class CacheEntry:
         # Races are harmless: two threads may both build it; either result is the same.
         parsed = self._parsed
         if parsed is None:
-            parsed = self._parsed = _parse_jwks(self.raw, "<cache>")
+            parsed = self._parsed = _parse_jwks(self.raw, "<cache>", quiet=True)
         return parsed
 
     @property
     def key_set(self) -> JWKSet:
-        """The parsed key set (shared: treat as read-only)."""
+        """The parsed keys that may verify signatures (shared: treat as read-only)."""
         return self.parsed().key_set
 
     def to_dict(self) -> dict[str, Any]:
@@ -574,12 +602,12 @@ class MemoryJWKSCache:
 # --------------------------------------------------------------------------- client
 
 # What key can have made a signature with each alg: (kty, allowed curves or None).
-# HS* and "none" are absent on purpose: a JWKS never verifies them.
+# HS* and "none" are absent on purpose: a JWKS never verifies them. So are ES384 and ES512:
+# their curves (P-384, P-521) are below the JWS key floor (EC keys verify on P-256 only), so
+# no key could qualify, and a lookup should not fetch to find that out.
 _ALG_KEYS: dict[str, tuple[str, frozenset[str] | None]] = {
     **{alg: ("RSA", None) for alg in ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512")},
     "ES256": ("EC", frozenset({"P-256"})),
-    "ES384": ("EC", frozenset({"P-384"})),
-    "ES512": ("EC", frozenset({"P-521"})),
     "EdDSA": ("OKP", frozenset({"Ed25519", "Ed448"})),
 }
 
@@ -672,7 +700,8 @@ class JWKSClient:
     # ----------------------------------------------------------------- public API
 
     def key_set(self, url: str) -> JWKSet:
-        """The key set at ``url``: fresh from the cache, else fetched.
+        """The key set at ``url``: fresh from the cache, else fetched. It holds the keys that
+        may verify signatures: keys below the JWS key floor are left out.
 
         If the fetch fails, a stale entry is served until its ``stale_until``; otherwise
         :class:`JWKSUnavailable`. :class:`JWKSForbidden` always propagates and is never cached.
@@ -682,19 +711,24 @@ class JWKSClient:
 
     def document(self, url: str) -> dict[str, Any]:
         """The key set at ``url`` as a JSON object, ``{"keys": [...]}``, same rules as
-        :meth:`key_set`. Holds the members of every usable key (``x5c`` etc.), private ones
-        removed; unusable keys and other top-level members are dropped. A fresh copy each call.
+        :meth:`key_set`. Holds the members of every importable key (``x5c`` etc.), keys below
+        the JWS key floor included (they may publish a transport certificate), private members
+        removed; unimportable keys and other top-level members are dropped. A fresh copy each
+        call.
         """
         return copy_json(self._entry(url).parsed().document)
 
     def candidate_keys(self, url: str, *, kid: str | None, alg: str) -> list[JWK]:
         """Every key of the set that could have made a signature with ``alg``, in document order.
 
-        A key qualifies when its ``kty`` (and curve) fits ``alg``, its ``use`` (if present) is
-        ``sig``, its ``key_ops`` (if present) include ``verify``, its ``alg`` (if present) equals
-        ``alg``, and, when ``kid`` is given, its ``kid`` equals it. With no candidate, the set
-        is refreshed once (rate-limited per URL); still none raises :class:`KeyNotFound`, as
-        does an ``alg`` no JWKS key can verify (``HS*``, ``none``: no fetch at all).
+        A key qualifies when it is above the JWS key floor
+        (:func:`~flask_obdcr.jose.jws_key_problem`), its ``kty`` (and curve) fits ``alg``, its
+        ``use`` (if present) is ``sig``, its ``key_ops`` (if present) include ``verify``, its
+        ``alg`` (if present) equals ``alg``, and, when ``kid`` is given, its ``kid`` equals it.
+        With no candidate, the set is refreshed once (rate-limited per URL); still none raises
+        :class:`KeyNotFound`, as does an ``alg`` no JWKS key can verify (``HS*``, ``none``,
+        ``ES384``, ``ES512``: no fetch at all). :func:`~flask_obdcr.jose.verify` tries at most
+        :data:`~flask_obdcr.jose.MAX_KEYS_TRIED` of them.
         """
         if alg not in _ALG_KEYS:
             raise KeyNotFound(f"no JWKS key can verify alg {alg!r}", url=url)

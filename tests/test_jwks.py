@@ -18,6 +18,7 @@ import pytest
 import requests
 from cryptography import x509
 from cryptography.x509.oid import NameOID
+from jwcrypto.common import base64url_decode
 from jwcrypto.jwk import JWK, JWKSet
 
 from flask_obdcr import jwks
@@ -402,8 +403,6 @@ def mixed_set(keys) -> dict[str, Any]:
         pytest.param(None, "PS256", ["rsa1", "rsa-ops-verify"], id="ps256-kidless"),
         pytest.param(None, "RS256", ["rsa1", "rsa-rs256", "rsa-ops-verify"], id="rs256-kidless"),
         pytest.param(None, "ES256", ["p256"], id="es256-kidless"),
-        pytest.param(None, "ES384", ["p384"], id="es384-kidless"),
-        pytest.param(None, "ES512", ["p521"], id="es512-kidless"),
         pytest.param(None, "EdDSA", ["ed"], id="eddsa-kidless"),
         pytest.param("rsa1", "PS256", ["rsa1"], id="kid-match"),
         pytest.param("rsa-rs256", "RS256", ["rsa-rs256"], id="kid-with-matching-alg"),
@@ -424,6 +423,9 @@ def test_candidate_keys(mixed_set, kid, alg, expected):
         pytest.param("rsa-rs256", "PS256", id="alg-mismatch"),
         pytest.param("rsa-ops-encrypt", "PS256", id="key-ops-without-verify"),
         pytest.param("p256", "ES384", id="wrong-curve"),
+        pytest.param("p384", "ES384", id="p384-is-below-the-floor"),
+        pytest.param("p521", "ES512", id="p521-is-below-the-floor"),
+        pytest.param(None, "ES384", id="p384-is-below-the-floor-kidless"),
         pytest.param("p256", "PS256", id="ec-key-rsa-alg"),
         pytest.param("rsa1", "ES256", id="rsa-key-ec-alg"),
         pytest.param("p256-ps256", "PS256", id="alg-claims-rsa-but-ec-key"),
@@ -486,6 +488,91 @@ def test_find_key_without_kid_returns_first_in_document_order(keys):
     document = jwks_doc(public(keys["rsa2"]), public(keys["rsa1"]))
     client = make_client(StaticFetcher({URL: document}), Clock())
     assert client.find_key(URL, kid=None, alg="PS256")["kid"] == "rsa2"
+
+
+# --------------------------------------------------------------------------- client: key floors
+
+
+def _b64uint(value: int) -> str:
+    import base64
+
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+@pytest.fixture(scope="module")
+def weak_members(keys) -> dict[str, dict[str, Any]]:
+    """Public JWKs that jwcrypto imports but that are below the JWS key floor, by kid."""
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    rsa_1024 = JWK.from_pyca(rsa.generate_private_key(65537, 1024).public_key())
+    rsa_e3 = JWK.from_pyca(rsa.generate_private_key(3, 2048).public_key())
+    modulus = int.from_bytes(base64url_decode(keys["rsa1"]["n"]), "big")
+    secp256k1 = JWK.generate(kty="EC", crv="secp256k1")
+    return {
+        "rsa-1024": public(rsa_1024, kid="rsa-1024"),
+        "rsa-e3": public(rsa_e3, kid="rsa-e3"),
+        # an exponent as long as the modulus: each verification costs a private-key operation
+        "rsa-huge-e": {**public(keys["rsa1"]), "kid": "rsa-huge-e", "e": _b64uint(modulus - 2)},
+        "p384": public(keys["p384"]),
+        "p521": public(keys["p521"]),
+        "secp256k1": public(secp256k1, kid="secp256k1"),
+    }
+
+
+WEAK_LOOKUPS = [
+    pytest.param("rsa-1024", "PS256", id="rsa-1024"),
+    pytest.param("rsa-1024", "RS256", id="rsa-1024-rs256"),
+    pytest.param("rsa-e3", "PS256", id="rsa-e3"),
+    pytest.param("rsa-huge-e", "PS256", id="rsa-huge-e"),
+    pytest.param("p384", "ES384", id="ec-p384"),
+    pytest.param("p521", "ES512", id="ec-p521"),
+    pytest.param("secp256k1", "ES256", id="ec-secp256k1"),
+]
+
+
+@pytest.mark.parametrize(("kid", "alg"), WEAK_LOOKUPS)
+def test_weak_keys_are_never_candidates(keys, weak_members, kid, alg):
+    document = jwks_doc(*weak_members.values(), public(keys["rsa1"]), public(keys["p256"]))
+    fetcher = StaticFetcher({URL: document})
+    client = make_client(fetcher, Clock())
+    with pytest.raises(KeyNotFound):
+        client.candidate_keys(URL, kid=kid, alg=alg)
+    assert kids(client.candidate_keys(URL, kid=None, alg="PS256")) == ["rsa1"]
+    assert kids(client.candidate_keys(URL, kid=None, alg="ES256")) == ["p256"]
+    assert sorted(key["kid"] for key in client.key_set(URL)) == ["p256", "rsa1"]
+    # still in the document: a transport certificate may be published with its key (x5c)
+    assert [key.get("kid") for key in client.document(URL)["keys"]] == [
+        *weak_members,
+        "rsa1",
+        "p256",
+    ]
+    assert fetcher.calls == [URL]
+
+
+def test_weak_keys_stay_out_after_a_shared_cache_round_trip(keys, weak_members):
+    fetcher = StaticFetcher({URL: jwks_doc(*weak_members.values(), public(keys["rsa1"]))})
+    shared = JSONCache()
+    JWKSClient(fetcher, cache=shared, clock=Clock()).key_set(URL)
+    other = JWKSClient(fetcher, cache=shared, clock=Clock())
+    assert kids(other.candidate_keys(URL, kid=None, alg="PS256")) == ["rsa1"]
+    with pytest.raises(KeyNotFound):
+        other.candidate_keys(URL, kid="rsa-1024", alg="PS256")
+    assert fetcher.calls == [URL]
+
+
+def test_weak_keys_are_logged_once_per_fetch(keys, weak_members, caplog):
+    fetcher = StaticFetcher({URL: jwks_doc(*weak_members.values(), public(keys["rsa1"]))})
+    shared = JSONCache()
+    with caplog.at_level("WARNING", logger="flask_obdcr.jwks"):
+        JWKSClient(fetcher, cache=shared, clock=Clock()).key_set(URL)
+        fetched = [record.getMessage() for record in caplog.records]
+        caplog.clear()
+        JWKSClient(fetcher, cache=shared, clock=Clock()).key_set(URL)  # parsed from the cache
+        assert caplog.records == []
+    assert len(fetched) == 1
+    assert f"{len(weak_members)} key(s)" in fetched[0]
+    assert "'rsa-1024'" in fetched[0]
 
 
 # --------------------------------------------------------------------------- client: threads
