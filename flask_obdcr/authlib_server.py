@@ -11,6 +11,7 @@ issues certificate-bound access tokens (RFC 8705 section 3)::
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -23,8 +24,9 @@ from . import jose
 from .certificates import VerifiedCertificate, dn_matches
 from .errors import InvalidClient, RegistrationError
 from .jwks import JWKSError
-from .log import get_logger
+from .log import get_logger, redact_authlib_tokens
 from .management import software_jwks
+from .policies.base import numeric_date
 from .storage import StoredClient
 
 if TYPE_CHECKING:
@@ -151,8 +153,9 @@ class ClientAuthenticator:
         skew = rules.clock_skew
         audiences = claims.get("aud")
         audiences = audiences if isinstance(audiences, list) else [audiences]
-        # configured values only (DESIGN 2.1): never the request's own URL, which follows the
-        # Host header and would accept an assertion made for another bank
+        # configured values only (docs/architecture.md, "Contract: tokens, published URLs and
+        # keys"): never the request's own URL, which follows the Host header and would accept
+        # an assertion made for another bank
         accepted = rules.assertion_audiences
         if self.token_endpoint:
             accepted = accepted | {self.token_endpoint}
@@ -161,9 +164,9 @@ class ClientAuthenticator:
                 "The client assertion aud must be the token endpoint or the issuer.",
                 detail=f"aud {audiences!r} is none of {sorted(accepted)}",
             )
-        exp = claims.get("exp")
-        if isinstance(exp, bool) or not isinstance(exp, int | float):
-            raise _invalid("The client assertion has no exp.")
+        exp = numeric_date(claims.get("exp"))
+        if exp is None:
+            raise _invalid("The client assertion has no exp (seconds since 1970).")
         if now > exp + skew:
             raise _invalid("The client assertion has expired.")
         if exp - now > rules.max_assertion_lifetime:
@@ -171,9 +174,11 @@ class ClientAuthenticator:
                 f"The client assertion exp is more than {rules.max_assertion_lifetime} seconds"
                 " ahead."
             )
-        iat = claims.get("iat")
-        if isinstance(iat, int | float) and not isinstance(iat, bool) and iat > now + skew:
-            raise _invalid("The client assertion iat is in the future.")
+        for name in ("iat", "nbf"):  # optional; when present, a time that has come
+            if name in claims:
+                value = numeric_date(claims[name])
+                if value is None or value > now + skew:
+                    raise _invalid(f"The client assertion {name} is not a past time.")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise _invalid("The client assertion has no jti.")
@@ -186,7 +191,8 @@ class ClientAuthenticator:
             raise _invalid("The client assertion has been used before.")
         return client
 
-    # -- RFC 8705 section 3 / DESIGN 2.1: the certificate every token is bound to ---------
+    # -- RFC 8705 section 3: the certificate every token is bound to ------------------------
+    # (docs/architecture.md, "Contract: tokens, published URLs and keys", bound tokens)
     def bind(self, client: OBClient, request: Any) -> None:
         """After any client authentication at the token endpoint: find the certificate the
         token will be bound to. With OBDCR_CERTIFICATE_BOUND_TOKENS a token is issued only
@@ -257,7 +263,12 @@ def configure_authorization_server(
     authenticate_client = server.authenticate_client
 
     def authenticate_and_bind(request: Any, methods: Any, endpoint: str = "token") -> Any:
-        client = authenticate_client(request, methods, endpoint)
+        try:
+            client = authenticate_client(request, methods, endpoint)
+        except (UnicodeDecodeError, ValueError, binascii.Error):
+            # Authlib decodes an Authorization: Basic header without catching what a malformed
+            # one raises (not base64, not UTF-8, no colon): refused, not a 500
+            raise _invalid("The client credentials are malformed.") from None
         if endpoint == "token":
             authenticator.bind(client, request)
         return client
@@ -276,6 +287,7 @@ def configure_authorization_server(
         )
         return handle_error_response(request, error)
 
+    redact_authlib_tokens()
     server.authenticate_client = authenticate_and_bind  # type: ignore[method-assign]
     server.handle_error_response = log_and_handle_error  # type: ignore[method-assign]
     return authenticator
@@ -283,7 +295,8 @@ def configure_authorization_server(
 
 def save_token(state: DCRState, token: dict[str, Any], request: Any) -> None:
     """Authlib's ``save_token``: keep the token hashed, bound to the certificate the token
-    endpoint verified (DESIGN 2.1), living ``OBDCR_ACCESS_TOKEN_LIFETIME`` seconds."""
+    endpoint verified, living ``OBDCR_ACCESS_TOKEN_LIFETIME`` seconds (docs/architecture.md,
+    "Contract: tokens, published URLs and keys")."""
     verified: VerifiedCertificate | None = getattr(request, CERTIFICATE_ATTRIBUTE, None)
     if verified is None and state.settings.certificate_bound_tokens:
         # a grant that did not authenticate its client through the server: fail closed

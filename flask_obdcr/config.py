@@ -17,10 +17,9 @@ from urllib.parse import urlsplit
 
 from .errors import ConfigurationError
 
-#: algorithms a deployment may enable; HS* and "none" are never acceptable for DCR
-KNOWN_SIGNING_ALGS = frozenset(
-    {"PS256", "PS384", "PS512", "ES256", "ES384", "ES512", "RS256", "RS384", "RS512"}
-)
+#: algorithms a deployment may enable; HS* and "none" are never acceptable for DCR, and ES384
+#: and ES512 never verify (EC keys must be P-256, docs/architecture.md)
+KNOWN_SIGNING_ALGS = frozenset({"PS256", "PS384", "PS512", "ES256", "RS256", "RS384", "RS512"})
 KNOWN_AUTH_METHODS = (
     "tls_client_auth",
     "private_key_jwt",
@@ -46,7 +45,8 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_CLOCK_SKEW": 30,
     "OBDCR_SSA_MAX_AGE": None,
     "OBDCR_MAX_REQUEST_BYTES": 65536,
-    # tokens, published URLs and fetches (DESIGN 2.1)
+    # tokens, published URLs and fetches (docs/architecture.md, "Contract: tokens, published
+    # URLs and keys")
     "OBDCR_TOKEN_ENDPOINT": None,
     "OBDCR_MTLS_BASE_URL": None,
     "OBDCR_CERTIFICATE_BOUND_TOKENS": True,
@@ -89,8 +89,9 @@ class RuleSettings:
 
     @functools.cached_property
     def assertion_audiences(self) -> frozenset[str]:
-        """What a client assertion's ``aud`` may be (DESIGN 2.1): the issuer, the token
-        endpoint and OBDCR_AUDIENCES; never anything taken from the request."""
+        """What a client assertion's ``aud`` may be (docs/architecture.md, "Contract: tokens,
+        published URLs and keys"): the issuer, the token endpoint and OBDCR_AUDIENCES; never
+        anything taken from the request."""
         return frozenset((self.issuer, self.token_endpoint, *self.audiences))
 
 

@@ -16,7 +16,6 @@ Part of the protocol core: no Flask imports; the clock and the fetcher are injec
 from __future__ import annotations
 
 import json
-import logging
 import threading
 import time
 from collections import OrderedDict
@@ -33,6 +32,7 @@ import urllib3.util
 from jwcrypto.jwk import JWK, JWKSet, JWKValuesRegistry
 
 from .jose import copy_json, jws_key_problem
+from .log import get_logger
 
 __all__ = [
     "CacheEntry",
@@ -49,7 +49,7 @@ __all__ = [
     "StaticFetcher",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 AllowedHosts = Callable[[], Collection[str]] | Collection[str]
 

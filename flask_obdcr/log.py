@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import re
 
-__all__ = ["escape", "get_logger"]
+__all__ = ["escape", "get_logger", "redact_authlib_tokens"]
 
 # C0 and C1 controls, DEL, and the Unicode line and paragraph separators
 _CONTROLS = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
@@ -57,3 +57,38 @@ def get_logger(name: str = "flask_obdcr") -> logging.Logger:
     if _FILTER not in logger.filters:
         logger.addFilter(_FILTER)
     return logger
+
+
+#: what a token response or client record holds that must never reach a log
+SECRET_FIELDS = frozenset(
+    {"access_token", "refresh_token", "id_token", "client_secret", "registration_access_token"}
+)
+
+
+class RedactTokens(logging.Filter):
+    """Authlib's grants log every issued token at DEBUG (``Issue token %r to %r``): the token
+    is a bearer credential, so its secret fields are replaced before the record is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if isinstance(record.args, tuple):
+            record.args = tuple(_redacted(arg) for arg in record.args)
+        return True
+
+
+def _redacted(arg: object) -> object:
+    if isinstance(arg, dict) and SECRET_FIELDS & arg.keys():
+        return {k: "[redacted]" if k in SECRET_FIELDS else v for k, v in arg.items()}
+    return arg
+
+
+_REDACT = RedactTokens()
+
+
+def redact_authlib_tokens() -> None:
+    """Attach :class:`RedactTokens` to every Authlib logger created so far (the grants'
+    modules are imported with the authorization server)."""
+    for name in list(logging.root.manager.loggerDict):
+        if name == "authlib" or name.startswith("authlib."):
+            logger = logging.getLogger(name)
+            if _REDACT not in logger.filters:
+                logger.addFilter(_REDACT)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import math
 import threading
 import time
@@ -40,6 +39,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from .jwks import CacheEntry, JWKSError
+from .log import get_logger
 from .tokens import AccessToken, TokenStore
 
 __all__ = [
@@ -50,7 +50,7 @@ __all__ = [
     "shared_caches",
 ]
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 RedisLike = Any  # redis.Redis, or anything with its get/set/exists/delete
 

@@ -1,6 +1,7 @@
-"""The edge after registration (issue "hardened edge", DESIGN 2.1): exact audiences,
-sender-constrained tokens, configured lifetimes, published URLs from configuration, the
-clientAuth usage, escaped logs, and a 204 without a body type.
+"""The edge after registration (issue "hardened edge"; docs/architecture.md, "Contract: tokens,
+published URLs and keys"): exact audiences, sender-constrained tokens, configured lifetimes,
+published URLs from configuration, the clientAuth usage, escaped logs, and a 204 without a body
+type.
 
 Each test is a defect found from outside; each fails on the code before the fix.
 """
@@ -432,3 +433,91 @@ def test_delete_204_has_no_content_type(http, bank, ob_directory, ob_software, i
     assert "Content-Type" not in response.headers
     assert response.get_data() == b""
     assert bank.dcr.store.get(registration["client_id"]) is None
+
+
+# -- found by the red-team pass ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "authorization",
+    [
+        pytest.param("Basic /zr/", id="not-utf8"),
+        pytest.param("Basic ", id="empty"),
+        pytest.param("Basic !!!", id="not-base64"),
+        pytest.param("Basic " + base64.b64encode(b"no-colon").decode(), id="no-colon"),
+    ],
+)
+def test_malformed_basic_credentials_are_401_not_500(http, bank, ob_software, authorization):
+    response = http.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": authorization},
+        base_url=BASE,
+        environ_base=ob_software.environ(),
+    )
+    assert response.status_code in (400, 401), response.get_data(as_text=True)
+    assert response.get_json()["error"] in ("invalid_client", "invalid_request")
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"exp": 10**309}, id="exp-beyond-float"),
+        pytest.param({"iat": -(10**400)}, id="iat-hugely-negative"),
+        pytest.param({"nbf": 10**309}, id="nbf-beyond-float"),
+    ],
+)
+def test_huge_numeric_dates_in_an_assertion_are_401(
+    http, bank, ob_directory, ob_software, issuer, claims
+):
+    client_id = register(http, ob_directory, ob_software, issuer)["client_id"]
+    assertion = ob_software.client_assertion(client_id, aud=TOKEN_URL, **claims)
+    assert_invalid_client(assertion_request(http, ob_software, client_id, assertion))
+    assert_no_token(bank, client_id)
+
+
+@pytest.mark.parametrize(
+    "claims",
+    [
+        pytest.param({"exp": 10**309}, id="exp-beyond-float"),
+        pytest.param({"iat": -(10**400)}, id="iat-hugely-negative"),
+        pytest.param({"nbf": 10**309}, id="nbf-beyond-float"),
+    ],
+)
+def test_huge_numeric_dates_in_a_registration_are_400(
+    post_registration, ob_app, ob_directory, ob_software, issuer, claims
+):
+    body = ob_directory.registration_request(ob_software, aud=issuer, **claims)
+    response = post_registration(body, software=ob_software)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    assert len(ob_app.extensions["obdcr"].store) == 0
+
+
+def test_assertion_before_its_nbf_is_refused(http, bank, ob_directory, ob_software, issuer):
+    client_id = register(http, ob_directory, ob_software, issuer)["client_id"]
+    now = int(bank.dcr.registrar.clock())
+    assertion = ob_software.client_assertion(client_id, aud=TOKEN_URL, nbf=now + 3000)
+    assert_invalid_client(assertion_request(http, ob_software, client_id, assertion))
+    assert_no_token(bank, client_id)
+
+
+def test_registration_before_its_nbf_is_refused(
+    post_registration, ob_app, ob_directory, ob_software, issuer, ob_clock
+):
+    body = ob_directory.registration_request(ob_software, aud=issuer, nbf=int(ob_clock()) + 3000)
+    response = post_registration(body, software=ob_software)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    assert len(ob_app.extensions["obdcr"].store) == 0
+
+
+def test_issued_tokens_never_reach_authlibs_debug_log(
+    http, bank, ob_directory, ob_software, issuer, caplog
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    with caplog.at_level(logging.DEBUG):
+        response = get_token(http, ob_software, registration)
+    token = response.get_json()["access_token"]
+    assert any("Issue token" in record.getMessage() for record in caplog.records)
+    assert not any(token in record.getMessage() for record in caplog.records)

@@ -38,7 +38,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import quote
 
 import pytest
@@ -178,6 +178,7 @@ class Nginx:
         """Until discovery answers 200 through nginx (so the upstream is reached too)."""
         deadline = time.monotonic() + START_TIMEOUT
         last = ""
+        assert self.process is not None, "start() runs nginx first"
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise AssertionError(
@@ -316,7 +317,8 @@ class Stack:
             )
 
     def register(self, tpp: TPP, method: str = "tls_client_auth", **kw) -> dict[str, Any]:
-        body = registration_jwt(self, tpp, method)
+        # duck-typed: the helper reads only bank_url, directory_url and ca_bundle
+        body = registration_jwt(cast(Sandbox, self), tpp, method)
         response = self.call(
             "POST", "/register", tpp=tpp, data=body,
             headers={"Content-Type": "application/jwt", **kw.pop("headers", {})}, **kw,

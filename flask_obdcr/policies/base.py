@@ -182,6 +182,21 @@ class Pipeline:
             raise ValueError(f"a policy named {name!r} is already in the pipeline")
 
 
+#: the last second of the year 9999: a JWT NumericDate beyond it (or before 1970) is no time
+#: a TPP meant, and huge integers would overflow float arithmetic with the clock
+MAX_NUMERIC_DATE = 253402300799
+
+
+def numeric_date(value: Any) -> int | None:
+    """A JWT NumericDate (RFC 7519 section 2) as whole seconds; None unless it is a number
+    between 1970 and the end of 9999."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if not 0 <= value <= MAX_NUMERIC_DATE:
+        return None
+    return int(value)
+
+
 def claim_strings(value: Any) -> list[str] | None:
     """A claim that must be a list of strings (a lone string is accepted as one item)."""
     if isinstance(value, str):

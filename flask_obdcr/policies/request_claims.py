@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 
 from ..errors import InvalidClientMetadata
-from .base import RegistrationContext
+from .base import RegistrationContext, numeric_date
 
 #: A jti is a UUIDv4: "The value must be a UUIDv4 GUID" (OB DCR v3.3 data dictionary), and
 #: the OpenAPI pattern for it, both cases of hex digits. The data dictionary's own pattern
@@ -22,17 +22,19 @@ OB_AUDIENCE = re.compile(r"[0-9a-zA-Z]{1,18}")
 
 
 def _timestamp(claims: dict, name: str) -> int:
-    value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise InvalidClientMetadata(f"The request JWT must carry {name} as a number of seconds.")
-    return int(value)
+    value = numeric_date(claims.get(name))
+    if value is None:
+        raise InvalidClientMetadata(
+            f"The request JWT must carry {name} as a number of seconds since 1970."
+        )
+    return value
 
 
 class RequestClaims:
     name = "request_claims"
 
     def __call__(self, context: RegistrationContext) -> None:
-        claims, settings, now = context.request_claims, context.settings, context.now
+        claims, settings, now = context.request_claims, context.rules, context.now
         software_id = context.ssa_claims["software_id"]
         if claims.get("iss") != software_id:
             raise InvalidClientMetadata(
@@ -67,6 +69,9 @@ class RequestClaims:
             raise InvalidClientMetadata(
                 f"The request JWT exp is more than {settings.max_request_lifetime} seconds ahead."
             )
+        # RFC 7519 section 4.1.5: not to be accepted before nbf
+        if "nbf" in claims and _timestamp(claims, "nbf") > now + settings.clock_skew:
+            raise InvalidClientMetadata("The request JWT is not valid yet (nbf).")
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
             raise InvalidClientMetadata("The request JWT must carry a jti.")

@@ -5,14 +5,11 @@ from __future__ import annotations
 from .. import jose
 from ..errors import InvalidSoftwareStatement, TemporarilyUnavailable, UnapprovedSoftwareStatement
 from ..jwks import JWKSError, JWKSUnavailable, KeyNotFound
-from .base import RegistrationContext
+from .base import RegistrationContext, numeric_date
 
 
 def _int_claim(claims: dict, name: str) -> int | None:
-    value = claims.get(name)
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return int(value)
+    return numeric_date(claims.get(name))
 
 
 class SoftwareStatement:
