@@ -38,12 +38,19 @@ class AccessToken:
 
 
 class TokenStore(ABC):
-    """Where issued access tokens live; looked up by the hash of the token string."""
+    """Where issued access tokens live: the contract every token backend fulfils.
+
+    Only the SHA-256 of a token string is kept and looked up, so a copy of the store issues
+    nothing. :meth:`find` answers only active tokens; :meth:`revoke_client` must be atomic
+    (DELETE /register/<id> revokes first and deletes the client only if that succeeded).
+    """
 
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self.clock = clock
 
     def save(self, token: str, **fields) -> AccessToken:
+        """Keep a newly issued token (``fields``: client_id, scope, issued_at, expires_at,
+        x5t_s256) under its hash; returns the record."""
         record = AccessToken(token_hash=hash_secret(token), **fields)
         self._save(record)
         return record
@@ -58,6 +65,7 @@ class TokenStore(ABC):
         return record
 
     def revoke(self, token: str) -> None:
+        """Forget one token (by its string); nothing happens for an unknown one."""
         self._delete(hash_secret(token))
 
     @abstractmethod

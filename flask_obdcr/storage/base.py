@@ -145,7 +145,13 @@ def _json(value: Any) -> dict[str, Any]:
 
 
 class ClientStore(ABC):
-    """Where registered clients live. ``get`` returns None for an unknown id."""
+    """Where registered clients live: the contract every backend fulfils.
+
+    The public methods check the invariants (a valid ``client_id``, a :class:`StoredClient`)
+    once, here; a backend implements the ``_``-prefixed primitives, each atomic: a write that
+    fails leaves nothing behind and raises, and the registrar turns the failure into a 503.
+    ``tests/test_storage.py`` runs one contract test class against every backend.
+    """
 
     def add(self, client: StoredClient) -> StoredClient:
         """Store a new client; :class:`ClientExists` if the id is taken."""
@@ -154,11 +160,13 @@ class ClientStore(ABC):
         return client
 
     def get(self, client_id: str) -> StoredClient | None:
+        """The stored client, or None for an unknown or malformed id (never raises for one)."""
         if not isinstance(client_id, str) or not CLIENT_ID_RE.match(client_id):
             return None
         return self._get(client_id)
 
     def list(self) -> Iterator[StoredClient]:
+        """Every stored client, in no promised order."""
         return iter(self._list())
 
     def replace(self, client: StoredClient) -> StoredClient:
