@@ -265,7 +265,8 @@ class OpenBankingDCR:
 
     def discovery_metadata(self) -> dict[str, Any]:
         """What DCR contributes to ``/.well-known/openid-configuration``; every URL comes from
-        configuration (DESIGN 2.1), so a forged ``Host`` cannot poison a cached copy."""
+        configuration (docs/architecture.md, "Contract: tokens, published URLs and keys"), so
+        a forged ``Host`` cannot poison a cached copy."""
         from .authlib_server import AUTH_METHODS
         from .policies.client_metadata import RESPONSE_TYPES
 
@@ -289,7 +290,8 @@ class OpenBankingDCR:
 
     def require_token(self, scope: str | None = None) -> Callable:
         """Protect a resource view: a valid access token, bound to the certificate presented
-        with it (DESIGN 2.1), carrying ``scope``. The token record is put in
+        with it (docs/architecture.md, "Contract: tokens, published URLs and keys"), carrying
+        ``scope``. The token record is put in
         ``g.obdcr_token``; a refusal is a JSON 401 ``invalid_token`` or 403
         ``insufficient_scope`` with ``WWW-Authenticate``."""
 

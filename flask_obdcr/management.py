@@ -80,8 +80,9 @@ def check_access_token(
     state: DCRState, authorization: str | None, environ: Mapping[str, Any], scope: str | None
 ) -> AccessToken:
     """The record of the request's access token; ``InvalidToken`` unless it is active, its
-    client is still registered and (DESIGN 2.1) it is bound to the certificate presented;
-    ``InsufficientScope`` unless it carries ``scope``."""
+    client is still registered and it is bound to the certificate presented (docs/architecture.md,
+    "Contract: tokens, published URLs and keys"); ``InsufficientScope`` unless it carries
+    ``scope``."""
     token = bearer_token(authorization)
     record = state.tokens.find(token)
     if record is None or state.store.get(record.client_id) is None:

@@ -3,8 +3,9 @@
 Discovery, ``registration_endpoint``, ``token_endpoint`` and ``registration_client_uri`` are
 read by TPPs and kept by shared caches, so they never follow the request's ``Host``,
 ``X-Forwarded-Host`` or scheme (a forged Host would otherwise poison a cached discovery
-document). DESIGN 2.1: the mTLS endpoints live under ``OBDCR_MTLS_BASE_URL`` when it is set,
-else under ``OBDCR_ISSUER``, plus the extension's ``url_prefix``.
+document). As docs/architecture.md, "Contract: tokens, published URLs and keys", says: the
+mTLS endpoints live under ``OBDCR_MTLS_BASE_URL`` when it is set, else under ``OBDCR_ISSUER``,
+plus the extension's ``url_prefix``.
 """
 
 from __future__ import annotations

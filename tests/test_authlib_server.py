@@ -370,7 +370,8 @@ def test_wrong_client_secret(http, ob_directory, ob_software, issuer):
 def test_discovery_metadata(bank):
     with bank.test_request_context("/.well-known/openid-configuration", base_url=BASE):
         metadata = bank.dcr.discovery_metadata()
-    # from OBDCR_ISSUER, not from the request's host (DESIGN 2.1)
+    # from OBDCR_ISSUER, not from the request's host (docs/architecture.md, "Contract: tokens,
+    # published URLs and keys")
     assert metadata["registration_endpoint"] == f"{ISSUER}/register"
     assert metadata["token_endpoint"] == TOKEN_URL
     assert "mtls_endpoint_aliases" not in metadata

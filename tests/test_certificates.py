@@ -678,8 +678,8 @@ def test_verify_with_both_anchors_and_unneeded_intermediates(pki):
         pytest.param("foreign", ["other_ca"], NOT_TRUSTED, id="another-ca-as-intermediate"),
         pytest.param("impostor", [], NOT_TRUSTED, id="same-issuer-name-other-key"),
         pytest.param("server_only", ["ica"], NOT_CLIENT, id="eku-without-clientAuth"),
-        # DESIGN 2.1: an OB signing certificate (no EKU at all, same subject, same CA) is no
-        # transport certificate
+        # docs/architecture.md, "Contract: tokens, published URLs and keys": an OB signing
+        # certificate (no EKU at all, same subject, same CA) is no transport certificate
         pytest.param("no_eku", ["ica"], NOT_CLIENT, id="no-eku-signing-certificate"),
         pytest.param("weak", ["ica"], NOT_TRUSTED, id="rsa-1024"),
         pytest.param("ica", [], NOT_CLIENT, id="ca-certificate-as-client"),

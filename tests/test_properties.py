@@ -5,7 +5,7 @@ For every input drawn here:
 * the status is never 5xx (the app runs with ``testing=True``, so an unhandled exception
   surfaces as itself, with its traceback, rather than as a 500);
 * every non-201 answer is JSON ``{"error", "error_description"}`` with ``Cache-Control:
-  no-store`` and an ``error`` from the DESIGN.md table;
+  no-store`` and an ``error`` from the error table (docs/architecture.md, "Contract: errors");
 * nothing is stored unless the status is 201, and inputs that are pure noise or forged
   are never stored at all;
 * a 201 is deserved: the stored client satisfies the rules of the error table (redirect

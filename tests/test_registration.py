@@ -1,4 +1,5 @@
-"""POST /register: the happy paths, and every row of the DESIGN.md error table.
+"""POST /register: the happy paths, and every row of the error table (docs/architecture.md,
+"Contract: errors").
 
 Every negative case asserts the status, the ``error`` code, a JSON body with a
 description, ``Cache-Control: no-store``, and that nothing was stored.

@@ -1,5 +1,6 @@
-"""Which rule, if any, binds a transport certificate to a software statement (DESIGN rules:
-x5c in the software JWKS, the legacy OB subject, the eIDAS organizationIdentifier)."""
+"""Which rule, if any, binds a transport certificate to a software statement (docs/architecture.md,
+"Contract: registration rules": x5c in the software JWKS, the legacy OB subject, the eIDAS
+organizationIdentifier)."""
 
 from __future__ import annotations
 

@@ -46,9 +46,10 @@ def _ee_policy() -> ExtensionPolicy:
     # Kept from the defaults: extendedKeyUsage, when present, must contain clientAuth (serverAuth
     # alongside it is fine; anyExtendedKeyUsage alone is refused); keyUsage must not assert
     # keyCertSign and basicConstraints must not say cA: a CA certificate is never a client
-    # certificate. Added (DESIGN 2.1): the EKU must be present at all. RFC 5280 reads a missing
-    # EKU as "any use", but an OB signing certificate has none and carries the same subject from
-    # the same CA as the TPP's transport certificate, so it would pass for one.
+    # certificate. Added (docs/architecture.md, "Contract: tokens, published URLs and keys"): the
+    # EKU must be present at all. RFC 5280 reads a missing EKU as "any use", but an OB signing
+    # certificate has none and carries the same subject from the same CA as the TPP's transport
+    # certificate, so it would pass for one.
     return (
         ExtensionPolicy.webpki_defaults_ee()
         .may_be_present(x509.SubjectAlternativeName, Criticality.AGNOSTIC, None)
