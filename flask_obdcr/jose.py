@@ -4,7 +4,7 @@ Nothing here trusts a JOSE header for key material: keys come only from the JWKS
 caller chose, and headers that would point elsewhere (``jku``, ``x5u``, ``jwk``, ``x5c``)
 make the token unacceptable.
 
-The rules every caller gets (DESIGN.md section 2.1):
+The rules every caller gets (docs/architecture.md, "Contract: tokens, published URLs and keys"):
 
 * the header and the payload are UTF-8 JSON objects (RFC 7515 section 5.2, RFC 7519
   section 7.2): no byte order mark, no UTF-16/32, no lone surrogate (a ``\\ud800`` escape);
