@@ -45,7 +45,7 @@ class TokenEndpointAuth:
     name = "token_endpoint_auth"
 
     def __call__(self, context: RegistrationContext) -> None:
-        claims, settings = context.request_claims, context.settings
+        claims, settings = context.request_claims, context.rules
         method = _string_claim(claims, "token_endpoint_auth_method", required=True)
         if method not in settings.token_endpoint_auth_methods:
             raise InvalidClientMetadata(
@@ -146,7 +146,7 @@ class SigningAlgorithms:
     name = "signing_algorithms"
 
     def __call__(self, context: RegistrationContext) -> None:
-        claims, accepted = context.request_claims, context.settings.signing_algs
+        claims, accepted = context.request_claims, context.rules.signing_algs
         for name in ALG_CLAIMS:
             if name not in claims:
                 if name in REQUIRED_ALG_CLAIMS:
