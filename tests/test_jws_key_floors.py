@@ -1,4 +1,5 @@
-"""JWS key floors and strict JOSE parsing, end to end (docs/architecture.md, "Contract: tokens, published URLs and keys").
+"""JWS key floors and strict JOSE parsing, end to end (docs/architecture.md, "Contract:
+tokens, published URLs and keys").
 
 RSA keys under 2048 bits (or with an exponent other than 65537) and EC keys off P-256 never
 verify anything: a registration request signed with one is signed by no key of the software
