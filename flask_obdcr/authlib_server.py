@@ -22,11 +22,12 @@ from flask import request as flask_request
 
 from . import jose
 from .certificates import VerifiedCertificate, dn_matches
-from .errors import InvalidClient, RegistrationError
+from .errors import InvalidClient, RegistrationError, TemporarilyUnavailable
 from .jwks import JWKSError
 from .log import get_logger, redact_authlib_tokens
 from .management import software_jwks
 from .policies.base import numeric_date
+from .registration import suspension
 from .storage import StoredClient
 
 if TYPE_CHECKING:
@@ -145,9 +146,15 @@ class ClientAuthenticator:
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         try:
             keys = state.jwks.candidate_keys(endpoint, kid=kid, alg=alg)
-            jose.verify(assertion, keys, alg)
+            key = jose.verify(assertion, keys, alg)
         except (JWKSError, jose.BadSignature, jose.MalformedJWS):
             raise _invalid("The client assertion signature is invalid.") from None
+        revoked = state.revoked_keys.find(client.stored.ssa_claims, kid=kid, key=key)
+        if revoked is not None:
+            raise _invalid(
+                "The client assertion is signed with a key the Directory has revoked.",
+                detail=str(revoked),
+            )
 
         now = state.clock()
         skew = rules.clock_skew
@@ -199,16 +206,30 @@ class ClientAuthenticator:
         over mTLS with a trusted certificate that belongs to the client; without it, a
         certificate is used only if it would pass the same test."""
         state = self._state()
+        suspended = suspension(client.stored)
+        if suspended is not None:
+            raise _invalid(
+                "The client is suspended; it must pass re-validation again.",
+                detail=f"client {client.client_id}: {suspended.get('reason')}",
+            )
         required = state.settings.certificate_bound_tokens
         verified = getattr(request, CERTIFICATE_ATTRIBUTE, None)
         if verified is None:
             try:
                 verified = self._belonging_certificate(state, client)
+            except TemporarilyUnavailable:
+                raise  # status unknown: a 503, bound tokens or not
             except RegistrationError as exc:
                 if required:
                     raise _invalid(exc.description, detail=exc.detail) from None
                 logger.info("token for %s issued unbound: %s", client.client_id, exc.detail)
                 return
+        revoked = state.revoked_keys.find(client.stored.ssa_claims, key=verified.certificate)
+        if revoked is not None:
+            raise _invalid(
+                "The client certificate's key has been revoked by the Directory.",
+                detail=str(revoked),
+            )
         setattr(request, CERTIFICATE_ATTRIBUTE, verified)
 
     @staticmethod
@@ -234,6 +255,22 @@ class ClientAuthenticator:
                 ),
             )
         return verified
+
+
+class WireError(OAuth2Error):
+    """A :class:`RegistrationError` raised inside Authlib's token endpoint, answered with its
+    own status, code and headers (e.g. 503 ``temporarily_unavailable`` + Retry-After)."""
+
+    def __init__(self, error: RegistrationError) -> None:
+        super().__init__(
+            description=error.description, status_code=error.status, error=error.error
+        )
+        self._extra_headers = dict(error.headers)
+        if error.detail != error.description:
+            logger.info("token endpoint: %s (%s)", error.description, error.detail)
+
+    def get_headers(self) -> list[tuple[str, str]]:
+        return [*super().get_headers(), *self._extra_headers.items()]
 
 
 def _invalid(description: str, *, detail: str | None = None) -> InvalidClientError:
@@ -265,12 +302,14 @@ def configure_authorization_server(
     def authenticate_and_bind(request: Any, methods: Any, endpoint: str = "token") -> Any:
         try:
             client = authenticate_client(request, methods, endpoint)
+            if endpoint == "token":
+                authenticator.bind(client, request)
+        except RegistrationError as exc:  # e.g. revocation status unknown: 503, not a 500
+            raise WireError(exc) from None
         except (UnicodeDecodeError, ValueError, binascii.Error):
             # Authlib decodes an Authorization: Basic header without catching what a malformed
             # one raises (not base64, not UTF-8, no colon): refused, not a 500
             raise _invalid("The client credentials are malformed.") from None
-        if endpoint == "token":
-            authenticator.bind(client, request)
         return client
 
     handle_error_response = server.handle_error_response

@@ -28,6 +28,7 @@ KNOWN_AUTH_METHODS = (
 )
 CERT_HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
+REVOCATION_MODES = ("require", "prefer", "off")
 
 #: (config key, default); a default of REQUIRED means the key must be set
 REQUIRED = object()
@@ -53,6 +54,9 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_ACCESS_TOKEN_LIFETIME": 3600,
     "OBDCR_MAX_ASSERTION_LIFETIME": 3600,
     "OBDCR_HTTP_TIMEOUT": 10,
+    # revocation (docs/architecture.md, "Contract: revocation")
+    "OBDCR_REVOCATION": "require",
+    "OBDCR_REVOCATION_CACHE_SECONDS": 300,
     # beyond one process (optional extras `redis`, `postgres`)
     "OBDCR_REDIS_URL": None,
     "OBDCR_REDIS_PREFIX": "obdcr:",
@@ -81,6 +85,9 @@ class RuleSettings:
     max_assertion_lifetime: int = 3600
     access_token_lifetime: int = 3600
     certificate_bound_tokens: bool = True
+    #: "require": status unknown refuses (503); "prefer": go on and log; "off": never fetch
+    revocation: str = "require"
+    revocation_cache_seconds: int = 300
 
     @functools.cached_property
     def accepted_audiences(self) -> frozenset[str]:
@@ -129,6 +136,8 @@ class Settings:
     access_token_lifetime: int = 3600
     max_assertion_lifetime: int = 3600
     http_timeout: float = 10.0
+    revocation: str = "require"
+    revocation_cache_seconds: int = 300
 
     @property
     def accepted_audiences(self) -> frozenset[str]:
@@ -162,6 +171,8 @@ class Settings:
             max_assertion_lifetime=self.max_assertion_lifetime,
             access_token_lifetime=self.access_token_lifetime,
             certificate_bound_tokens=self.certificate_bound_tokens,
+            revocation=self.revocation,
+            revocation_cache_seconds=self.revocation_cache_seconds,
         )
 
     @classmethod
@@ -279,7 +290,16 @@ class Settings:
                 f"must be seconds, more than 0, at most 120; got {http_timeout!r}",
             )
 
+        revocation = raw["OBDCR_REVOCATION"]
+        if revocation not in REVOCATION_MODES:
+            _fail(
+                "OBDCR_REVOCATION", f"must be one of {list(REVOCATION_MODES)}; got {revocation!r}"
+            )
+        revocation_cache = _int(raw, "OBDCR_REVOCATION_CACHE_SECONDS", minimum=1, maximum=86400)
+
         return cls(
+            revocation=revocation,
+            revocation_cache_seconds=revocation_cache,
             token_endpoint=token_endpoint,
             mtls_base_url=mtls_base_url,
             certificate_bound_tokens=bound,

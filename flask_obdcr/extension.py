@@ -19,6 +19,7 @@ from .management import check_access_token
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
 from .replay import MemoryReplayCache, ReplayCache
+from .revoked_keys import RevokedKeys
 from .state import EXTENSION_KEY, DCRState
 from .storage import ClientStore, MemoryStore, SQLiteStore
 from .tokens import MemoryTokenStore, SQLiteTokenStore, TokenStore
@@ -158,6 +159,7 @@ class OpenBankingDCR:
                         type(store).__name__,
                     )
                 tokens = MemoryTokenStore(clock=self.clock)
+        revoked_keys = RevokedKeys(jwks, mode=settings.revocation)
         registrar = Registrar(
             rules=settings.rules,
             store=store,
@@ -165,6 +167,7 @@ class OpenBankingDCR:
             replay_cache=replay_cache,
             certificates=certificates,
             tokens=tokens,
+            revoked_keys=revoked_keys,
             pipeline=self.pipeline,
             clock=self.clock,
         )
@@ -178,6 +181,7 @@ class OpenBankingDCR:
             tokens=tokens,
             urls=PublishedURLs.from_settings(settings, self.url_prefix),
             clock=self.clock,
+            revoked_keys=revoked_keys,
         )
         app.extensions[EXTENSION_KEY] = state
         self._last_state = state

@@ -67,12 +67,20 @@ def authorize_management(
     if bound_to is not None and verified.thumbprint != bound_to:
         state.tokens.revoke(token)
         raise InvalidToken("The access token is bound to another certificate.")
-    if state.certificates.binding(
-        certificate, ssa_claims=client.ssa_claims, software_jwks=software_jwks(state, client)
-    ) is None:
+    if (
+        state.certificates.binding(
+            certificate, ssa_claims=client.ssa_claims, software_jwks=software_jwks(state, client)
+        )
+        is None
+    ):
         if record is not None:
             state.tokens.revoke(token)
         raise InvalidToken("The client certificate does not belong to this client's software.")
+    revoked = state.revoked_keys.find(client.ssa_claims, key=certificate)
+    if revoked is not None:
+        raise InvalidClient(
+            "The client certificate's key has been revoked by the Directory.", detail=str(revoked)
+        )
     return client
 
 

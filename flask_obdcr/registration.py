@@ -15,17 +15,29 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
-from .certificates import ClientCertificates
+from .certificates import ClientCertificates, thumbprint_sha256
 from .config import RuleSettings
 from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSClient
 from .policies import Pipeline, RegistrationContext, default_pipeline
 from .replay import ReplayCache
+from .revoked_keys import RevokedKeys, key_thumbprint
 from .storage import ClientExists, ClientNotFound, ClientStore, StoredClient, hash_secret
 from .tokens import TokenStore
 
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+#: ``StoredClient.extra`` key of what registration established and re-validation re-checks
+TRUST = "trust"
+#: ``StoredClient.extra`` key of a suspension: ``{"reason": ..., "since": ...}``
+SUSPENDED = "suspended"
+
+
+def suspension(client: StoredClient) -> dict[str, Any] | None:
+    """Why and since when re-validation suspended ``client``; None for an active client."""
+    record = client.extra.get(SUSPENDED)
+    return record if isinstance(record, dict) else None
 
 CertificateLoader = Callable[[], "x509.Certificate | None"]
 
@@ -50,6 +62,22 @@ class Registration:
     context: RegistrationContext
 
 
+def trust_record(context: RegistrationContext) -> dict[str, Any]:
+    """What a registration was judged on that can change later (keys revoked, certificates
+    revoked or expired): kept with the client for re-validation."""
+    kid = context.request_header.get("kid")
+    certificate = context.certificate
+    record: dict[str, Any] = {
+        "request_kid": kid if isinstance(kid, str) else None,
+        "request_jkt": key_thumbprint(context.request_key) if context.request_key else None,
+        "certificate_binding": context.certificate_binding,
+    }
+    if certificate is not None:
+        record["certificate"] = certificate.public_bytes(Encoding.PEM).decode("ascii")
+        record["x5t#S256"] = thumbprint_sha256(certificate)
+    return record
+
+
 class Registrar:
     """Runs the validation pipeline and keeps the store consistent with its verdicts."""
 
@@ -62,6 +90,7 @@ class Registrar:
         replay_cache: ReplayCache,
         certificates: ClientCertificates,
         tokens: TokenStore | None = None,
+        revoked_keys: RevokedKeys | None = None,
         pipeline: Pipeline | None = None,
         clock: Callable[[], float] = time.time,
         client_id_factory: Callable[[], str] = new_client_id,
@@ -74,6 +103,8 @@ class Registrar:
         self.certificates = certificates
         #: the access tokens issued to clients: revoked with the client they belong to
         self.tokens = tokens
+        #: the SSA's revoked key sets (None: not consulted)
+        self.revoked_keys = revoked_keys
         self.pipeline = pipeline if pipeline is not None else default_pipeline()
         self.clock = clock
         self.client_id_factory = client_id_factory
@@ -98,6 +129,7 @@ class Registrar:
             content_type=content_type,
             certificate_loader=certificate_loader,
             existing=existing,
+            revoked_keys=self.revoked_keys,
         )
         self.pipeline.run(context)
         return context
@@ -121,6 +153,7 @@ class Registrar:
                 client_secret_hash=hash_secret(secret) if secret else None,
                 registration_access_token_hash=hash_secret(registration_token),
                 updated_at=now,
+                extra={TRUST: trust_record(context)},
             )
             try:
                 self._write(self.store.add, client)
@@ -156,6 +189,7 @@ class Registrar:
             ssa_claims=dict(context.ssa_claims),
             client_secret_hash=secret_hash,
             updated_at=int(context.now),
+            extra={**client.extra, TRUST: trust_record(context)},
         )
         try:
             self._write(self.store.replace, updated)

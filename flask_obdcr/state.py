@@ -15,6 +15,7 @@ from .config import Settings
 from .jwks import JWKSClient
 from .registration import Registrar
 from .replay import ReplayCache
+from .revoked_keys import RevokedKeys
 from .storage import ClientStore
 from .tokens import TokenStore
 from .urls import PublishedURLs
@@ -33,3 +34,4 @@ class DCRState:
     tokens: TokenStore
     urls: PublishedURLs
     clock: Callable[[], float]
+    revoked_keys: RevokedKeys

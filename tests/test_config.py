@@ -144,6 +144,10 @@ WRONG = [
     ("OBDCR_HTTP_TIMEOUT", -1, "http-timeout-negative"),
     ("OBDCR_HTTP_TIMEOUT", 1000, "http-timeout-huge"),
     ("OBDCR_HTTP_TIMEOUT", None, "http-timeout-none"),
+    ("OBDCR_REVOCATION", "maybe", "revocation-unknown-mode"),
+    ("OBDCR_REVOCATION", None, "revocation-none"),
+    ("OBDCR_REVOCATION_CACHE_SECONDS", 0, "revocation-cache-zero"),
+    ("OBDCR_REVOCATION_CACHE_SECONDS", "300", "revocation-cache-string"),
 ]
 
 
@@ -214,6 +218,9 @@ def test_defaults_are_the_documented_values():
         "OBDCR_ACCESS_TOKEN_LIFETIME": 3600,
         "OBDCR_MAX_ASSERTION_LIFETIME": 3600,
         "OBDCR_HTTP_TIMEOUT": 10,
+        # docs/architecture.md, "Contract: revocation"
+        "OBDCR_REVOCATION": "require",
+        "OBDCR_REVOCATION_CACHE_SECONDS": 300,
         # ours, beyond the contract: shared state for several processes
         "OBDCR_REDIS_URL": None,
         "OBDCR_REDIS_PREFIX": "obdcr:",

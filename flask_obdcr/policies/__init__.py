@@ -18,6 +18,7 @@ from .client_metadata import (
     SigningAlgorithms,
     TokenEndpointAuth,
 )
+from .key_revocation import KeyRevocation
 from .redirect_uris import RedirectURIs
 from .request_body import MEDIA_TYPES, RequestBody
 from .request_claims import RequestClaims
@@ -43,6 +44,7 @@ def default_pipeline() -> Pipeline:
             ApplicationType(),  # application_type
             SigningAlgorithms(),  # signing_algorithms
             TransportCertificate(),  # transport_certificate: chain and binding to the SSA
+            KeyRevocation(),  # key_revocation: request and certificate keys not revoked
         ]
     )
 
@@ -52,6 +54,7 @@ __all__ = [
     "ROLE_SCOPES",
     "ApplicationType",
     "GrantTypes",
+    "KeyRevocation",
     "Pipeline",
     "Policy",
     "RedirectURIs",

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from ..config import RuleSettings
     from ..jwks import JWKSClient
     from ..replay import ReplayCache
+    from ..revoked_keys import RevokedKeys
     from ..storage import StoredClient
 
 
@@ -51,6 +52,8 @@ class RegistrationContext:
     certificate_loader: Callable[[], x509.Certificate | None]
     #: the stored client a PUT replaces; None for a POST
     existing: StoredClient | None = None
+    #: the revoked key sets the SSA names; None: not consulted
+    revoked_keys: RevokedKeys | None = None
 
     # established by the policies, in order
     request_jwt: str = ""
@@ -60,6 +63,8 @@ class RegistrationContext:
     ssa_header: dict[str, Any] = field(default_factory=dict)
     ssa_claims: dict[str, Any] = field(default_factory=dict)
     software_jwks_endpoint: str = ""
+    #: the key of the software JWKS that verified the request JWT
+    request_key: Any = None
     #: the validated client metadata that will be stored and returned
     metadata: dict[str, Any] = field(default_factory=dict)
     #: which rule tied the transport certificate to the software (for the audit log)

@@ -41,7 +41,7 @@ class RequestSignature:
                 "The software JWKS cannot be fetched.", detail=str(exc)
             ) from None
         try:
-            jose.verify(context.request_jwt, keys, alg)
+            context.request_key = jose.verify(context.request_jwt, keys, alg)
         except (jose.BadSignature, jose.MalformedJWS):
             raise InvalidClientMetadata(
                 "The request JWT is not signed with a key of the software JWKS.",

@@ -134,6 +134,8 @@ class Software:
     authority_id: str = "OBGBR"
     registration_id: str = field(default_factory=lambda: "Unknown" + base62_id(18))
     extra_keys: list[jwk.JWK] = field(default_factory=list)
+    #: keys the Directory has revoked: in the revoked JWKS, out of the JWKS
+    revoked_keys: list[jwk.JWK] = field(default_factory=list)
 
     @property
     def jwks_url(self) -> str:
@@ -144,12 +146,22 @@ class Software:
         return f"{self.directory.base_url}/{self.org_id}/revoked/{self.software_id}.jwks"
 
     @property
+    def org_revoked_jwks_url(self) -> str:
+        return f"{self.directory.base_url}/{self.org_id}/revoked/{self.org_id}.jwks"
+
+    def revoked_jwks(self) -> dict[str, Any]:
+        """The public JWKS of this software's revoked keys."""
+        return {"keys": [json.loads(k.export_public()) for k in self.revoked_keys]}
+
+    @property
     def signing_alg(self) -> str:
         return "ES256" if self.signing_key["kty"] == "EC" else "PS256"
 
     def jwks(self) -> dict[str, Any]:
         """The public JWKS the Directory publishes for this software (sig and tls keys)."""
+        revoked = {key.thumbprint() for key in self.revoked_keys}
         keys = [self.signing_key, self.transport_jwk, *self.extra_keys]
+        keys = [key for key in keys if key.thumbprint() not in revoked]
         return {"keys": [json.loads(k.export_public()) for k in keys]}
 
     def transport_pem(self) -> str:
@@ -313,7 +325,8 @@ class SandboxDirectory:
         docs: dict[str, Any] = {self.jwks_url: self.jwks()}
         for software in self.software.values():
             docs[software.jwks_url] = software.jwks()
-            docs[software.revoked_jwks_url] = {"keys": []}
+            docs[software.revoked_jwks_url] = software.revoked_jwks()
+            docs[software.org_revoked_jwks_url] = {"keys": []}
         return docs
 
     @property
@@ -414,6 +427,13 @@ class SandboxDirectory:
         if self._fetcher is not None:
             self._fetcher.documents.update(self.documents())
         return certificate
+
+    def revoke_key(self, software: Software, key: jwk.JWK) -> None:
+        """Move one of the software's keys (signing or transport) to its revoked JWKS, as the
+        Directory does when a TPP revokes a certificate."""
+        software.revoked_keys.append(key)
+        if self._fetcher is not None:
+            self._fetcher.documents.update(self.documents())
 
     def sign_csr(self, csr: x509.CertificateSigningRequest, *, usage: Usage) -> x509.Certificate:
         """Issue a certificate for an uploaded CSR (as the Directory UI does)."""
