@@ -22,15 +22,25 @@ from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.cookiejar import DefaultCookiePolicy
 from typing import Any, Protocol
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import urlsplit
 
 import requests
 import urllib3.exceptions
 import urllib3.util
 from jwcrypto.jwk import JWK, JWKSet, JWKValuesRegistry
 
+from .fetch import (
+    BoundedFetch,
+    FetchError,
+    FetchFailed,
+    FetchForbidden,
+    FetchTimeout,
+    RedirectRefused,
+    ResponseTooLarge,
+    TooManyRedirects,
+    UnexpectedStatus,
+)
 from .jose import copy_json, jws_key_problem
 from .log import get_logger
 
@@ -218,22 +228,24 @@ def _max_age(cache_control: str | None) -> int | None:
     return result
 
 
-_REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
-
-
 class HTTPFetcher:
-    """requests-based fetcher: https only, allow-listed hosts, size cap, timeouts.
+    """Fetches a JWKS with :class:`~flask_obdcr.fetch.BoundedFetch`: https only, allow-listed
+    hosts, size cap, and one deadline for the whole fetch.
 
     ``allowed_hosts`` is a collection of host names, or a callable returning one (asked on every
     fetch). Hosts match exactly, case-insensitively, whatever the port; no wildcards.
-    ``verify`` is passed to requests (``True`` or a CA bundle path). ``timeout`` is requests'
-    ``(connect, read)``; in addition a whole fetch, redirects included, must finish within
-    ``connect + read`` seconds, so a server trickling bytes cannot hold a worker indefinitely.
+    ``verify`` is ``True`` or a CA bundle path. ``timeout`` is ``(connect, read)``: the
+    per-operation timeouts, and ``connect + read`` seconds for the whole fetch, redirects
+    included (connecting, TLS, headers and body, however slowly the server sends: the fetch is
+    cut at that deadline), so a server trickling bytes cannot hold a worker, or the URL's lock
+    and every registration waiting on it. Every redirect hop is checked against the same rule
+    as the first URL before it is requested.
 
     When no ``session`` is given, the fetcher makes its own that ignores the environment
     (``HTTPS_PROXY``, ``REQUESTS_CA_BUNDLE``, ``.netrc``) and stores no cookies, so what is
     fetched and how is decided by these arguments alone; pass a configured session to use a
-    proxy. The session is reused across fetches for connection pooling.
+    proxy (it gets a :class:`~flask_obdcr.fetch.DeadlineAdapter`). The session is reused across
+    fetches for connection pooling.
     """
 
     ACCEPT = "application/jwk-set+json, application/json"
@@ -259,101 +271,59 @@ class HTTPFetcher:
         if connect_timeout <= 0 or read_timeout <= 0:
             raise ValueError("timeouts must be positive (None would mean wait forever)")
         self._allowed_hosts = allowed_hosts
-        self._verify = verify
-        self._timeout = (float(connect_timeout), float(read_timeout))
-        self._max_bytes = max_bytes
-        self._max_redirects = max_redirects
-        self._owns_session = session is None
-        if session is None:
-            session = requests.Session()
-            session.trust_env = False
-            session.cookies.set_policy(DefaultCookiePolicy(allowed_domains=[]))
-        self._session = session
+        self._fetch = BoundedFetch(
+            timeout=float(connect_timeout) + float(read_timeout),
+            socket_timeout=(float(connect_timeout), float(read_timeout)),
+            verify=verify,
+            max_bytes=max_bytes,
+            max_redirects=max_redirects,
+            session=session,
+        )
 
     def close(self) -> None:
         """Close the session if this fetcher created it."""
-        if self._owns_session:
-            self._session.close()
+        self._fetch.close()
 
     def __call__(self, url: str) -> FetchedDocument:
         allowed = _resolve_hosts(self._allowed_hosts)
         _check_url(url, allowed)
-        deadline = time.monotonic() + sum(self._timeout)
-        current = url
-        for _hop in range(self._max_redirects + 1):
-            response = self._get(current, original=url)
-            try:
-                if response.status_code in _REDIRECT_STATUSES:
-                    location = response.headers.get("Location")
-                    if not location:
-                        raise JWKSUnavailable(
-                            f"JWKS fetch of {_show(url)} got HTTP {response.status_code} "
-                            "without a Location",
-                            url=url,
-                        )
-                    # Every hop obeys the same rule as the first URL; a redirect off the
-                    # allow-list is refused before we connect to it.
-                    current = _check_url(urljoin(current, location), allowed)
-                    continue
-                if response.status_code != 200:
-                    raise JWKSUnavailable(
-                        f"JWKS fetch of {_show(current)} got HTTP {response.status_code}", url=url
-                    )
-                body = self._read(response, current, original=url, deadline=deadline)
-                return FetchedDocument(
-                    body=body, max_age=_max_age(response.headers.get("Cache-Control"))
-                )
-            finally:
-                # Always release the connection (stream=True leaves it checked out).
-                response.close()
-        raise JWKSUnavailable(
-            f"JWKS fetch of {_show(url)} exceeded {self._max_redirects} redirects", url=url
-        )
-
-    def _get(self, url: str, *, original: str) -> requests.Response:
         try:
-            return self._session.get(
+            response = self._fetch(
                 url,
                 headers={"Accept": self.ACCEPT},
-                timeout=self._timeout,
-                verify=self._verify,
-                allow_redirects=False,  # redirects are re-checked against the allow-list by hand
-                stream=True,  # so the size cap applies before the body is in memory
+                # every hop obeys the same rule as the first URL, refused before we connect
+                follow=lambda hop: _check_url(hop, allowed),
             )
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise JWKSUnavailable(
-                f"JWKS fetch of {_show(url)} failed: {type(exc).__name__}: {exc}", url=original
-            ) from exc
-
-    def _read(
-        self, response: requests.Response, url: str, *, original: str, deadline: float
-    ) -> bytes:
-        too_big = JWKSUnavailable(
-            f"JWKS at {_show(url)} is larger than {self._max_bytes} bytes", url=original
+        except FetchError as error:
+            cause = error.cause if isinstance(error, FetchFailed) else None
+            raise _jwks_error(error) from (cause or error)
+        return FetchedDocument(
+            body=response.body, max_age=_max_age(response.headers.get("Cache-Control"))
         )
-        declared = response.headers.get("Content-Length", "")
-        if declared.isascii() and declared.isdigit() and int(declared) > self._max_bytes:
-            raise too_big
-        chunks: list[bytes] = []
-        size = 0
-        try:
-            # Counts decoded bytes, so a small gzip body cannot expand past the cap either.
-            for chunk in response.iter_content(chunk_size=min(65536, self._max_bytes + 1)):
-                size += len(chunk)
-                if size > self._max_bytes:
-                    raise too_big
-                chunks.append(chunk)
-                if time.monotonic() > deadline:
-                    raise JWKSUnavailable(
-                        f"JWKS fetch of {_show(url)} took longer than {sum(self._timeout)} s",
-                        url=original,
-                    )
-        except (requests.RequestException, urllib3.exceptions.HTTPError, OSError) as exc:
-            raise JWKSUnavailable(
-                f"JWKS fetch of {_show(url)} failed while reading: {type(exc).__name__}: {exc}",
-                url=original,
-            ) from exc
-        return b"".join(chunks)
+
+
+def _jwks_error(error: FetchError) -> JWKSError:
+    """The JWKS error (and message) for a failed fetch."""
+    at, url = _show(error.at), error.url
+    if isinstance(error, FetchForbidden):
+        return JWKSForbidden(f"JWKS URL refused: {error}", url=url)
+    if isinstance(error, ResponseTooLarge):
+        message = f"JWKS at {at} is larger than {error.limit} bytes"
+    elif isinstance(error, RedirectRefused) and error.location is None:
+        message = f"JWKS fetch of {_show(url)} got HTTP {error.status} without a Location"
+    elif isinstance(error, UnexpectedStatus):
+        message = f"JWKS fetch of {at} got HTTP {error.status}"
+    elif isinstance(error, TooManyRedirects):
+        message = f"JWKS fetch of {_show(url)} exceeded {error.limit} redirects"
+    elif isinstance(error, FetchTimeout):
+        message = f"JWKS fetch of {at} took longer than {error.seconds:g} s"
+    elif isinstance(error, FetchFailed) and error.cause is not None:
+        cause = error.cause
+        reading = " while reading" if error.reading else ""
+        message = f"JWKS fetch of {at} failed{reading}: {type(cause).__name__}: {cause}"
+    else:
+        message = f"JWKS fetch of {at} failed: {error}"
+    return JWKSUnavailable(message, url=url)
 
 
 class StaticFetcher:
