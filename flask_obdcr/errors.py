@@ -94,6 +94,27 @@ class TemporarilyUnavailable(RegistrationError):
         self.headers.setdefault("Retry-After", str(int(retry_after)))
 
 
+class TooManyRequests(RegistrationError):
+    """One software (or client) sends more requests than its share of a bounded resource
+    allows (RFC 6585 section 4); ``retry_after`` seconds is when it may try again.
+
+    The code: OB DCR's error enum covers 400 responses only, and RFC 6749 has nothing for
+    rate limiting. Its ``invalid_request`` says the request is malformed (a client would
+    change it rather than retry) and ``temporarily_unavailable`` says the server is
+    overloaded (our 503). RFC 6749 section 8.5 lets an extension define codes, so this one
+    is named after its status: a client that does not know it still acts on the 429 and its
+    ``Retry-After``.
+    """
+
+    status = 429
+    error = "too_many_requests"
+    default_description = "Too many requests; retry later."
+
+    def __init__(self, description: str | None = None, *, retry_after: int = 30, **kw: Any):
+        super().__init__(description, **kw)
+        self.headers.setdefault("Retry-After", str(int(retry_after)))
+
+
 class InvalidToken(RegistrationError):
     """GET/PUT/DELETE /register/<id> without a valid access token for that client."""
 

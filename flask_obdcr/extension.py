@@ -18,11 +18,16 @@ from .log import get_logger
 from .management import check_access_token
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
-from .replay import MemoryReplayCache, ReplayCache
 from .revoked_keys import RevokedKeys
 from .state import EXTENSION_KEY, DCRState
-from .storage import ClientStore, MemoryStore, SQLiteStore
-from .tokens import MemoryTokenStore, SQLiteTokenStore, TokenStore
+from .storage import (
+    ClientStore,
+    MemoryReplayCache,
+    MemoryTokenStore,
+    ReplayCache,
+    SQLiteStore,
+    TokenStore,
+)
 from .urls import PublishedURLs
 
 log = get_logger()
@@ -108,12 +113,12 @@ class OpenBankingDCR:
         replay_cache, jwks_cache = self.replay_cache, self.jwks_cache
         shared_redis = None
         if settings.redis_url:
-            from .redis import redis_client
+            from .storage.redis import redis_client
 
             shared_redis = redis_client(settings.redis_url)  # one pool for all Redis state
         if shared_redis is not None and (replay_cache is None or jwks_cache is None):
             # every process of the server sees every jti and shares fetched key sets
-            from .redis import shared_caches
+            from .storage.redis import shared_caches
 
             shared_replay, shared_jwks = shared_caches(
                 shared_redis, prefix=settings.redis_prefix, clock=self.clock
@@ -140,25 +145,21 @@ class OpenBankingDCR:
         )
         tokens = self._token_store
         if tokens is None:
-            # tokens live beside the clients: shared by every process when that is SQLite
-            if isinstance(store, SQLiteStore):
-                tokens = SQLiteTokenStore(store.path, clock=self.clock)
-            elif hasattr(store, "token_store"):  # e.g. SQLAlchemyStore: the same database
-                tokens = store.token_store(clock=self.clock)
-            elif shared_redis is not None:  # e.g. LDAPStore: tokens where the jtis are
-                from .redis import RedisTokenStore
+            # beside the clients when their store keeps them (SQLite, SQLAlchemy: the same
+            # database, shared by every process)
+            tokens = store.token_store(clock=self.clock)
+        if tokens is None and shared_redis is not None:  # e.g. LDAPStore: where the jtis are
+            from .storage.redis import RedisTokenStore
 
-                tokens = RedisTokenStore(
-                    shared_redis, prefix=settings.redis_prefix, clock=self.clock
+            tokens = RedisTokenStore(shared_redis, prefix=settings.redis_prefix, clock=self.clock)
+        if tokens is None:
+            if not store.process_local:
+                log.warning(
+                    "%s keeps no access tokens: they are kept in this process only, so"
+                    " with several processes pass token_store= or set OBDCR_REDIS_URL",
+                    type(store).__name__,
                 )
-            else:
-                if not isinstance(store, MemoryStore):
-                    log.warning(
-                        "%s keeps no access tokens: they are kept in this process only, so"
-                        " with several processes pass token_store= or set OBDCR_REDIS_URL",
-                        type(store).__name__,
-                    )
-                tokens = MemoryTokenStore(clock=self.clock)
+            tokens = MemoryTokenStore(clock=self.clock)
         revoked_keys = RevokedKeys(jwks, mode=settings.revocation)
         registrar = Registrar(
             rules=settings.rules,

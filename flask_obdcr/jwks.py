@@ -21,7 +21,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
@@ -43,6 +43,8 @@ from .fetch import (
 )
 from .jose import copy_json, jws_key_problem
 from .log import get_logger
+from .storage.jwks_cache import CacheEntry, JWKSCache
+from .storage.memory import MemoryJWKSCache
 
 __all__ = [
     "CacheEntry",
@@ -473,100 +475,16 @@ def _parse_jwks(body: bytes | str, url: str, *, quiet: bool = False) -> _ParsedK
 
 # --------------------------------------------------------------------------- cache
 
-
-@dataclass
-class CacheEntry:
-    """One cached key set.
-
-    ``raw`` is the fetched JWKS re-serialised with private members and unusable keys removed
-    (never the private material a server may have published by mistake). ``raw`` and the three
-    timestamps are all a shared cache needs to store (:meth:`to_dict` / :meth:`from_dict`);
-    the parsed key set is built from ``raw`` at most once per entry object and is not part of
-    equality or serialisation.
-    """
-
-    raw: str
-    fetched_at: float
-    fresh_until: float
-    stale_until: float
-    _parsed: _ParsedKeys | None = field(default=None, init=False, repr=False, compare=False)
-
-    def parsed(self) -> _ParsedKeys:
-        # Races are harmless: two threads may both build it; either result is the same.
-        parsed = self._parsed
-        if parsed is None:
-            parsed = self._parsed = _parse_jwks(self.raw, "<cache>", quiet=True)
-        return parsed
-
-    @property
-    def key_set(self) -> JWKSet:
-        """The parsed keys that may verify signatures (shared: treat as read-only)."""
-        return self.parsed().key_set
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form for a shared cache."""
-        return {
-            "raw": self.raw,
-            "fetched_at": self.fetched_at,
-            "fresh_until": self.fresh_until,
-            "stale_until": self.stale_until,
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CacheEntry:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            raw=str(data["raw"]),
-            fetched_at=float(data["fetched_at"]),
-            fresh_until=float(data["fresh_until"]),
-            stale_until=float(data["stale_until"]),
-        )
+# The cache contract (JWKSCache), its record (CacheEntry) and the caches live in
+# flask_obdcr.storage; building a record's parsed form is ours.
 
 
-class JWKSCache(Protocol):
-    """Where key sets live between requests (in memory here; a shared cache elsewhere).
-
-    Implementations must be thread-safe. ``get`` returns ``None`` for an unknown URL; it does
-    not judge freshness (the client does, from the entry's timestamps).
-    """
-
-    def get(self, url: str) -> CacheEntry | None: ...
-
-    def set(self, url: str, entry: CacheEntry) -> None: ...
+def _parse_cached(raw: str) -> _ParsedKeys:
+    # quiet: a cached entry's weak keys were warned about when it was fetched
+    return _parse_jwks(raw, "<cache>", quiet=True)
 
 
-class MemoryJWKSCache:
-    """Thread-safe in-process cache holding at most ``maxsize`` entries (least recently used
-    dropped first), so URLs from many TPPs cannot grow memory without bound."""
-
-    def __init__(self, maxsize: int = 1000) -> None:
-        if maxsize < 1:
-            raise ValueError("maxsize must be at least 1")
-        self.maxsize = maxsize
-        self._entries: OrderedDict[str, CacheEntry] = OrderedDict()
-        self._lock = threading.Lock()
-
-    def get(self, url: str) -> CacheEntry | None:
-        with self._lock:
-            entry = self._entries.get(url)
-            if entry is not None:
-                self._entries.move_to_end(url)
-            return entry
-
-    def set(self, url: str, entry: CacheEntry) -> None:
-        with self._lock:
-            self._entries[url] = entry
-            self._entries.move_to_end(url)
-            while len(self._entries) > self.maxsize:
-                self._entries.popitem(last=False)
-
-    def clear(self) -> None:
-        with self._lock:
-            self._entries.clear()
-
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._entries)
+CacheEntry.parser = _parse_cached
 
 
 # --------------------------------------------------------------------------- client

@@ -20,8 +20,7 @@ from typing import Any
 from .errors import InsufficientScope, InvalidClient, InvalidToken, TemporarilyUnavailable
 from .jwks import JWKSError
 from .state import DCRState
-from .storage import StoredClient, secret_matches
-from .tokens import AccessToken
+from .storage import AccessToken, StoredClient, secret_matches
 
 __all__ = ["authorize_management", "bearer_token", "check_access_token"]
 

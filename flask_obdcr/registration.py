@@ -19,13 +19,21 @@ from cryptography.hazmat.primitives.serialization import Encoding
 
 from .certificates import ClientCertificates, thumbprint_sha256
 from .config import RuleSettings
-from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable
+from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, TooManyRequests
 from .jwks import JWKSClient
 from .policies import Pipeline, RegistrationContext, default_pipeline
-from .replay import ReplayCache
 from .revoked_keys import RevokedKeys, key_thumbprint
-from .storage import ClientExists, ClientNotFound, ClientStore, StoredClient, hash_secret
-from .tokens import TokenStore
+from .storage import (
+    ClientExists,
+    ClientNotFound,
+    ClientStore,
+    ReplayCache,
+    ReplayQuotaExceeded,
+    ReplayRefused,
+    StoredClient,
+    TokenStore,
+    hash_secret,
+)
 
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
 #: ``StoredClient.extra`` key of what registration established and re-validation re-checks
@@ -213,9 +221,27 @@ class Registrar:
 
     def _consume_jti(self, context: RegistrationContext) -> None:
         # atomic check-and-set: of two racing copies of one request, exactly one passes
-        exp = float(context.request_claims["exp"])
+        expires_at = float(context.request_claims["exp"]) + self.rules.clock_skew
+        cache: Any = self.replay_cache
         try:
-            fresh = self.replay_cache.remember(context.jti_key, exp + self.rules.clock_skew)
+            if isinstance(cache, ReplayCache):
+                # counted against the software's quota: the request's iss is its software_id
+                owner = str(context.request_claims.get("iss"))
+                fresh = cache.remember(context.jti_key, expires_at, owner=owner)
+            else:  # a cache written to the 0.2 protocol: remember(key, expires_at)
+                fresh = cache.remember(context.jti_key, expires_at)
+        except ReplayQuotaExceeded as exc:  # this software's share is used up: not a replay
+            raise TooManyRequests(
+                "This software has sent too many registration requests; retry later.",
+                retry_after=exc.retry_after,
+                detail=str(exc),
+            ) from exc
+        except ReplayRefused as exc:  # the whole cache is full: not this software's doing
+            raise TemporarilyUnavailable(
+                "The replay check cannot be made right now; retry later.",
+                retry_after=exc.retry_after,
+                detail=repr(exc),
+            ) from exc
         except Exception as exc:  # a shared cache that is down: refuse, and say so
             raise TemporarilyUnavailable(
                 "The replay check cannot be made right now; retry later.", detail=repr(exc)

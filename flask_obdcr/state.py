@@ -14,10 +14,8 @@ from .certificates import ClientCertificates
 from .config import Settings
 from .jwks import JWKSClient
 from .registration import Registrar
-from .replay import ReplayCache
 from .revoked_keys import RevokedKeys
-from .storage import ClientStore
-from .tokens import TokenStore
+from .storage import ClientStore, ReplayCache, TokenStore
 from .urls import PublishedURLs
 
 EXTENSION_KEY = "obdcr"

@@ -322,7 +322,7 @@ class _DirectoryLikeStore(ClientStore):  # keeps clients, no tokens (as LDAPStor
 
 
 def test_a_store_keeping_no_tokens_is_warned_about(ob_app_factory, caplog):
-    from flask_obdcr.tokens import MemoryTokenStore
+    from flask_obdcr.storage import MemoryTokenStore
 
     with caplog.at_level("WARNING", logger="flask_obdcr"):
         app = ob_app_factory(store=_DirectoryLikeStore())

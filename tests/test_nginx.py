@@ -57,8 +57,7 @@ from test_example_app import (
 
 from example_app.bank import sandbox_config
 from example_app.sandbox import Sandbox
-from flask_obdcr.storage import SQLiteStore, hash_secret
-from flask_obdcr.tokens import SQLiteTokenStore
+from flask_obdcr.storage import SQLiteStore, SQLiteTokenStore, hash_secret
 
 NGINX_DIR = REPO / "example_app" / "nginx"
 TEMPLATE = NGINX_DIR / "anybank.conf"

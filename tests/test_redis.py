@@ -1,5 +1,6 @@
 """Shared state in Redis: the jti replay cache, the JWKS cache and the token store, alone and
-behind two apps.
+behind two apps. Each runs its contract test class (test_replay_cache.py, test_jwks_cache.py,
+test_token_store.py) and, here, what only Redis shows.
 
 Needs the Redis at ``OBDCR_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). Each test
 works under its own key prefix and deletes its keys afterwards. Without a reachable Redis the
@@ -22,17 +23,21 @@ import pytest
 redis = pytest.importorskip("redis")
 
 from flask import Flask  # noqa: E402
+from test_jwks_cache import JWKSCacheContract  # noqa: E402
+from test_replay_cache import ReplayCacheContract  # noqa: E402
+from test_token_store import TokenStoreContract  # noqa: E402
 
 from flask_obdcr import OpenBankingDCR  # noqa: E402
-from flask_obdcr.jwks import CacheEntry, JWKSClient, StaticFetcher  # noqa: E402
-from flask_obdcr.redis import (  # noqa: E402
+from flask_obdcr.jwks import CacheEntry, StaticFetcher  # noqa: E402
+from flask_obdcr.revoked_keys import REVOKED_ENDPOINT_CLAIMS  # noqa: E402
+from flask_obdcr.storage import MemoryStore, ReplayQuotaExceeded  # noqa: E402
+from flask_obdcr.storage.redis import (  # noqa: E402
     RedisJWKSCache,
     RedisReplayCache,
     RedisTokenStore,
     redis_client,
     shared_caches,
 )
-from flask_obdcr.storage import MemoryStore  # noqa: E402
 from flask_obdcr.testing.clock import FrozenClock  # noqa: E402
 from flask_obdcr.testing.fixtures import ISSUER  # noqa: E402
 
@@ -70,29 +75,66 @@ def keys_under(client, prefix: str) -> list[str]:
 # -- RedisReplayCache ----------------------------------------------------------------------
 
 
-def test_replay_remember_is_check_and_set(redis_server, prefix):
-    cache = RedisReplayCache(redis_server, prefix=prefix)
-    expires = time.time() + 60
-    assert not cache.seen("iss:jti-1")
-    assert cache.remember("iss:jti-1", expires) is True
-    assert cache.seen("iss:jti-1")
-    assert cache.remember("iss:jti-1", expires) is False
-    assert cache.remember("iss:jti-2", expires) is True
-    # a second instance (another server process) sees the same state
-    other = RedisReplayCache(REDIS_URL, prefix=prefix)
-    assert other.seen("iss:jti-1")
-    assert other.remember("iss:jti-1", expires) is False
-    # a different prefix is a different namespace
-    assert RedisReplayCache(redis_server, prefix=prefix + "other:").remember("iss:jti-1", expires)
+class TestRedisReplayCache(ReplayCacheContract):
+    expires_by_itself = True
+
+    @pytest.fixture
+    def cache_factory(self, prefix):
+        return lambda **kw: RedisReplayCache(REDIS_URL, prefix=prefix, min_ttl=0.05, **kw)
+
+    @pytest.fixture
+    def peer_caches(self, cache_factory):
+        """Eight instances, each with its own connection pool, as eight processes."""
+        return [cache_factory() for _ in range(8)]
+
+    def test_instances_and_prefixes(self, redis_server, prefix, cache_factory):
+        expires = time.time() + 60
+        assert cache_factory().remember("iss:jti-1", expires)
+        other = RedisReplayCache(REDIS_URL, prefix=prefix)  # another server process
+        assert other.seen("iss:jti-1")
+        assert other.remember("iss:jti-1", expires) is False
+        # a different prefix is a different namespace
+        elsewhere = RedisReplayCache(redis_server, prefix=prefix + "other:")
+        assert elsewhere.remember("iss:jti-1", expires)
+
+    def test_quota_is_shared_by_the_instances(self, prefix):
+        clock = FrozenClock(1_000_000)
+        one, two = (
+            RedisReplayCache(REDIS_URL, prefix=prefix, clock=clock, quota_per_owner=2)
+            for _ in range(2)
+        )
+        assert one.remember("sw:1", 1_000_060) and two.remember("sw:2", 1_000_030)
+        with pytest.raises(ReplayQuotaExceeded) as refused:
+            one.remember("sw:3", 1_000_060)
+        assert refused.value.retry_after == 31
+        one.forget("sw:2")  # an operator's forget frees its place too
+        assert two.remember("sw:3", 1_000_060)
+
+    def test_owner_sets_expire_with_their_entries(self, redis_server, prefix):
+        clock = FrozenClock(1_000_000)
+        cache = RedisReplayCache(redis_server, prefix=prefix, clock=clock)
+        assert cache.remember("sw:1", 1_000_060)
+        assert cache.remember("sw:2", 1_000_030)
+        owner = cache.owner_key("sw")
+        assert keys_under(redis_server, prefix) == sorted(
+            [cache.key("sw:1"), cache.key("sw:2"), owner]
+        )
+        assert owner.startswith(f"{prefix}jti-owner:") and len(owner) == len(prefix) + 10 + 64
+        assert 59_000 < redis_server.pttl(owner) <= 60_000  # with the longest-lived entry
+        clock.advance(40)  # sw:2 expired by our clock: pruned at the next remember
+        assert cache.remember("sw:3", 1_000_050)
+        assert redis_server.zcard(owner) == 2
 
 
 def test_replay_keys_are_hashed_and_bounded(redis_server, prefix):
     cache = RedisReplayCache(redis_server, prefix=prefix)
     jti = "attacker\r\ncontrolled" + "x" * 5000
-    assert cache.remember(f"iss:{jti}", time.time() + 60)
-    [key] = keys_under(redis_server, prefix)
-    assert key == cache.key(f"iss:{jti}")
+    assert cache.remember(f"iss:{jti}", time.time() + 60, owner=jti)
+    key, owner = cache.key(f"iss:{jti}"), cache.owner_key(jti)
+    assert keys_under(redis_server, prefix) == sorted([key, owner])
     assert key.startswith(f"{prefix}jti:") and len(key) == len(prefix) + 4 + 64
+    assert owner.startswith(f"{prefix}jti-owner:") and len(owner) == len(prefix) + 10 + 64
+    assert redis_server.zrange(owner, 0, -1) == [key.rpartition(":")[2].encode()]
 
 
 def test_replay_ttl_comes_from_the_injected_clock(redis_server, prefix):
@@ -104,37 +146,6 @@ def test_replay_ttl_comes_from_the_injected_clock(redis_server, prefix):
     # an expires_at already past is still kept for min_ttl (never stored without expiry)
     assert cache.remember("past", 999_000)
     assert 0 < redis_server.pttl(cache.key("past")) <= 1000
-
-
-def test_replay_entries_expire(redis_server, prefix):
-    cache = RedisReplayCache(redis_server, prefix=prefix, min_ttl=0.05)
-    assert cache.remember("k", time.time() + 0.2)
-    assert cache.remember("k", time.time() + 0.2) is False
-    time.sleep(0.35)
-    assert not cache.seen("k")
-    assert cache.remember("k", time.time() + 60)
-
-
-def test_replay_exactly_one_of_racing_writers_wins(redis_server, prefix):
-    caches = [RedisReplayCache(REDIS_URL, prefix=prefix) for _ in range(8)]  # 8 "instances"
-    barrier = threading.Barrier(len(caches))
-    results: list[bool] = []
-    lock = threading.Lock()
-
-    def worker(cache):
-        barrier.wait()
-        for n in range(50):
-            won = cache.remember(f"iss:jti-{n}", time.time() + 60)
-            with lock:
-                results.append(won)
-
-    threads = [threading.Thread(target=worker, args=(cache,)) for cache in caches]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert len(results) == 400
-    assert results.count(True) == 50  # each jti accepted once, whichever instance got it
 
 
 def test_replay_fails_closed_when_redis_is_down(prefix):
@@ -156,6 +167,17 @@ def test_prefix_must_be_a_non_empty_string(redis_server):
 # -- RedisJWKSCache ------------------------------------------------------------------------
 
 URL = "https://keystore.sandbox-directory.test/org/software.jwks"
+
+
+class TestRedisJWKSCache(JWKSCacheContract):
+    @pytest.fixture
+    def cache_factory(self, prefix):
+        return lambda clock: RedisJWKSCache(REDIS_URL, prefix=prefix, clock=clock)
+
+    @pytest.fixture
+    def peer_caches(self, cache_factory, clock):
+        """Two instances, each with its own connection pool, as two processes."""
+        return [cache_factory(clock) for _ in range(2)]
 
 
 @pytest.fixture
@@ -201,7 +223,9 @@ def test_jwks_warm_lookup_does_not_parse_again(redis_server, prefix, entry, monk
 
     monkeypatch.setattr(CacheEntry, "parsed", counting)
     first = reader.get(URL)
+    first.parsed()  # as the JWKS client does with what the cache gives it
     assert reader.get(URL) is first and reader.get(URL) is first
+    first.parsed()
     assert len(parses) == 1
     # another instance re-fetched: a new entry in Redis is parsed once, then reused
     newer = CacheEntry(
@@ -210,7 +234,9 @@ def test_jwks_warm_lookup_does_not_parse_again(redis_server, prefix, entry, monk
     RedisJWKSCache(redis_server, prefix=prefix).set(URL, newer)
     second = reader.get(URL)
     assert second == newer and second is not first
+    second.parsed()
     assert reader.get(URL) is second
+    second.parsed()
     assert len(parses) == 2
 
 
@@ -256,12 +282,6 @@ def test_jwks_memo_is_bounded(redis_server, prefix, entry):
         pytest.param(b'{"url": "%s", "raw": "{}"}' % URL.encode(), id="missing-timestamps"),
         pytest.param(
             json.dumps(
-                {"url": URL, "raw": "nope", "fetched_at": 1, "fresh_until": 2, "stale_until": 3}
-            ).encode(),
-            id="raw-not-a-jwks",
-        ),
-        pytest.param(
-            json.dumps(
                 {
                     "url": "https://elsewhere.test/jwks",
                     "raw": '{"keys": []}',
@@ -278,6 +298,7 @@ def test_jwks_corrupt_entry_is_ignored(redis_server, prefix, value):
     cache = RedisJWKSCache(redis_server, prefix=prefix)
     redis_server.set(cache.key(URL), value, px=60_000)
     assert cache.get(URL) is None
+    # (an entry whose raw is no JWKS is the client's to refuse: the JWKSCache contract)
 
 
 def test_jwks_cache_survives_a_redis_outage(entry):
@@ -285,31 +306,6 @@ def test_jwks_cache_survives_a_redis_outage(entry):
     assert cache.get(URL) is None  # no copy here: the client will fetch
     cache.set(URL, entry)  # does not raise; kept in this process
     assert cache.get(URL) is entry
-
-
-def test_jwks_clients_share_fetches(redis_server, prefix, ob_directory, ob_software):
-    """Two JWKS clients (two server processes) on one Redis: one fetch between them."""
-    clock = FrozenClock()
-    fetchers = [StaticFetcher(ob_directory.documents()) for _ in range(2)]
-    clients = [
-        JWKSClient(
-            fetcher, cache=RedisJWKSCache(REDIS_URL, prefix=prefix, clock=clock), clock=clock
-        )
-        for fetcher in fetchers
-    ]
-    url = ob_software.jwks_url
-    kid = ob_software.jwks()["keys"][0]["kid"]
-    alg = ob_software.signing_alg
-    assert clients[0].find_key(url, kid=kid, alg=alg)["kid"] == kid
-    assert clients[1].find_key(url, kid=kid, alg=alg)["kid"] == kid
-    assert fetchers[0].calls == [url]
-    assert fetchers[1].calls == []
-    # once the entry is no longer fresh, the next lookup fetches again (whichever client)
-    clock.advance(301)
-    clients[1].key_set(url)
-    assert fetchers[1].calls == [url]
-    clients[0].key_set(url)
-    assert fetchers[0].calls == [url]
 
 
 # -- two app instances sharing Redis -------------------------------------------------------
@@ -389,14 +385,37 @@ def test_replay_refused_with_memory_jwks_caches(
     assert fetcher_a.calls and fetcher_b.calls  # each fetched for itself: no shared JWKS cache
 
 
+def test_a_software_over_its_quota_is_429_at_every_instance(
+    make_bank, prefix, ob_clock, ob_directory, ob_software
+):
+    banks = []
+    for name in ("bank_a", "bank_b"):
+        replay_cache, jwks_cache = shared_caches(
+            REDIS_URL, prefix=prefix, clock=ob_clock, quota_per_owner=1
+        )
+        banks.append(make_bank(name, replay_cache=replay_cache, jwks_cache=jwks_cache))
+    (app_a, _, store_a), (app_b, _, store_b) = banks
+    first = post(app_a, ob_directory.registration_request(ob_software, aud=ISSUER), ob_software)
+    assert first.status_code == 201, first.get_json()
+    over = post(app_b, ob_directory.registration_request(ob_software, aud=ISSUER), ob_software)
+    assert (over.status_code, over.get_json()["error"]) == (429, "too_many_requests")
+    assert 330 <= int(over.headers["Retry-After"]) <= 332  # the first jti's exp + skew
+    assert (len(store_a), len(store_b)) == (1, 0)
+
+
 def test_jwks_fetched_by_one_instance_is_used_by_the_other(two_banks, ob_directory, ob_software):
     (app_a, fetcher_a, _), (app_b, fetcher_b, store_b) = two_banks
     first = post(app_a, ob_directory.registration_request(ob_software, aud=ISSUER), ob_software)
     assert first.status_code == 201, first.get_json()
-    assert sorted(fetcher_a.calls) == sorted([ob_directory.jwks_url, ob_software.jwks_url])
+    # the Directory's keys, the software's and the SSA's revoked key sets
+    ssa = ob_directory.ssa_claims(ob_software)
+    revoked = [ssa[claim] for claim in REVOKED_ENDPOINT_CLAIMS]
+    assert sorted(fetcher_a.calls) == sorted(
+        [ob_directory.jwks_url, ob_software.jwks_url, *revoked]
+    )
     second = post(app_b, ob_directory.registration_request(ob_software, aud=ISSUER), ob_software)
     assert second.status_code == 201, second.get_json()
-    assert fetcher_b.calls == []  # the Directory's and the software's JWKS both came from Redis
+    assert fetcher_b.calls == []  # every key set came from Redis
     assert len(store_b) == 1
 
 
@@ -444,39 +463,39 @@ def test_redis_down_refuses_registration(make_bank, ob_directory, ob_software):
 # -- RedisTokenStore -----------------------------------------------------------------------
 
 
-def test_token_store_round_trip_expiry_and_revocation(redis_server, prefix):
+class TestRedisTokenStore(TokenStoreContract):
+    expires_by_itself = True
+
+    @pytest.fixture
+    def token_store_factory(self, prefix):
+        return lambda **kw: RedisTokenStore(REDIS_URL, prefix=prefix, **kw)
+
+
+def test_token_records_and_indexes_expire_with_the_tokens(redis_server, prefix):
     clock = FrozenClock(1_000_000)
     tokens = RedisTokenStore(REDIS_URL, prefix=prefix, clock=clock)
     fields = {"client_id": "c1", "scope": "accounts", "issued_at": 1_000_000}
     tokens.save("tok-a", expires_at=1_000_300, x5t_s256="thumb", **fields)
     tokens.save("tok-b", expires_at=1_000_100, **fields)
-    tokens.save("tok-c", expires_at=1_000_300, **{**fields, "client_id": "c2"})
     tokens.save("tok-old", expires_at=999_999, **fields)  # expired already: not stored
     record = tokens.find("tok-a")
-    assert record is not None and record.cnf == {"x5t#S256": "thumb"}
-    assert (record.client_id, record.scope, record.expires_at) == ("c1", "accounts", 1_000_300)
-    assert tokens.find("tok-a" + "x") is None and tokens.find("tok-old") is None
-    # kept in Redis as long as the token lives, measured on the injected clock
-    assert 299_000 < redis_server.pttl(f"{prefix}token:{record.token_hash}") <= 300_000
-    # saving the same token again overwrites it
-    tokens.save("tok-a", expires_at=1_000_400, **{**fields, "scope": "payments"})
-    assert tokens.find("tok-a").scope == "payments"
-    clock.advance(100)
-    assert tokens.find("tok-b") is None  # expired
-    tokens.revoke("tok-c")
-    assert tokens.find("tok-c") is None
-    # another instance (its own client) revokes c1's tokens: every one of them, nobody else's
-    tokens.save("tok-d", expires_at=1_000_400, **{**fields, "client_id": "c2"})
-    other = RedisTokenStore(redis_client(REDIS_URL), prefix=prefix, clock=clock)
-    assert other.revoke_client("c1") == 2  # tok-a and tok-b (expired, still in Redis)
-    assert tokens.find("tok-a") is None
-    assert tokens.find("tok-d") is not None
-    assert other.revoke_client("c1") == 0
-    names = set(keys_under(redis_server, prefix))
-    assert names == {
-        f"{prefix}token:{tokens.find('tok-d').token_hash}",
-        f"{prefix}client-tokens:{hashlib.sha256(b'c2').hexdigest()}",
+    index = f"{prefix}client-tokens:{hashlib.sha256(b'c1').hexdigest()}"
+    assert set(keys_under(redis_server, prefix)) == {
+        f"{prefix}token:{record.token_hash}",
+        f"{prefix}token:{tokens.find('tok-b').token_hash}",
+        index,
     }
+    # kept in Redis as long as the token lives, measured on the injected clock; the client's
+    # index as long as its longest-lived token
+    assert 299_000 < redis_server.pttl(f"{prefix}token:{record.token_hash}") <= 300_000
+    assert 299_000 < redis_server.pttl(index) <= 300_000
+    tokens.save("tok-c", expires_at=1_000_050, **fields)  # a shorter one: the index keeps its TTL
+    assert 299_000 < redis_server.pttl(index) <= 300_000
+    # another instance (its own client) revokes c1's tokens, expired ones still in Redis too
+    other = RedisTokenStore(redis_client(REDIS_URL), prefix=prefix, clock=clock)
+    clock.advance(100)
+    assert other.revoke_client("c1") == 3
+    assert keys_under(redis_server, prefix) == []
 
 
 def test_token_index_drops_expired_tokens_as_it_goes(redis_server, prefix):

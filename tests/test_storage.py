@@ -25,9 +25,11 @@ from flask_obdcr.storage import (
     MemoryStore,
     SQLiteStore,
     StoredClient,
+    TokenStore,
     hash_secret,
     secret_matches,
 )
+from flask_obdcr.testing.clock import FrozenClock
 
 SECRET = "s3cr3t-Kx9vQ2mZr7LwTb4NcYp8HdJf6GsAe1Uo"
 TOKEN = "rat-Zq5Wm2Rx8Ny4Lb7Kc1Vd9Ht3Gf6Js0Pe"
@@ -322,6 +324,22 @@ class ClientStoreContract:
         assert len(outcomes) == len(ids) * len(peer_stores)
         assert sorted(c for c, outcome in outcomes if outcome == "added") == sorted(ids)
         assert [c.client_id for c in store.list()] == ids
+
+    # -- the token store beside the clients ------------------------------------------------
+
+    def test_token_store_is_none_or_in_the_same_database(self, store):
+        clock = FrozenClock(1_000_000)
+        first, second = store.token_store(clock=clock), store.token_store(clock=clock)
+        if first is None:  # this backend keeps no tokens: the extension finds them a home
+            assert second is None
+            return
+        try:
+            assert isinstance(first, TokenStore) and first.clock is clock
+            first.save("tok", client_id="c1", scope="accounts", issued_at=0, expires_at=1_000_300)
+            assert second.find("tok") == first.find("tok") is not None
+        finally:
+            first.close()
+            second.close()
 
     # -- in the app ------------------------------------------------------------------------
 

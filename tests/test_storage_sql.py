@@ -25,6 +25,8 @@ from test_storage import (  # noqa: E402
     run_forked_writers,
     run_threads,
 )
+from test_token_store import T0, TokenStoreContract  # noqa: E402
+from test_token_store import fields as token_fields  # noqa: E402
 
 from flask_obdcr.storage import ClientExists, ClientNotFound, StoreError  # noqa: E402
 from flask_obdcr.storage.sqlalchemy import (  # noqa: E402
@@ -32,7 +34,6 @@ from flask_obdcr.storage.sqlalchemy import (  # noqa: E402
     SQLAlchemyTokenStore,
     make_engine,
 )
-from flask_obdcr.testing.clock import FrozenClock  # noqa: E402
 
 POSTGRES_URL = os.environ.get(
     "OBDCR_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -320,39 +321,46 @@ def test_engine_is_shared_not_disposed(tmp_path):
     engine.dispose()
 
 
-# -- SQLAlchemyTokenStore ------------------------------------------------------------------
+# -- SQLAlchemyTokenStore: the TokenStore contract -----------------------------------------
 
 
-@pytest.fixture(params=["postgresql", "sqlite"])
-def token_store(request, tmp_path, table_prefix):
-    clock = FrozenClock(1_000_000)
-    if request.param == "postgresql":
-        base = request.getfixturevalue("pg_store_factory")()
-        tokens = base.token_store(clock=clock)
-        assert tokens.engine is base.engine  # one pool for clients and tokens
-    else:
-        tokens = SQLAlchemyTokenStore(f"sqlite:///{tmp_path / 't.db'}", clock=clock)
-    yield tokens
-    tokens.close()
+class TestPostgresTokenStore(TokenStoreContract):
+    """Tokens in PostgreSQL, beside the clients: one engine (one pool) for both."""
+
+    @pytest.fixture
+    def token_store_factory(self, pg_store_factory):
+        clients = pg_store_factory()
+
+        def make(**kw) -> SQLAlchemyTokenStore:
+            tokens = clients.token_store(**kw)
+            assert tokens.engine is clients.engine  # closed with the client store
+            return tokens
+
+        return make
+
+    def test_expired_rows_leave_the_table(self, token_store_factory, clock, pg_engine, pg_schema):
+        tokens = token_store_factory(clock=clock, purge_every=0)
+        for n in range(4):
+            tokens.save(f"old-{n}", **token_fields(expires_at=T0 + 10))
+        tokens.save("live", **token_fields())
+        clock.advance(10)
+        assert tokens.purge_expired() == 4
+        with pg_engine.connect() as conn:
+            count = sa.select(sa.func.count()).select_from(tokens.table)
+            assert conn.execute(count).scalar_one() == 1
+        indexes = sa.inspect(pg_engine).get_indexes(tokens.table.name, schema=pg_schema)
+        assert ("expires_at",) in {tuple(ix["column_names"]) for ix in indexes}
 
 
-def test_token_store(token_store):
-    clock = token_store.clock
-    fields = {"client_id": "c1", "scope": "accounts", "issued_at": 1_000_000}
-    token_store.save("tok-a", expires_at=1_000_300, x5t_s256="thumb", **fields)
-    token_store.save("tok-b", expires_at=1_000_100, **fields)
-    token_store.save("tok-c", expires_at=1_000_300, **{**fields, "client_id": "c2"})
-    record = token_store.find("tok-a")
-    assert record is not None and record.cnf == {"x5t#S256": "thumb"}
-    assert record.client_id == "c1" and record.scope == "accounts"
-    assert token_store.find("tok-a" + "x") is None
-    # saving the same token again overwrites it
-    token_store.save("tok-a", expires_at=1_000_400, **{**fields, "scope": "payments"})
-    assert token_store.find("tok-a").scope == "payments"
-    clock.advance(100)
-    assert token_store.find("tok-b") is None  # expired
-    assert token_store.purge_expired() == 1
-    token_store.revoke("tok-c")
-    assert token_store.find("tok-c") is None
-    assert token_store.revoke_client("c1") == 1
-    assert token_store.find("tok-a") is None
+class TestSQLAlchemySQLiteTokenStore(TokenStoreContract):
+    @pytest.fixture
+    def token_store_factory(self, tmp_path):
+        made: list[SQLAlchemyTokenStore] = []
+
+        def make(**kw) -> SQLAlchemyTokenStore:
+            made.append(SQLAlchemyTokenStore(f"sqlite:///{tmp_path / 't.db'}", **kw))
+            return made[-1]
+
+        yield make
+        for tokens in made:
+            tokens.close()

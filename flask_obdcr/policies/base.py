@@ -20,9 +20,8 @@ if TYPE_CHECKING:
     from ..certificates import ClientCertificates
     from ..config import RuleSettings
     from ..jwks import JWKSClient
-    from ..replay import ReplayCache
     from ..revoked_keys import RevokedKeys
-    from ..storage import StoredClient
+    from ..storage import ReplayCache, StoredClient
 
 
 class Policy(Protocol):

@@ -1,4 +1,11 @@
-"""Storage backends for registered clients (see :class:`ClientStore`)."""
+"""Persistence, one contract per concern and one file per backend.
+
+Contracts: :class:`ClientStore` (``base``), :class:`TokenStore` (``tokens``),
+:class:`ReplayCache` (``replay``) and :class:`JWKSCache` (``jwks_cache``). Backends:
+``memory``, ``sqlite``, ``sqlalchemy`` (extra ``postgres``), ``ldap`` (extra ``ldap``) and
+``redis`` (extra ``redis``); the last three are imported only when one of their names is
+asked for, so their extras need not be installed.
+"""
 
 from .base import (
     ClientExists,
@@ -9,29 +16,58 @@ from .base import (
     hash_secret,
     secret_matches,
 )
-from .memory import MemoryStore
-from .sqlite import SQLiteStore
+from .jwks_cache import CacheEntry, JWKSCache
+from .memory import MemoryJWKSCache, MemoryReplayCache, MemoryStore, MemoryTokenStore
+from .replay import (
+    DEFAULT_QUOTA_PER_OWNER,
+    ReplayCache,
+    ReplayCacheFull,
+    ReplayQuotaExceeded,
+    ReplayRefused,
+)
+from .sqlite import SQLiteStore, SQLiteTokenStore
+from .tokens import AccessToken, TokenStore
 
 __all__ = [
+    "DEFAULT_QUOTA_PER_OWNER",
+    "AccessToken",
+    "CacheEntry",
     "ClientExists",
     "ClientNotFound",
     "ClientStore",
+    "JWKSCache",
+    "MemoryJWKSCache",
+    "MemoryReplayCache",
     "MemoryStore",
+    "MemoryTokenStore",
+    "ReplayCache",
+    "ReplayCacheFull",
+    "ReplayQuotaExceeded",
+    "ReplayRefused",
     "SQLiteStore",
+    "SQLiteTokenStore",
     "StoreError",
     "StoredClient",
+    "TokenStore",
     "hash_secret",
     "secret_matches",
 ]
 
+# name -> the backend module that needs an extra
+_LAZY = {
+    "SQLAlchemyStore": "sqlalchemy",
+    "SQLAlchemyTokenStore": "sqlalchemy",
+    "LDAPStore": "ldap",
+    "RedisJWKSCache": "redis",
+    "RedisReplayCache": "redis",
+    "RedisTokenStore": "redis",
+}
 
-def __getattr__(name: str):  # PEP 562: the SQLAlchemy backend needs the `postgres` extra
-    if name in ("SQLAlchemyStore", "SQLAlchemyTokenStore"):
-        from . import sqlalchemy
 
-        return getattr(sqlalchemy, name)
-    if name == "LDAPStore":  # PEP 562: the LDAP backend needs the `ldap` extra (ldap3)
-        from . import ldap
+def __getattr__(name: str):  # PEP 562: a backend's extra is needed only when it is used
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from importlib import import_module
 
-        return ldap.LDAPStore
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f".{module}", __name__), name)

@@ -10,10 +10,14 @@ import hashlib
 import hmac
 import json
 import re
+import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any, ClassVar
+
+if TYPE_CHECKING:
+    from .tokens import TokenStore
 
 #: the OB data dictionary caps client_id at 36 characters (``\Z``, not ``$``: ``$`` would
 #: also accept a trailing newline)
@@ -152,6 +156,16 @@ class ClientStore(ABC):
     fails leaves nothing behind and raises, and the registrar turns the failure into a 503.
     ``tests/test_storage.py`` runs one contract test class against every backend.
     """
+
+    #: True for a store whose clients live in this process only (MemoryStore): the access
+    #: tokens may live there too, and the extension says nothing about it
+    process_local: ClassVar[bool] = False
+
+    def token_store(self, *, clock: Callable[[], float] = time.time) -> TokenStore | None:
+        """The token store keeping access tokens beside these clients (the same database),
+        with ``clock``; None when this backend keeps none (the extension then keeps them in
+        Redis with ``OBDCR_REDIS_URL``, else in the process)."""
+        return None
 
     def add(self, client: StoredClient) -> StoredClient:
         """Store a new client; :class:`ClientExists` if the id is taken."""

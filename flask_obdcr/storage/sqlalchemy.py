@@ -18,13 +18,13 @@ round trip: PostgreSQL JSONB would refuse ``\\u0000`` in a TPP's metadata and re
 
 from __future__ import annotations
 
-import itertools
+import math
 import os
 import re
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from typing import Any, cast
 
@@ -39,8 +39,8 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "pip install 'flask-obdcr[postgres]'"
     ) from error
 
-from ..tokens import AccessToken, TokenStore
 from .base import ClientExists, ClientNotFound, ClientStore, StoredClient, StoreError
+from .tokens import AccessToken, TokenStore
 
 __all__ = ["SQLAlchemyStore", "SQLAlchemyTokenStore", "make_engine"]
 
@@ -357,11 +357,14 @@ class SQLAlchemyStore(ClientStore):
         """
         return self._db.transaction()
 
-    def token_store(self, **kw: Any) -> SQLAlchemyTokenStore:
-        """Access tokens in the same database, schema and table prefix (same engine)."""
+    def token_store(
+        self, *, clock: Callable[[], float] = time.time, **kw: Any
+    ) -> SQLAlchemyTokenStore:
+        """Access tokens in the same database, schema and table prefix (same engine); ``kw``
+        goes to :class:`SQLAlchemyTokenStore` (``purge_every``, ``purge_batch``...)."""
         kw.setdefault("table_prefix", self.table_prefix)
         kw.setdefault("schema", self.schema)
-        return SQLAlchemyTokenStore(self.engine, **kw)
+        return SQLAlchemyTokenStore(self.engine, clock=clock, **kw)
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -419,7 +422,9 @@ class SQLAlchemyStore(ClientStore):
 class SQLAlchemyTokenStore(TokenStore):
     """Access tokens in ``<table_prefix>access_tokens``; shared by every server process.
 
-    Expired tokens are purged every ``purge_every`` saves (``find`` refuses them anyway).
+    Expired tokens are deleted as tokens are saved (every ``purge_every`` saves, at most
+    ``purge_batch`` of them, by the ``expires_at`` index) and by :meth:`purge_expired`;
+    ``find`` refuses them anyway.
     """
 
     def __init__(
@@ -429,7 +434,6 @@ class SQLAlchemyTokenStore(TokenStore):
         table_prefix: str = "obdcr_",
         schema: str | None = None,
         engine_options: Mapping[str, Any] | None = None,
-        purge_every: int = 100,
         **kw: Any,
     ) -> None:
         super().__init__(**kw)
@@ -451,8 +455,15 @@ class SQLAlchemyTokenStore(TokenStore):
         self._select_one = sa.select(self.table).where(
             self.table.c.token_hash == sa.bindparam("hash")
         )
-        self.purge_every = purge_every
-        self._saves = itertools.count(1)
+        expired = self.table.c.expires_at <= sa.bindparam("now")
+        # a bounded batch in two portable statements (MySQL refuses LIMIT in an IN subquery);
+        # the DELETE checks the expiry again, so a token saved anew meanwhile stays
+        self._select_expired = (
+            sa.select(self.table.c.token_hash).where(expired).limit(sa.bindparam("limit"))
+        )
+        self._delete_expired = self.table.delete().where(
+            self.table.c.token_hash.in_(sa.bindparam("hashes", expanding=True)), expired
+        )
 
     @property
     def engine(self) -> Engine:
@@ -473,8 +484,6 @@ class SQLAlchemyTokenStore(TokenStore):
                 conn.execute(
                     self.table.update().where(self.table.c.token_hash == key).values(values)
                 )
-        if self.purge_every and next(self._saves) % self.purge_every == 0:
-            self.purge_expired()
 
     def _get(self, token_hash: str) -> AccessToken | None:
         with self._db.reading() as conn:
@@ -490,11 +499,15 @@ class SQLAlchemyTokenStore(TokenStore):
             result = conn.execute(self.table.delete().where(self.table.c.client_id == client_id))
             return int(result.rowcount)
 
-    def purge_expired(self) -> int:
-        """Delete the tokens that have expired; how many there were."""
+    def _purge(self, now: float, limit: int) -> int:
+        values = {"now": math.floor(now), "limit": limit}  # expires_at is whole seconds
+        with self._db.reading() as conn:
+            hashes = conn.scalars(self._select_expired, values).all()
+        if not hashes:
+            return 0
         with self._db.writing() as conn:
             result = conn.execute(
-                self.table.delete().where(self.table.c.expires_at <= int(self.clock()))
+                self._delete_expired, {"now": values["now"], "hashes": list(hashes)}
             )
             return int(result.rowcount)
 

@@ -1,4 +1,5 @@
-"""The default store: one SQLite file (WAL), safe across threads and processes."""
+"""The default store: one SQLite file (WAL), safe across threads and processes, for the
+clients and their access tokens."""
 
 from __future__ import annotations
 
@@ -7,10 +8,14 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import sqlite_utils
 
 from .base import ClientExists, ClientNotFound, ClientStore, StoredClient
+from .tokens import AccessToken, TokenStore
+
+__all__ = ["SQLiteStore", "SQLiteTokenStore", "open_connection", "retry_locked"]
 
 _COLUMNS = {
     "client_id": str,
@@ -114,6 +119,10 @@ class SQLiteStore(ClientStore):
                     raise
         clients.create_index(["software_id"], if_not_exists=True)
 
+    def token_store(self, *, clock: Callable[[], float] = time.time) -> SQLiteTokenStore:
+        """Access tokens in the same file (table ``access_tokens``)."""
+        return SQLiteTokenStore(self.path, busy_timeout=self.busy_timeout, clock=clock)
+
     def _add(self, client: StoredClient) -> None:
         record = client.to_record()
         sql = (
@@ -154,3 +163,81 @@ class SQLiteStore(ClientStore):
         if db is not None:
             db.conn.close()
             self._local.db = None
+
+
+_TOKENS_SCHEMA = """
+CREATE TABLE IF NOT EXISTS access_tokens (
+    token_hash TEXT PRIMARY KEY, client_id TEXT NOT NULL, scope TEXT NOT NULL,
+    issued_at INTEGER NOT NULL, expires_at INTEGER NOT NULL, x5t_s256 TEXT);
+CREATE INDEX IF NOT EXISTS access_tokens_client ON access_tokens (client_id);
+CREATE INDEX IF NOT EXISTS access_tokens_expiry ON access_tokens (expires_at);
+"""
+
+
+class SQLiteTokenStore(TokenStore):
+    """Tokens in a SQLite file, shared by every process of the server.
+
+    Expired tokens are deleted as tokens are saved (every ``purge_every`` saves, at most
+    ``purge_batch`` of them, by the ``expires_at`` index) and by :meth:`purge_expired`.
+    """
+
+    _FIELDS = ("token_hash", "client_id", "scope", "issued_at", "expires_at", "x5t_s256")
+
+    def __init__(
+        self, path: str | os.PathLike[str], *, busy_timeout: float = 30.0, **kw: Any
+    ) -> None:
+        super().__init__(**kw)
+        self.path = os.fspath(path)
+        self.busy_timeout = busy_timeout
+        self._local = threading.local()
+        self._lock = threading.Lock()
+
+    @property
+    def conn(self) -> sqlite3.Connection:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            return conn
+        # a connection inherited through fork() is never reused: the child opens its own
+        with self._lock:
+            conn = open_connection(self.path, self.busy_timeout)
+            try:
+                retry_locked(lambda: conn.executescript(_TOKENS_SCHEMA), self.busy_timeout)
+            except BaseException:
+                conn.close()
+                raise
+        self._local.conn, self._local.pid = conn, os.getpid()
+        return conn
+
+    def _save(self, record: AccessToken) -> None:
+        self.conn.execute(
+            "INSERT OR REPLACE INTO access_tokens VALUES (?, ?, ?, ?, ?, ?)",
+            [getattr(record, name) for name in self._FIELDS],
+        )
+
+    def _get(self, token_hash: str) -> AccessToken | None:
+        row = self.conn.execute(
+            "SELECT * FROM access_tokens WHERE token_hash = ?", [token_hash]
+        ).fetchone()
+        return None if row is None else AccessToken(*row)
+
+    def _delete(self, token_hash: str) -> None:
+        self.conn.execute("DELETE FROM access_tokens WHERE token_hash = ?", [token_hash])
+
+    def revoke_client(self, client_id: str) -> int:
+        cursor = self.conn.execute("DELETE FROM access_tokens WHERE client_id = ?", [client_id])
+        return cursor.rowcount
+
+    def _purge(self, now: float, limit: int) -> int:
+        # expired: not now < expires_at; one statement, so one short write transaction
+        cursor = self.conn.execute(
+            "DELETE FROM access_tokens WHERE rowid IN (SELECT rowid FROM access_tokens"
+            " WHERE expires_at <= ? LIMIT ?)",
+            [now, limit],
+        )
+        return cursor.rowcount
+
+    def close(self) -> None:
+        conn = getattr(self._local, "conn", None)
+        if conn is not None and self._local.pid == os.getpid():
+            conn.close()
+        self._local.conn = None

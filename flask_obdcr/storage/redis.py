@@ -2,9 +2,9 @@
 cache, and (for stores that keep none of their own) the access tokens.
 
 Install the ``redis`` extra (``pip install 'flask-obdcr[redis]'``), then give both caches to
-the extension::
+the extension (``OBDCR_REDIS_URL`` does the same)::
 
-    from flask_obdcr.redis import shared_caches
+    from flask_obdcr.storage.redis import shared_caches
 
     replay_cache, jwks_cache = shared_caches("redis://cache.internal:6379/0")
     OpenBankingDCR(app, replay_cache=replay_cache, jwks_cache=jwks_cache)
@@ -12,12 +12,14 @@ the extension::
 A request JWT accepted by one instance is then refused as replayed by all the others, and a
 JWKS fetched by one instance is used by the others without fetching it again.
 
-Keys are ``<prefix>jti:<sha256>``, ``<prefix>jwks:<sha256 of the URL>``,
-``<prefix>token:<token hash>`` and ``<prefix>client-tokens:<sha256 of the client_id>``:
-bounded in length whatever the TPP puts in a jti, and namespaced so several deployments can
-share one Redis. Everything expires by itself; nothing needs cleaning up. Anyone who can
+Keys are ``<prefix>jti:<sha256>``, ``<prefix>jti-owner:<sha256 of the owner>``,
+``<prefix>jwks:<sha256 of the URL>``, ``<prefix>token:<token hash>`` and
+``<prefix>client-tokens:<sha256 of the client_id>``: bounded in length whatever the TPP puts
+in a jti, and namespaced so several deployments can share one Redis. Everything expires by
+itself (an index with its longest-lived member); nothing needs cleaning up. Anyone who can
 write to this Redis can make the server forget a jti, trust a key set or accept a token:
-protect it (AUTH, TLS with a ``rediss://`` URL, a private network).
+protect it (AUTH, TLS with a ``rediss://`` URL, a private network). The scripts touch two keys
+at once, so a Redis Cluster is not supported.
 """
 
 from __future__ import annotations
@@ -38,8 +40,15 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
         "The Redis caches need redis-py 5 or later: pip install 'flask-obdcr[redis]'"
     ) from error
 
-from .jwks import CacheEntry, JWKSError
-from .log import get_logger
+from ..log import get_logger
+from .jwks_cache import CacheEntry
+from .replay import (
+    DEFAULT_QUOTA_PER_OWNER,
+    ReplayCache,
+    ReplayQuotaExceeded,
+    replay_owner,
+    retry_after,
+)
 from .tokens import AccessToken, TokenStore
 
 __all__ = [
@@ -52,7 +61,7 @@ __all__ = [
 
 log = get_logger(__name__)
 
-RedisLike = Any  # redis.Redis, or anything with its get/set/exists/delete
+RedisLike = Any  # redis.Redis, or anything with its commands and register_script
 
 
 def redis_client(client_or_url: RedisLike | str) -> RedisLike:
@@ -75,15 +84,45 @@ def _check_prefix(prefix: str) -> str:
     return prefix
 
 
-class RedisReplayCache:
-    """The :class:`~flask_obdcr.replay.ReplayCache` of every instance at once.
+class RedisReplayCache(ReplayCache):
+    """The :class:`~flask_obdcr.storage.replay.ReplayCache` of every instance at once.
 
-    ``remember`` is one ``SET key 1 NX PX ttl``: atomic in Redis, so of two copies of a request
-    arriving at two instances exactly one passes. The TTL is ``expires_at`` minus ``clock()``
-    (the same clock the caller computed ``expires_at`` with, so an injected test clock and a
-    Redis server whose clock differs from ours both work), at least ``min_ttl`` seconds.
+    ``remember`` is one Lua script, atomic in Redis, so of two copies of a request arriving
+    at two instances exactly one passes. It refuses a key that is there (a replay), then an
+    owner at its quota (:class:`ReplayQuotaExceeded`, with the time until the owner's oldest
+    entry expires), and otherwise sets ``<prefix>jti:<sha256 of the key>`` with a TTL and adds
+    it to the owner's sorted set ``<prefix>jti-owner:<sha256 of the owner>``, scored by expiry,
+    pruned of expired members at each call and expiring with its longest-lived one. The TTL
+    is ``expires_at`` minus ``clock()`` (the same clock the caller computed ``expires_at``
+    with, so an injected test clock and a Redis server whose clock differs from ours both
+    work), at least ``min_ttl`` seconds.
+
+    No global bound: every key expires, so Redis holds at most what the owners' quotas
+    allow over a request's lifetime; size Redis (``maxmemory``, with ``noeviction``: an
+    evicted jti could be replayed) for it.
 
     Redis errors propagate: a replay check that cannot be made must not pass (fail closed).
+    """
+
+    # KEYS: the jti key, the owner's set. ARGV: now, expiry (now + TTL), TTL ms, quota (0:
+    # none), the member (the jti key's digest). Returns {1} remembered, {0} replayed,
+    # {2, the owner's oldest expiry} over quota.
+    _REMEMBER = """
+        if redis.call('EXISTS', KEYS[1]) == 1 then
+            return {0}
+        end
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[1])
+        local quota = tonumber(ARGV[4])
+        if quota > 0 and redis.call('ZCARD', KEYS[2]) >= quota then
+            local oldest = redis.call('ZRANGE', KEYS[2], 0, 0, 'WITHSCORES')
+            return {2, oldest[2]}
+        end
+        redis.call('SET', KEYS[1], '1', 'PX', ARGV[3])
+        redis.call('ZADD', KEYS[2], ARGV[2], ARGV[5])
+        if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[3]) then
+            redis.call('PEXPIRE', KEYS[2], ARGV[3])
+        end
+        return {1}
     """
 
     def __init__(
@@ -93,40 +132,66 @@ class RedisReplayCache:
         prefix: str = "obdcr:",
         clock: Callable[[], float] = time.time,
         min_ttl: float = 1.0,
+        quota_per_owner: int | None = DEFAULT_QUOTA_PER_OWNER,
     ) -> None:
+        super().__init__(clock=clock, quota_per_owner=quota_per_owner)
         self.client = redis_client(client_or_url)
         self.prefix = _check_prefix(prefix)
-        self.clock = clock
         self.min_ttl = min_ttl
+        self._script = self.client.register_script(self._REMEMBER)
 
     def key(self, key: str) -> str:
         """The Redis key holding ``key``."""
         return f"{self.prefix}jti:{_digest(key)}"
 
+    def owner_key(self, owner: str) -> str:
+        """The Redis sorted set of ``owner``'s live entries."""
+        return f"{self.prefix}jti-owner:{_digest(owner)}"
+
     def seen(self, key: str) -> bool:
         return bool(self.client.exists(self.key(key)))
 
-    def remember(self, key: str, expires_at: float) -> bool:
-        ttl = max(float(expires_at) - self.clock(), self.min_ttl)
+    def _remember(self, key: str, expires_at: float, owner: str) -> bool:
+        now = self.clock()
+        ttl = max(expires_at - now, self.min_ttl)
         ttl_ms = max(1, math.ceil(ttl * 1000))
-        return bool(self.client.set(self.key(key), b"1", nx=True, px=ttl_ms))
+        redis_key = self.key(key)
+        outcome = self._script(
+            keys=[redis_key, self.owner_key(owner)],
+            args=[
+                repr(now),
+                repr(now + ttl),
+                ttl_ms,
+                self.quota_per_owner or 0,
+                redis_key.rpartition(":")[2],
+            ],
+        )
+        if int(outcome[0]) == 2:
+            quota = self.quota_per_owner or 0
+            raise ReplayQuotaExceeded(owner, quota, retry_after=retry_after(float(outcome[1]), now))
+        return int(outcome[0]) == 1
 
-    def forget(self, key: str) -> None:
-        """Drop ``key`` (tests, operators)."""
-        self.client.delete(self.key(key))
+    def forget(self, key: str, *, owner: str | None = None) -> None:
+        """Drop ``key`` (tests, operators); it no longer counts against its owner's quota."""
+        redis_key = self.key(key)
+        with self.client.pipeline(transaction=True) as pipe:
+            pipe.delete(redis_key)
+            pipe.zrem(self.owner_key(owner or replay_owner(key)), redis_key.rpartition(":")[2])
+            pipe.execute()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(prefix={self.prefix!r})"
 
 
 class RedisJWKSCache:
-    """The :class:`~flask_obdcr.jwks.JWKSCache` of every instance at once.
+    """The :class:`~flask_obdcr.storage.jwks_cache.JWKSCache` of every instance at once.
 
     Each entry is stored as the JSON of :meth:`CacheEntry.to_dict` and expires from Redis at
-    its ``stale_until`` (freshness is judged by the JWKS client from the timestamps, as with
-    the in-memory cache). Parsing a key set costs far more than reading it, so the last
-    parsed entry of up to ``memo_size`` URLs is kept in this process and reused while Redis
-    still holds that same fetch. Reading Redis on every lookup would still cost a round trip
+    its ``stale_until`` (freshness and validity are judged by the JWKS client, from the
+    timestamps and by parsing ``raw``, as with the in-memory cache). Parsing a key set costs
+    far more than reading it, so the last entry object of up to ``memo_size`` URLs is kept in
+    this process (the client parses it once, into the object) and reused while Redis still
+    holds that same fetch. Reading Redis on every lookup would still cost a round trip
     and a JSON decode of the whole set (several per registration), so a fresh entry (by
     ``clock``, the JWKS client's clock) that this process has read or written in the last
     ``recheck_after`` seconds (default 1) is used without asking Redis: a key set another
@@ -193,9 +258,9 @@ class RedisJWKSCache:
             return None
         known = remembered[0] if remembered is not None else None
         if known is not None and known == entry:  # same fetch: reuse its parsed keys
-            self._keep(url, known, now)
-            return known
-        return entry if self._parse(url, entry, now) else None
+            entry = known
+        self._keep(url, entry, now)
+        return entry
 
     def set(self, url: str, entry: CacheEntry) -> None:
         self._keep(url, entry, self._monotonic())
@@ -216,16 +281,7 @@ class RedisJWKSCache:
             self._memo.pop(url, None)
         self.client.delete(self.key(url))
 
-    # -- the per-process memo of parsed entries -----------------------------------------
-
-    def _parse(self, url: str, entry: CacheEntry, now: float) -> bool:
-        try:
-            entry.parsed()
-        except JWKSError as error:
-            log.warning("Redis JWKS cache entry %s is corrupt (%s); ignored", self.key(url), error)
-            return False
-        self._keep(url, entry, now)
-        return True
+    # -- the per-process memo of entries --------------------------------------------------
 
     def _recall(self, url: str) -> CacheEntry | None:
         with self._lock:
@@ -251,19 +307,41 @@ class RedisTokenStore(TokenStore):
     own). SQLite and SQLAlchemy stores keep tokens in their own database instead.
 
     A token is ``<prefix>token:<hash>`` (its record as JSON) and expires from Redis when the
-    token does. Each client has a sorted set of its tokens' hashes, scored by expiry and pruned
-    of expired ones at every save, so revoking a client's tokens finds them all: a Lua script
-    deletes them and the set in one atomic step, and a token saved meanwhile is either in the
-    set (deleted) or saved after it (a token issued after the revocation began, as from a
-    request that raced it). Redis errors propagate: the extension answers 503.
+    token does. Each client has a sorted set of its tokens' hashes, scored by expiry, pruned
+    of expired ones at every save (one Lua script with the write) and expiring from Redis
+    with its longest-lived token, so nothing is left for :meth:`purge_expired` to do. Revoking
+    a client's tokens finds them all: a Lua script deletes them and the set in one atomic
+    step, and a token saved meanwhile is either in the set (deleted) or saved after it (a
+    token issued after the revocation began, as from a request that raced it). Redis errors
+    propagate: the extension answers 503.
     """
 
+    default_purge_every = 0  # Redis expires the tokens and their indexes itself
     _FIELDS = ("client_id", "scope", "issued_at", "expires_at", "x5t_s256")
+    # KEYS: the token, the client's index. ARGV: the record, its TTL in ms, its hash, its
+    # expiry, now (whole seconds).
+    _SAVE = """
+        redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+        redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+        redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[5])
+        if redis.call('PTTL', KEYS[2]) < tonumber(ARGV[2]) then
+            redis.call('PEXPIRE', KEYS[2], ARGV[2])
+        end
+    """
+    # KEYS: the client's index. ARGV: the token key prefix, the client_id. A token saved
+    # again for another client (the same string: never, in practice) is that client's now.
     _REVOKE_CLIENT = """
         local hashes = redis.call('ZRANGE', KEYS[1], 0, -1)
         local deleted = 0
         for _, hash in ipairs(hashes) do
-            deleted = deleted + redis.call('DEL', ARGV[1] .. hash)
+            local key = ARGV[1] .. hash
+            local value = redis.call('GET', key)
+            if value then
+                local ok, record = pcall(cjson.decode, value)
+                if not ok or type(record) ~= 'table' or record['client_id'] == ARGV[2] then
+                    deleted = deleted + redis.call('DEL', key)
+                end
+            end
         end
         redis.call('DEL', KEYS[1])
         return deleted
@@ -275,10 +353,12 @@ class RedisTokenStore(TokenStore):
         *,
         prefix: str = "obdcr:",
         clock: Callable[[], float] = time.time,
+        **kw: Any,
     ) -> None:
-        super().__init__(clock=clock)
+        super().__init__(clock=clock, **kw)
         self.client = redis_client(client_or_url)
         self.prefix = _check_prefix(prefix)
+        self._save_script = self.client.register_script(self._SAVE)
         self._revoke_client = self.client.register_script(self._REVOKE_CLIENT)
 
     def _token_key(self, token_hash: str) -> str:
@@ -293,12 +373,10 @@ class RedisTokenStore(TokenStore):
         if ttl_ms <= 0:
             return  # already expired: find() would not return it anyway
         value = json.dumps({name: getattr(record, name) for name in self._FIELDS})
-        index = self._client_key(record.client_id)
-        with self.client.pipeline(transaction=True) as pipe:
-            pipe.set(self._token_key(record.token_hash), value, px=ttl_ms)
-            pipe.zadd(index, {record.token_hash: record.expires_at})
-            pipe.zremrangebyscore(index, "-inf", f"({math.floor(now)}")
-            pipe.execute()
+        self._save_script(
+            keys=[self._token_key(record.token_hash), self._client_key(record.client_id)],
+            args=[value, ttl_ms, record.token_hash, record.expires_at, math.floor(now)],
+        )
 
     def _get(self, token_hash: str) -> AccessToken | None:
         value = self.client.get(self._token_key(token_hash))
@@ -316,7 +394,7 @@ class RedisTokenStore(TokenStore):
 
     def revoke_client(self, client_id: str) -> int:
         deleted = self._revoke_client(
-            keys=[self._client_key(client_id)], args=[f"{self.prefix}token:"]
+            keys=[self._client_key(client_id)], args=[f"{self.prefix}token:", client_id]
         )
         return int(deleted)
 
@@ -329,10 +407,11 @@ def shared_caches(
     *,
     prefix: str = "obdcr:",
     clock: Callable[[], float] = time.time,
+    quota_per_owner: int | None = DEFAULT_QUOTA_PER_OWNER,
 ) -> tuple[RedisReplayCache, RedisJWKSCache]:
     """The replay cache and the JWKS cache on one Redis client (one connection pool)."""
     client = redis_client(client_or_url)
     return (
-        RedisReplayCache(client, prefix=prefix, clock=clock),
+        RedisReplayCache(client, prefix=prefix, clock=clock, quota_per_owner=quota_per_owner),
         RedisJWKSCache(client, prefix=prefix, clock=clock),
     )
