@@ -22,13 +22,14 @@ from flask import request as flask_request
 
 from . import jose
 from .certificates import VerifiedCertificate, dn_matches
-from .errors import InvalidClient, RegistrationError, TemporarilyUnavailable
+from .errors import InvalidClient, RegistrationError, TemporarilyUnavailable, TooManyRequests
 from .jwks import JWKSError
 from .log import get_logger, redact_authlib_tokens
 from .management import software_jwks
 from .policies.base import numeric_date
 from .registration import suspension
 from .storage import StoredClient
+from .storage.replay import ReplayCache, ReplayQuotaExceeded, ReplayRefused
 
 if TYPE_CHECKING:
     from authlib.integrations.flask_oauth2 import AuthorizationServer
@@ -190,7 +191,23 @@ class ClientAuthenticator:
         if not isinstance(jti, str) or not jti:
             raise _invalid("The client assertion has no jti.")
         try:
-            fresh = state.replay_cache.remember(f"assertion:{client_id}:{jti}", exp + skew)
+            key, expires_at = f"assertion:{client_id}:{jti}", exp + skew
+            if isinstance(state.replay_cache, ReplayCache):  # counted against the client's quota
+                fresh = state.replay_cache.remember(key, expires_at, owner=f"assertion:{client_id}")
+            else:  # a cache written to the 0.2 protocol: remember(key, expires_at)
+                fresh = state.replay_cache.remember(key, expires_at)
+        except ReplayQuotaExceeded as exc:  # this client's share is used up: 429, not a replay
+            raise TooManyRequests(
+                "This client has sent too many client assertions; retry later.",
+                retry_after=exc.retry_after,
+                detail=str(exc),
+            ) from None
+        except ReplayRefused as exc:  # the whole cache is full
+            raise TemporarilyUnavailable(
+                "The client assertion cannot be checked right now; retry later.",
+                retry_after=exc.retry_after,
+                detail=repr(exc),
+            ) from None
         except Exception:  # a shared cache that is down: fail closed
             logger.exception("replay cache unavailable while checking a client assertion")
             raise _invalid("The client assertion cannot be checked right now.") from None
@@ -262,9 +279,7 @@ class WireError(OAuth2Error):
     own status, code and headers (e.g. 503 ``temporarily_unavailable`` + Retry-After)."""
 
     def __init__(self, error: RegistrationError) -> None:
-        super().__init__(
-            description=error.description, status_code=error.status, error=error.error
-        )
+        super().__init__(description=error.description, status_code=error.status, error=error.error)
         self._extra_headers = dict(error.headers)
         if error.detail != error.description:
             logger.info("token endpoint: %s (%s)", error.description, error.detail)

@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import json
+import sys
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .errors import RegistrationError
+from .jobs import revalidate_app
+from .registration import suspension
 from .state import EXTENSION_KEY, DCRState
 
 obdcr_cli = AppGroup("obdcr", help="Open Banking Dynamic Client Registration.")
@@ -26,13 +29,16 @@ def _store():
 
 @clients_cli.command("list")
 def list_clients() -> None:
-    """One line per client: id, issued at, software, org, auth method."""
+    """One line per client: id, issued at, software, org, auth method, status (and why a
+    suspended client is suspended)."""
     count = 0
     for client in _store().list():
         count += 1
+        suspended = suspension(client)
+        status = "active" if suspended is None else f"suspended: {suspended.get('reason')}"
         click.echo(
             f"{client.client_id}\t{client.client_id_issued_at}\t{client.software_id}"
-            f"\t{client.org_id}\t{client.token_endpoint_auth_method}"
+            f"\t{client.org_id}\t{client.token_endpoint_auth_method}\t{status}"
         )
     click.echo(f"{count} client(s)", err=True)
 
@@ -75,3 +81,40 @@ def purge() -> None:
     except Exception as exc:  # noqa: BLE001 - the store is down: say so, no traceback
         raise click.ClickException(f"purge failed: {exc!r}") from None
     click.echo(f"purged {tokens} expired access token(s) and {jtis} expired replay entry(ies)")
+
+
+#: exit status of ``revalidate`` when another pass holds the lock (sysexits EX_TEMPFAIL)
+BUSY = 75
+
+
+@obdcr_cli.command("revalidate")
+@click.option("--workers", default=8, show_default=True, help="Concurrent key-set fetches.")
+def revalidate_clients(workers: int) -> None:
+    """Re-check every registered client against the Directory as it is now: the SSA's
+    signature, revoked keys, the transport certificate, the organisation's status. Suspends
+    the clients that fail (their token requests get 401) and reinstates suspended ones that
+    pass. Exit status 1 when any client is suspended, 75 when another pass is running; safe
+    to run from cron on several hosts."""
+    total = len(_store())
+    with click.progressbar(length=total, label="Re-validating", file=sys.stderr) as bar:
+        report = revalidate_app(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            max_workers=workers,
+            on_finding=lambda finding, client: bar.update(1),
+        )
+    if report is None:
+        click.echo("Another re-validation pass is running; nothing done.", err=True)
+        raise SystemExit(BUSY)
+    rows = [f for f in report.findings if f.outcome != "passed"]
+    if rows:
+        click.echo(f"{'client_id':36}  {'outcome':15}  reason")
+        for finding in rows:
+            click.echo(f"{finding.client_id:36}  {finding.outcome:15}  {finding.reason or ''}")
+    outcomes = ("passed", "suspended", "still suspended", "reinstated", "undecided")
+    summary = ", ".join(f"{report.count(o)} {o}" for o in outcomes if report.count(o))
+    click.echo(
+        f"{len(report.findings)} client(s): {summary or 'none'};"
+        f" {report.fetched} key set(s) fetched, {report.fetch_failures} failed"
+    )
+    if report.any_failed:
+        raise SystemExit(1)

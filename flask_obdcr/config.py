@@ -57,6 +57,8 @@ DEFAULTS: dict[str, Any] = {
     # revocation (docs/architecture.md, "Contract: revocation")
     "OBDCR_REVOCATION": "require",
     "OBDCR_REVOCATION_CACHE_SECONDS": 300,
+    # ours, beyond the contract: bounded state
+    "OBDCR_REPLAY_QUOTA_PER_SOFTWARE": 10000,
     # beyond one process (optional extras `redis`, `postgres`)
     "OBDCR_REDIS_URL": None,
     "OBDCR_REDIS_PREFIX": "obdcr:",
@@ -138,6 +140,8 @@ class Settings:
     http_timeout: float = 10.0
     revocation: str = "require"
     revocation_cache_seconds: int = 300
+    #: live jtis one software (or client, for assertions) may hold in the replay cache
+    replay_quota_per_software: int = 10000
 
     @property
     def accepted_audiences(self) -> frozenset[str]:
@@ -297,7 +301,10 @@ class Settings:
             )
         revocation_cache = _int(raw, "OBDCR_REVOCATION_CACHE_SECONDS", minimum=1, maximum=86400)
 
+        replay_quota = _int(raw, "OBDCR_REPLAY_QUOTA_PER_SOFTWARE", minimum=10, maximum=10**7)
+
         return cls(
+            replay_quota_per_software=replay_quota,
             revocation=revocation,
             revocation_cache_seconds=revocation_cache,
             token_endpoint=token_endpoint,

@@ -13,11 +13,13 @@ from flask import Flask, current_app, g, has_app_context, request
 from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
 from .errors import ConfigurationError, RegistrationError
+from .jobs import revalidate_app
 from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
 from .log import get_logger
 from .management import check_access_token
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
+from .revalidation import DirectoryStatus, Finding, RevalidationReport
 from .revoked_keys import RevokedKeys
 from .state import EXTENSION_KEY, DCRState
 from .storage import (
@@ -26,6 +28,7 @@ from .storage import (
     MemoryTokenStore,
     ReplayCache,
     SQLiteStore,
+    StoredClient,
     TokenStore,
 )
 from .urls import PublishedURLs
@@ -61,6 +64,7 @@ class OpenBankingDCR:
         token_store: TokenStore | None = None,
         clock: Callable[[], float] = time.time,
         url_prefix: str = "",
+        directory_status: DirectoryStatus | None = None,
     ) -> None:
         self._store = store
         self._token_store = token_store
@@ -70,6 +74,8 @@ class OpenBankingDCR:
         self.replay_cache = replay_cache
         self.clock = clock
         self.url_prefix = url_prefix
+        #: where re-validation learns organisations' status (None: not checked)
+        self.directory_status = directory_status
         self._last_state: DCRState | None = None
         self._app_count = 0
         if app is not None:
@@ -121,7 +127,10 @@ class OpenBankingDCR:
             from .storage.redis import shared_caches
 
             shared_replay, shared_jwks = shared_caches(
-                shared_redis, prefix=settings.redis_prefix, clock=self.clock
+                shared_redis,
+                prefix=settings.redis_prefix,
+                clock=self.clock,
+                quota_per_owner=settings.replay_quota_per_software,
             )
             replay_cache = shared_replay if replay_cache is None else replay_cache
             jwks_cache = shared_jwks if jwks_cache is None else jwks_cache
@@ -136,7 +145,9 @@ class OpenBankingDCR:
             )
         jwks = JWKSClient(fetcher, cache=jwks_cache, clock=self.clock)
         if replay_cache is None:
-            replay_cache = MemoryReplayCache(clock=self.clock)
+            replay_cache = MemoryReplayCache(
+                clock=self.clock, quota_per_owner=settings.replay_quota_per_software
+            )
         certificates = ClientCertificates(
             verifier,
             header=settings.client_cert_header,
@@ -183,6 +194,8 @@ class OpenBankingDCR:
             urls=PublishedURLs.from_settings(settings, self.url_prefix),
             clock=self.clock,
             revoked_keys=revoked_keys,
+            redis=shared_redis,
+            directory_status=self.directory_status,
         )
         app.extensions[EXTENSION_KEY] = state
         self._last_state = state
@@ -292,6 +305,24 @@ class OpenBankingDCR:
             "tls_client_certificate_bound_access_tokens": settings.certificate_bound_tokens,
             **state.urls.mtls_endpoint_aliases(),
         }
+
+    def revalidate(
+        self,
+        *,
+        directory_status: DirectoryStatus | None = None,
+        max_workers: int = 8,
+        on_finding: Callable[[Finding, StoredClient], None] | None = None,
+    ) -> RevalidationReport | None:
+        """Re-check every stored client (docs/architecture.md, "Contract: revocation"):
+        suspend those that fail, reinstate suspended ones that pass. Sends ``client_suspended``
+        and ``client_reinstated``. One pass at a time per store (a lock in Redis or the store):
+        returns None, having done nothing, when another pass holds it."""
+        return revalidate_app(
+            current_app._get_current_object(),  # type: ignore[attr-defined]
+            directory_status=directory_status,
+            max_workers=max_workers,
+            on_finding=on_finding,
+        )
 
     def require_token(self, scope: str | None = None) -> Callable:
         """Protect a resource view: a valid access token, bound to the certificate presented

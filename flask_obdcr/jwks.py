@@ -606,6 +606,13 @@ class JWKSClient:
         """
         return copy_json(self._entry(url).parsed().document)
 
+    def refresh(self, url: str) -> None:
+        """Fetch ``url`` now, whatever the cache holds (re-validation wants the Directory's
+        current keys, not the cached ones). :class:`JWKSError` when the fetch fails; the cached
+        entry then stays as it was."""
+        with self._locks.hold(url):
+            self._fetch(url)
+
     def candidate_keys(self, url: str, *, kid: str | None, alg: str) -> list[JWK]:
         """Every key of the set that could have made a signature with ``alg``, in document order.
 

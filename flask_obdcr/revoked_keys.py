@@ -85,14 +85,17 @@ class RevokedKeys:
         *,
         kid: str | None = None,
         key: jwk.JWK | x509.Certificate | None = None,
+        thumbprint: str | None = None,
     ) -> RevokedKey | None:
-        """The revoked-set entry matching ``kid`` or the public key of ``key``, or None.
+        """The revoked-set entry matching ``kid``, or the public key of ``key`` (or its RFC 7638
+        ``thumbprint``), or None.
 
         Raises :class:`TemporarilyUnavailable` when a named set cannot be fetched and the mode
         is ``"require"``."""
         if self.mode == "off":
             return None
-        thumbprint = key_thumbprint(key) if key is not None else None
+        if key is not None:
+            thumbprint = key_thumbprint(key)
         if isinstance(key, jwk.JWK) and kid is None:
             kid = key.get("kid")
         for claim in REVOKED_ENDPOINT_CLAIMS:

@@ -20,3 +20,7 @@ registration_rejected = _signals.signal("obdcr.registration-rejected")
 client_updated = _signals.signal("obdcr.client-updated")
 #: DELETE /register/<id> succeeded: ``client``
 client_deleted = _signals.signal("obdcr.client-deleted")
+#: re-validation suspended a client: ``client`` (as stored now), ``reason``
+client_suspended = _signals.signal("obdcr.client-suspended")
+#: re-validation found a suspended client sound again: ``client``
+client_reinstated = _signals.signal("obdcr.client-reinstated")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from .certificates import ClientCertificates
 from .config import Settings
@@ -33,3 +34,7 @@ class DCRState:
     urls: PublishedURLs
     clock: Callable[[], float]
     revoked_keys: RevokedKeys
+    #: the shared Redis client when OBDCR_REDIS_URL is set
+    redis: Any = None
+    #: where re-validation learns organisations' status
+    directory_status: Any = None

@@ -66,6 +66,7 @@ def test_list_registered_clients(runner, store, registered, ob_software, ob_ec_s
                 client.software_id,
                 client.org_id,
                 client.token_endpoint_auth_method,
+                "active",
             ]
         )
         for client in store.list()
@@ -82,6 +83,7 @@ def test_list_registered_clients(runner, store, registered, ob_software, ob_ec_s
             sw.software_id,
             sw.org_id,
             method,
+            "active",
         ]
         for body, sw, method in zip(registered, software, methods, strict=True)
     }
@@ -161,7 +163,7 @@ def test_commands_use_the_default_sqlite_store(tmp_path, ob_directory, issuer):
     assert shown.exit_code == 0, shown.output
     assert json.loads(shown.stdout) == client.to_response()
     listed = invoke(runner, "list")
-    assert listed.stdout == "from-elsewhere\t1700000000\tsw1\torg1\tNone\n"
+    assert listed.stdout == "from-elsewhere\t1700000000\tsw1\torg1\tNone\tactive\n"
     deleted = invoke(runner, "delete", "from-elsewhere", "--yes")
     assert deleted.exit_code == 0, deleted.output
     assert SQLiteStore(tmp_path / "instance" / "obdcr.db").get("from-elsewhere") is None

@@ -148,6 +148,8 @@ WRONG = [
     ("OBDCR_REVOCATION", None, "revocation-none"),
     ("OBDCR_REVOCATION_CACHE_SECONDS", 0, "revocation-cache-zero"),
     ("OBDCR_REVOCATION_CACHE_SECONDS", "300", "revocation-cache-string"),
+    ("OBDCR_REPLAY_QUOTA_PER_SOFTWARE", 0, "replay-quota-zero"),
+    ("OBDCR_REPLAY_QUOTA_PER_SOFTWARE", None, "replay-quota-none"),
 ]
 
 
@@ -221,6 +223,7 @@ def test_defaults_are_the_documented_values():
         # docs/architecture.md, "Contract: revocation"
         "OBDCR_REVOCATION": "require",
         "OBDCR_REVOCATION_CACHE_SECONDS": 300,
+        "OBDCR_REPLAY_QUOTA_PER_SOFTWARE": 10000,
         # ours, beyond the contract: shared state for several processes
         "OBDCR_REDIS_URL": None,
         "OBDCR_REDIS_PREFIX": "obdcr:",

@@ -128,6 +128,12 @@ def jwks_path(software) -> str:
     return f"/{software.org_id}/{software.software_id}.jwks"
 
 
+def revoked_paths(software) -> list[str]:
+    """The SSA's revoked key sets, software then organisation: consulted once each."""
+    org = software.org_id
+    return [f"/{org}/revoked/{software.software_id}.jwks", f"/{org}/revoked/{org}.jwks"]
+
+
 # -- the server itself ---------------------------------------------------------------------
 
 
@@ -173,7 +179,11 @@ def test_registers_with_keys_fetched_over_https(app, store, directory, server, s
     assert data["software_jwks_endpoint"] == software.jwks_url
     assert store.get(data["client_id"]) is not None
     # exactly one GET of the Directory's keys and one of the software's, nothing else
-    assert server.requests == ["/openbanking.jwks", jwks_path(software)]
+    assert server.requests == [
+        "/openbanking.jwks",
+        jwks_path(software),
+        *revoked_paths(software),
+    ]
     assert {r.method for r in server.request_log} == {"GET"}
     assert {r.headers["Accept"] for r in server.request_log} == {HTTPFetcher.ACCEPT}
 
@@ -292,7 +302,11 @@ def test_directory_unreachable_is_503_unless_cached(tmp_path):
         warm_app = make_app(directory, tmp_path, verify, warm_store)
         response = post(warm_app, directory.registration_request(software, aud=ISSUER), software)
         assert response.status_code == 201, response.get_json()
-        assert server.requests == ["/openbanking.jwks", jwks_path(software)]
+        assert server.requests == [
+        "/openbanking.jwks",
+        jwks_path(software),
+        *revoked_paths(software),
+    ]
     finally:
         server.stop()
     assert not server.running
@@ -313,4 +327,8 @@ def test_directory_unreachable_is_503_unless_cached(tmp_path):
     response = post(warm_app, body, software)
     assert response.status_code == 201, response.get_json()
     assert len(warm_store) == len(stored) + 1
-    assert server.requests == ["/openbanking.jwks", jwks_path(software)]
+    assert server.requests == [
+        "/openbanking.jwks",
+        jwks_path(software),
+        *revoked_paths(software),
+    ]
