@@ -30,6 +30,7 @@ from flask_obdcr.errors import InvalidClient, InvalidToken, TemporarilyUnavailab
 from flask_obdcr.fetch import BoundedFetch, FetchFailed
 from flask_obdcr.revocation import (
     MemoryRevocationCache,
+    NoAnswer,
     RedisRevocationCache,
     RevocationChecker,
     StatusRecord,
@@ -486,8 +487,9 @@ def test_a_response_about_another_certificate_is_refused(ca, server, tpp_key, cl
     leaf = transport(ca, server, tpp_key)
     other = transport(ca, server, tpp_key)
     response = ca.ocsp_response(build_request(other, ca.certificate))
-    with pytest.raises(Exception, match="no answer about this certificate"):
+    with pytest.raises(NoAnswer) as caught:
         verify_response(response, leaf, ca.certificate, now=clock(), skew=30, max_age=300)
+    assert str(caught.value) == "the response holds no answer about this certificate"
 
 
 # -- CRLs that are refused -----------------------------------------------------------------------
