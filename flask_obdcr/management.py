@@ -62,7 +62,8 @@ def authorize_management(
     certificate = state.certificates.from_environ(environ)
     if certificate is None:
         raise InvalidClient("A client certificate is required (mutual TLS).")
-    verified = state.certificates.verify(certificate)
+    # a revoked certificate (OCSP/CRL) is an invalid_token here (docs/architecture.md)
+    verified = state.certificates.verify(certificate, revoked_error=InvalidToken)
     if bound_to is not None and verified.thumbprint != bound_to:
         state.tokens.revoke(token)
         raise InvalidToken("The access token is bound to another certificate.")
@@ -104,7 +105,7 @@ def check_access_token(
         if certificate is None:
             raise InvalidToken("The access token is bound to a client certificate; present it.")
         try:
-            verified = state.certificates.verify(certificate)
+            verified = state.certificates.verify(certificate, revoked_error=InvalidToken)
         except InvalidClient as exc:  # e.g. expired since the token was issued
             raise InvalidToken(exc.description, detail=exc.detail) from None
         if verified.thumbprint != record.x5t_s256:

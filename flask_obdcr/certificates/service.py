@@ -11,19 +11,29 @@ from __future__ import annotations
 import datetime
 import functools
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography import x509
 
-from ..errors import InvalidClient
+from ..errors import InvalidClient, RegistrationError
 from .binding import certificate_belongs_to_software, thumbprint_sha256
 from .dn import dn_matches
 from .source import client_certificate_from_environ
 from .verify import TransportCertificateVerifier
 
-__all__ = ["ClientCertificates", "VerifiedCertificate"]
+__all__ = ["ClientCertificates", "RevocationCheck", "VerifiedCertificate"]
+
+
+class RevocationCheck(Protocol):
+    """What checks a verified chain's revocation status
+    (:class:`~flask_obdcr.revocation.RevocationChecker`)."""
+
+    def check(
+        self, chain: Sequence[x509.Certificate], *, revoked_error: type[RegistrationError]
+    ) -> Any: ...
+
 
 #: the binding rule reported when a certificate matches a client's registered subject DN
 SUBJECT_DN_RULE = "tls_client_auth_subject_dn"
@@ -60,8 +70,11 @@ class ClientCertificates:
         header: str | None = None,
         trusted_proxies: Collection[str] = (),
         clock: Callable[[], float] = time.time,
+        revocation: RevocationCheck | None = None,
     ) -> None:
         self.verifier = verifier
+        #: checks the chain's revocation status (OCSP/CRL); None: not checked
+        self.revocation = revocation
         self.header = header
         self.trusted_proxies = tuple(trusted_proxies)
         self.clock = clock
@@ -78,14 +91,22 @@ class ClientCertificates:
         return functools.partial(self.from_environ, environ)
 
     def verify(
-        self, certificate: x509.Certificate, *, now: float | None = None
+        self,
+        certificate: x509.Certificate,
+        *,
+        now: float | None = None,
+        revoked_error: type[RegistrationError] = InvalidClient,
     ) -> VerifiedCertificate:
-        """``certificate`` verified at ``now`` (default: the clock); ``InvalidClient`` if it
-        is not trusted, not valid now, has a weak key or lacks the clientAuth usage."""
+        """``certificate`` verified at ``now`` (default: the clock): ``InvalidClient`` if it
+        is not trusted, not valid now, has a weak key or lacks the clientAuth usage;
+        ``revoked_error`` (401) if its chain's OCSP responder or CRL says it is revoked;
+        ``TemporarilyUnavailable`` (503) if that status is unknown under "require"."""
         at = datetime.datetime.fromtimestamp(
             self.clock() if now is None else now, datetime.timezone.utc
         )
         chain = self.verifier.verify(certificate, now=at)
+        if self.revocation is not None:
+            self.revocation.check(chain, revoked_error=revoked_error)
         return VerifiedCertificate(certificate, chain, thumbprint_sha256(certificate))
 
     def verified(
