@@ -109,6 +109,8 @@ class ClientAuthenticator:
             return None  # not a tls_client_auth client: let the other methods have a go
         try:
             verified = self._state().certificates.verified(flask_request.environ)
+        except TemporarilyUnavailable:
+            raise  # revocation status unknown: a 503, whatever the auth method
         except RegistrationError as exc:
             raise _invalid(exc.description) from None
         subject_dn = client.metadata.get("tls_client_auth_subject_dn")

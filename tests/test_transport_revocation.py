@@ -8,7 +8,7 @@ OBDCR_REVOCATION_CACHE_SECONDS."""
 from __future__ import annotations
 
 import pytest
-from test_authlib_server import BASE, get_token, manage, register
+from test_authlib_server import BASE, TOKEN_URL, get_token, manage, register
 
 from flask_obdcr.testing.revocation import RevocationServer
 
@@ -135,14 +135,19 @@ def test_status_unknown(http, bank, ob_directory, software, issuer, responder, e
         assert len(bank.dcr.store) == 0
 
 
+@pytest.mark.parametrize("method", ["client_secret_basic", "tls_client_auth", "private_key_jwt"])
 def test_unknown_at_the_token_endpoint_is_503(
-    http, bank, ob_clock, ob_directory, software, issuer, responder
+    http, bank, ob_clock, ob_directory, software, issuer, responder, method
 ):
-    registration = register(http, ob_directory, software, issuer, "client_secret_basic")
+    registration = register(http, ob_directory, software, issuer, method)
     responder.fail("refuse")
     # the cached verdict is due, and its nextUpdate has passed: nothing usable is left
     ob_clock.advance(8 * 86400)
-    response = get_token(http, software, registration)
+    now = int(ob_clock())
+    assertion = software.client_assertion(
+        registration["client_id"], aud=TOKEN_URL, iat=now, exp=now + 300
+    )
+    response = get_token(http, software, registration, assertion=assertion)
     assert_error(response, 503, "temporarily_unavailable")
     assert int(response.headers["Retry-After"]) > 0
     assert bank.dcr.tokens.revoke_client(registration["client_id"]) == 0
