@@ -17,7 +17,9 @@ Configuration, later wins: :func:`default_config` (a sandbox Directory at
 ``https://127.0.0.1:8443``, the bank at ``https://127.0.0.1:9443``, the sandbox CA bundle at
 ``<instance>/directory/ca-bundle.pem``: the ``make serve`` layout), then
 ``<instance>/anybank.json`` if it exists (``python -m example_app.bank serve`` writes it), then
-``config``. Any ``OBDCR_*`` key given overrides the default, e.g. to trust another Directory::
+``config``. ``flask obdcr revalidate`` reads organisations' status from the sandbox Directory's
+API (``ANYBANK_DIRECTORY_URL``, see :func:`directory_status`) while the bank trusts that
+Directory. Any ``OBDCR_*`` key given overrides the default, e.g. to trust another Directory::
 
     app = create_app({
         "OBDCR_ISSUER": "https://as.anybank.example",
@@ -46,6 +48,8 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask, current_app, jsonify, request
 
 from flask_obdcr import OpenBankingDCR, RegistrationError
+from flask_obdcr.jwks import HTTPFetcher
+from flask_obdcr.revalidation import HTTPDirectoryStatus
 
 from ._util import write_json
 
@@ -56,12 +60,16 @@ __all__ = [
     "DEFAULT_ISSUER",
     "create_app",
     "default_config",
+    "directory_status",
     "sandbox_config",
 ]
 
 DEFAULT_ISSUER = "https://127.0.0.1:9443"
 DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
 DIRECTORY_ISSUER = "OpenBanking Ltd"
+#: the sandbox Directory whose organisation API tells re-validation an organisation's status
+#: (``GET <url>/api/organisations/<org_id>``): not an OBDCR_* key, the example's own
+DIRECTORY_URL_KEY = "ANYBANK_DIRECTORY_URL"
 #: read from the instance folder, if present, between the defaults and ``config``
 CONFIG_FILE = "anybank.json"
 #: endpoints reachable without a client certificate
@@ -128,7 +136,28 @@ def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str
         "OBDCR_JWKS_ALLOWED_HOSTS": [urlsplit(directory_url).hostname],
         "OBDCR_HTTP_VERIFY": os.fspath(ca_file),
         "OBDCR_TRANSPORT_CA_FILE": os.fspath(ca_file),
+        DIRECTORY_URL_KEY: directory_url,
     }
+
+
+def directory_status(config: Mapping[str, Any]) -> HTTPDirectoryStatus | None:
+    """Where ``flask obdcr revalidate`` reads an organisation's status: the sandbox Directory's
+    ``GET /api/organisations/<org_id>`` (``{"org_status": ...}``), fetched over HTTPS with the
+    bank's ``OBDCR_HTTP_VERIFY`` and ``OBDCR_HTTP_TIMEOUT``. Only when the bank trusts that
+    Directory (its ``/openbanking.jwks`` is the trusted JWKS of "OpenBanking Ltd"); a bank
+    configured for another Directory gets None: organisations' status is not checked."""
+    url = str(config.get(DIRECTORY_URL_KEY) or "").rstrip("/")
+    trusted = config.get("OBDCR_TRUSTED_DIRECTORIES") or {}
+    if not url or trusted.get(DIRECTORY_ISSUER) != f"{url}/openbanking.jwks":
+        return None
+    timeout = float(config.get("OBDCR_HTTP_TIMEOUT") or 10)
+    connect = min(3.05, timeout / 2)
+    fetcher = HTTPFetcher(
+        allowed_hosts=[urlsplit(url).hostname or ""],
+        verify=config.get("OBDCR_HTTP_VERIFY", True),
+        timeout=(connect, timeout - connect),
+    )
+    return HTTPDirectoryStatus(f"{url}/api/organisations/{{org_id}}", fetcher)
 
 
 def default_config(instance_path: str) -> dict[str, Any]:
@@ -156,12 +185,17 @@ def create_app(
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
 
-    dcr = OpenBankingDCR(app)  # SQLite in the instance folder: obdcr.db
+    # SQLite in the instance folder: obdcr.db; organisations' status from the sandbox Directory
+    dcr = OpenBankingDCR(app, directory_status=directory_status(app.config))
     authorization_server = AuthorizationServer(
         app, query_client=dcr.query_client, save_token=dcr.save_token
     )
     dcr.configure_authorization_server(authorization_server)
-    app.extensions["anybank"] = {"dcr": dcr, "authorization_server": authorization_server}
+    app.extensions["anybank"] = {
+        "dcr": dcr,
+        "authorization_server": authorization_server,
+        "directory_status": dcr.directory_status,
+    }
 
     app.before_request(_require_client_certificate)
 
@@ -305,6 +339,11 @@ def cli() -> None:
     type=click.Path(dir_okay=False),
     help="Write the bank's URL here once it is listening.",
 )
+@click.option(
+    "--revocation-cache-seconds",
+    type=click.IntRange(1, 86400),
+    help="OBDCR_REVOCATION_CACHE_SECONDS [default: the extension's, 300].",
+)
 @click.option("--exit-with-parent", is_flag=True, help="Stop when the parent process ends.")
 def serve(
     instance_path,
@@ -315,6 +354,7 @@ def serve(
     cert_file,
     key_file,
     url_file,
+    revocation_cache_seconds,
     exit_with_parent,
 ):
     """Serve AnyBank over HTTPS (client certificates asked for, not required) until stopped.
@@ -345,6 +385,8 @@ def serve(
 
     def make_app(url: str):
         config = sandbox_config(issuer=url, directory_url=directory_url, ca_file=ca_file)
+        if revocation_cache_seconds is not None:
+            config["OBDCR_REVOCATION_CACHE_SECONDS"] = revocation_cache_seconds
         write_json(os.path.join(instance_path, CONFIG_FILE), config)
         return create_app(config, instance_path=instance_path)
 

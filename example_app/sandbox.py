@@ -9,6 +9,11 @@ Layout of the working folder (it is also the bank's Flask instance folder)::
     tpp/              the TPP's files (python -m example_app.tpp --workdir <folder>/tpp)
     logs/             the servers' output, when they run as processes with log files
 
+The Directory serves its issuing CA's CRL and OCSP responder too (``/pki/issuing.crl``,
+``/pki/ocsp``), and every certificate it issues to a TPP names them, so the bank checks each
+transport certificate's revocation status there; ``revocation_cache_seconds`` sets how long the
+bank trusts an answer (``OBDCR_REVOCATION_CACHE_SECONDS``, 300 s by default).
+
 ``Sandbox(folder).start()`` prepares the PKI and both HTTPS certificates, then starts the
 Directory and the bank, as child processes (``mode="process"``: ``python -m
 example_app.directory serve`` and ``python -m example_app.bank serve``, each stopping if its
@@ -52,6 +57,7 @@ class Sandbox:
         mode: str = "process",
         log_files: bool = True,
         startup_timeout: float = 30.0,
+        revocation_cache_seconds: int | None = None,
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError("mode is 'process' or 'thread'")
@@ -62,6 +68,9 @@ class Sandbox:
         self.mode = mode
         self.log_files = log_files
         self.startup_timeout = startup_timeout
+        #: the bank's OBDCR_REVOCATION_CACHE_SECONDS (None: the extension's default, 300): how
+        #: long it trusts an OCSP or CRL answer about a certificate before asking again
+        self.revocation_cache_seconds = revocation_cache_seconds
         self.directory_url: str | None = None
         self.bank_url: str | None = None
         self.directory_state: DirectoryState | None = None
@@ -134,6 +143,8 @@ class Sandbox:
         config = sandbox_config(
             issuer=bank.url, directory_url=directory.url, ca_file=str(self.ca_bundle)
         )
+        if self.revocation_cache_seconds is not None:
+            config["OBDCR_REVOCATION_CACHE_SECONDS"] = self.revocation_cache_seconds
         write_json(self.folder / "anybank.json", config)
         self.bank_app = create_app(config, instance_path=self.folder)
         bank.app = self.bank_app
@@ -165,12 +176,16 @@ class Sandbox:
             ],
             directory_url_file,
         )
+        bank_options = []
+        if self.revocation_cache_seconds is not None:
+            bank_options = ["--revocation-cache-seconds", str(self.revocation_cache_seconds)]
         self.bank_url = self._spawn(
             "bank",
             [
                 "-m",
                 "example_app.bank",
                 "serve",
+                *bank_options,
                 "--instance",
                 str(self.folder),
                 "--host",

@@ -17,6 +17,8 @@ token) is a file in its working directory (``--workdir``, or ``$TPP_WORKDIR``, d
     token         client_credentials token over mutual TLS
     accounts      call the bank's accounts API with the token
     registration  get | update | delete the registration (RFC 7592 over mutual TLS)
+    revoke        revoke the transport (or, with --signing, the signing) certificate at the
+                  Directory, and say when the bank will notice
 
 Every HTTPS call verifies the server with the sandbox CA bundle; calls to the bank present the
 transport certificate (``requests``' ``cert=(transport.pem, transport.key)``) unless
@@ -46,6 +48,8 @@ from flask_obdcr.testing import sign_jwt
 from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject
 
 from ._util import abbreviate, decode_jwt, pretty, read_json, write_file, write_json
+from .directory import REVOCATION_REASONS
+from .directory.commands import revocation_consequences
 
 __all__ = ["TPP", "cli", "registration_claims", "sign_request"]
 
@@ -683,6 +687,38 @@ def registration_delete(tpp: TPP, use_registration_token: bool) -> None:
     expect(response, 204, what="deleting the registration")
     tpp.path("registration.json").unlink(missing_ok=True)
     click.echo("removed registration.json (token.json is kept, to show the bank refusing it)")
+
+
+@cli.command()
+@click.option("--signing", is_flag=True, help="Revoke the signing certificate instead.")
+@click.option(
+    "--reason",
+    type=click.Choice(list(REVOCATION_REASONS)),
+    default="unspecified",
+    show_default=True,
+    help="The CRL reason code.",
+)
+@pass_tpp
+def revoke(tpp: TPP, signing: bool, reason: str) -> dict[str, Any]:
+    """Revoke this TPP's transport certificate (or its signing certificate) at the Directory."""
+    cert_type = "signing" if signing else "transport"
+    issued = tpp.config.get("certificates", {}).get(cert_type)
+    if not issued:
+        raise Failed(f"no {cert_type} certificate issued yet: run `upload-csr` first")
+    url = tpp.directory(f"/api/software/{tpp.software_id}/certificates/{issued['kid']}")
+    click.echo(f"DELETE {url}?reason={reason}")
+    response = tpp.http("DELETE", url, mtls=False, params={"reason": reason})
+    record = show_response(response)
+    expect(response, 200, what=f"revoking the {cert_type} certificate")
+    issued.update(status="revoked", revoked_at=record.get("revoked_at"))
+    tpp.save()
+    for line in revocation_consequences(record, tpp.need("directory_url")):
+        click.echo(line)
+    click.echo(
+        f"{cert_type}.pem is of no use any more: to carry on, make new keys and certificates"
+        " (keys --force, upload-csr, download), then request and register again."
+    )
+    return record
 
 
 def main(args: list[str] | None = None) -> Any:

@@ -9,6 +9,7 @@ newcomer runs it, with its servers in child processes.
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
 import json
 import os
@@ -22,13 +23,15 @@ import sys
 import threading
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.x509 import ocsp
 from jwcrypto import jwk, jws
 
 from example_app import create_app
@@ -37,6 +40,11 @@ from example_app.directory import DirectoryState, create_directory_app
 from example_app.sandbox import Sandbox
 from example_app.serving import GunicornClientCertMiddleware
 from example_app.wsgi import behind_nginx, gunicorn_tls
+from flask_obdcr.revalidation import HTTPDirectoryStatus
+from flask_obdcr.revocation.crl import crl_urls, verify_crl
+from flask_obdcr.revocation.ocsp import build_request as ocsp_request
+from flask_obdcr.revocation.ocsp import ocsp_urls
+from flask_obdcr.revocation.ocsp import verify_response as verify_ocsp_response
 from flask_obdcr.testing import SandboxDirectory, sign_jwt
 from flask_obdcr.testing.pki import CertificateAuthority, generate_key, key_pem, ob_subject, pem
 
@@ -56,6 +64,8 @@ class TPP:
     signing_key: jwk.JWK
     subject_dn: str
     thumbprint: str
+    #: certificate type -> the kid the Directory gave it
+    kids: dict[str, str] = field(default_factory=dict)
 
 
 def _thumbprint(certificate: x509.Certificate) -> str:
@@ -112,6 +122,7 @@ def onboard(sandbox: Sandbox, folder: Path, *, roles=("AISP",)) -> TPP:
         signing_key=jwk.JWK(**{**signing.export_private(as_dict=True), "kid": kids["signing"]}),
         subject_dn=transport.subject.rfc4514_string(),
         thumbprint=_thumbprint(transport),
+        kids=kids,
     )
 
 
@@ -170,10 +181,9 @@ def other_tpp(sandbox, tmp_path_factory) -> TPP:
     return onboard(sandbox, tmp_path_factory.mktemp("other-tpp"))
 
 
-@pytest.fixture
-def bank(sandbox):
-    """HTTPS calls to the bank: ``bank("POST", "/register", tpp=..., ...)`` presents the
-    TPP's transport certificate; ``tpp=None`` presents none."""
+def bank_caller(sandbox: Sandbox):
+    """HTTPS calls to the sandbox's bank: ``call("POST", "/register", tpp=..., ...)`` presents
+    the TPP's transport certificate; ``tpp=None`` presents none."""
 
     def call(method, path, *, tpp=None, **kw):
         url = path if path.startswith("https://") else sandbox.bank_url + path
@@ -182,6 +192,12 @@ def bank(sandbox):
         return requests.request(method, url, verify=str(sandbox.ca_bundle), timeout=15, **kw)
 
     return call
+
+
+@pytest.fixture
+def bank(sandbox):
+    """HTTPS calls to the bank (:func:`bank_caller`)."""
+    return bank_caller(sandbox)
 
 
 @pytest.fixture
@@ -614,6 +630,452 @@ def test_certificate_authority_pem_roundtrip():
         CertificateAuthority.from_pem(ca.to_pem()[0], other.to_pem()[1])
 
 
+# -- revocation at the sandbox Directory: its CRL, its OCSP responder, organisation status --------
+
+
+def _issue(http, software, cert_type="transport"):
+    """Upload a CSR for ``software``; returns (the API's record, the certificate)."""
+    sid, org = software["software_id"], software["org_id"]
+    response = http.post(
+        f"/api/software/{sid}/certificates/{cert_type}", data=_csr(ob_subject(sid, org))
+    )
+    assert response.status_code == 201, response.get_json()
+    record = response.get_json()
+    pem_text = http.get(f"/api/software/{sid}/certificates/{record['kid']}.pem").get_data()
+    return record, x509.load_pem_x509_certificate(pem_text)
+
+
+def _ocsp_answer(http, certificate, issuer, *, get=False):
+    """The Directory's OCSP answer about ``certificate``, verified as the bank verifies it."""
+    request_der = ocsp_request(certificate, issuer)
+    if get:
+        encoded = quote(base64.b64encode(request_der).decode(), safe="")
+        response = http.get(f"/pki/ocsp/{encoded}")
+    else:
+        response = http.post("/pki/ocsp", data=request_der, content_type="application/ocsp-request")
+    assert response.status_code == 200
+    assert response.mimetype == "application/ocsp-response"
+    return verify_ocsp_response(
+        response.get_data(), certificate, issuer, now=time.time(), skew=30, max_age=3600
+    )
+
+
+def _crl(http, issuer):
+    response = http.get("/pki/issuing.crl")
+    assert response.status_code == 200
+    assert response.mimetype == "application/pkix-crl"
+    crl = x509.load_der_x509_crl(response.get_data())
+    verify_crl(
+        crl,
+        issuer,
+        url="https://directory.test/pki/issuing.crl",
+        now=time.time(),
+        skew=30,
+        max_age=86400,
+    )
+    return crl
+
+
+def test_directory_certificates_name_its_crl_and_ocsp_responder(directory_http, directory_state):
+    software = _new_software(directory_http)
+    for cert_type in ("transport", "signing"):
+        record, certificate = _issue(directory_http, software, cert_type)
+        assert crl_urls(certificate) == ("https://directory.test/pki/issuing.crl",)
+        assert ocsp_urls(certificate) == ("https://directory.test/pki/ocsp",)
+        assert record["crl_distribution_point"] == "https://directory.test/pki/issuing.crl"
+        assert record["ocsp_url"] == "https://directory.test/pki/ocsp"
+    index = directory_http.get("/").get_json()
+    assert (index["crl"], index["ocsp"]) == (
+        "https://directory.test/pki/issuing.crl",
+        "https://directory.test/pki/ocsp",
+    )
+
+
+def test_directory_revocation_updates_crl_ocsp_and_revoked_jwks(directory_http, directory_state):
+    issuer = directory_state.sandbox.issuing_ca.certificate
+    software = _new_software(directory_http)
+    sid, org = software["software_id"], software["org_id"]
+    record, certificate = _issue(directory_http, software)
+    kept, other = _issue(directory_http, software, "signing")
+
+    good = _ocsp_answer(directory_http, certificate, issuer)
+    assert good.status == "good"
+    assert good.next_update - good.this_update == 3600
+    assert certificate.serial_number not in {e.serial_number for e in _crl(directory_http, issuer)}
+
+    revoked = directory_http.delete(
+        f"/api/software/{sid}/certificates/{record['kid']}?reason=keyCompromise"
+    )
+    assert revoked.status_code == 200
+    shown = revoked.get_json()
+    assert (shown["status"], shown["revocation_reason"]) == ("revoked", "keyCompromise")
+    assert abs(shown["revoked_at"] - time.time()) < 5
+    for get in (False, True):
+        answer = _ocsp_answer(directory_http, certificate, issuer, get=get)
+        assert (answer.status, answer.reason) == ("revoked", "key_compromise")
+    entry = _crl(directory_http, issuer).get_revoked_certificate_by_serial_number(
+        certificate.serial_number
+    )
+    assert entry is not None
+    assert entry.extensions.get_extension_for_class(x509.CRLReason).value.reason == (
+        x509.ReasonFlags.key_compromise
+    )
+    assert _ocsp_answer(directory_http, other, issuer).status == "good"
+    revoked_keys = directory_http.get(f"/{org}/revoked/{sid}.jwks").get_json()["keys"]
+    assert [k["kid"] for k in revoked_keys] == [record["kid"]]
+    published = directory_http.get(f"/{org}/{sid}.jwks").get_json()["keys"]
+    assert [k["kid"] for k in published] == [kept["kid"]]
+
+    # revoking again changes nothing; the register survives a restart of the service
+    again = directory_http.delete(f"/api/software/{sid}/certificates/{record['kid']}")
+    assert again.get_json()["revoked_at"] == shown["revoked_at"]
+    assert again.get_json()["revocation_reason"] == "keyCompromise"
+    restarted = create_directory_app(
+        DirectoryState.open(directory_state.folder), base_url="https://directory.test"
+    ).test_client()
+    assert _ocsp_answer(restarted, certificate, issuer).status == "revoked"
+    assert _ocsp_answer(restarted, other, issuer).status == "good"
+    assert _crl(restarted, issuer).get_revoked_certificate_by_serial_number(
+        certificate.serial_number
+    ).revocation_date_utc == datetime.datetime.fromtimestamp(
+        shown["revoked_at"], tz=datetime.timezone.utc
+    )
+
+
+@pytest.mark.parametrize(
+    ("case", "status", "ocsp_status"),
+    [
+        pytest.param("garbage", 200, ocsp.OCSPResponseStatus.MALFORMED_REQUEST, id="garbage"),
+        pytest.param("bad-base64", 200, ocsp.OCSPResponseStatus.MALFORMED_REQUEST, id="bad-get"),
+        pytest.param("other-ca", 200, ocsp.OCSPResponseStatus.UNAUTHORIZED, id="other-ca"),
+        pytest.param("form", 415, None, id="not-an-ocsp-request"),
+    ],
+)
+def test_directory_ocsp_responder_refuses_what_it_cannot_answer(
+    case, status, ocsp_status, directory_http
+):
+    if case == "bad-base64":
+        response = directory_http.get("/pki/ocsp/not*base64")
+    elif case == "form":
+        response = directory_http.post("/pki/ocsp", data={"a": "b"})
+    else:
+        body = b"\x30\x03\x02\x01\x00"
+        if case == "other-ca":
+            rogue = CertificateAuthority.root("Rogue CA")
+            leaf = rogue.issue(ob_subject("s", "o"), generate_key("EC").public_key())
+            body = ocsp_request(leaf, rogue.certificate)
+        response = directory_http.post(
+            "/pki/ocsp", data=body, content_type="application/ocsp-request"
+        )
+    assert response.status_code == status
+    if ocsp_status is not None:
+        answer = ocsp.load_der_ocsp_response(response.get_data())
+        assert answer.response_status == ocsp_status
+    else:
+        assert response.get_json()["error"] == "invalid_request"
+
+
+@pytest.mark.parametrize(
+    ("path", "status", "error"),
+    [
+        pytest.param(
+            "/api/software/{sid}/certificates/{kid}?reason=bored",
+            400,
+            "invalid_request",
+            id="unknown-reason",
+        ),
+        pytest.param("/api/software/{sid}/certificates/nope", 404, "not_found", id="unknown-kid"),
+        pytest.param(
+            "/api/software/nobody/certificates/{kid}", 404, "not_found", id="unknown-software"
+        ),
+    ],
+)
+def test_directory_refuses_bad_revocations(path, status, error, directory_http, directory_state):
+    software = _new_software(directory_http)
+    record, certificate = _issue(directory_http, software)
+    response = directory_http.delete(path.format(sid=software["software_id"], kid=record["kid"]))
+    assert response.status_code == status
+    assert response.get_json()["error"] == error
+    issuer = directory_state.sandbox.issuing_ca.certificate
+    assert _ocsp_answer(directory_http, certificate, issuer).status == "good"
+
+
+def test_directory_reports_and_changes_organisation_status(directory_http):
+    software = _new_software(directory_http, roles=("AISP",))
+    org = software["org_id"]
+    assert directory_http.get(f"/api/organisations/{org}").get_json()["org_status"] == "Active"
+    changed = directory_http.patch(f"/api/organisations/{org}", json={"org_status": "revoked"})
+    assert changed.status_code == 200
+    assert changed.get_json()["org_status"] == "Revoked"
+    assert changed.get_json()["software"] == [software["software_id"]]
+    assert directory_http.get(f"/api/organisations/{org}").get_json()["org_status"] == "Revoked"
+    ssa = directory_http.post(f"/api/software/{software['software_id']}/ssa").get_data(as_text=True)
+    assert json.loads(base64.urlsafe_b64decode(ssa.split(".")[1] + "=="))["org_status"] == "Revoked"
+    for body, status, error in (
+        ({"org_status": "Sleeping"}, 400, "invalid_request"),
+        ({"org_status": "Active", "org_name": "Renamed"}, 400, "invalid_request"),
+        ("Active", 400, "invalid_request"),
+    ):
+        refused = directory_http.patch(f"/api/organisations/{org}", json=body)
+        assert (refused.status_code, refused.get_json()["error"]) == (status, error)
+    missing = directory_http.patch("/api/organisations/nobody", json={"org_status": "Active"})
+    assert (missing.status_code, missing.get_json()["error"]) == (404, "not_found")
+    assert directory_http.get(f"/api/organisations/{org}").get_json()["org_status"] == "Revoked"
+
+
+#: the bank of the revocation sandbox trusts an OCSP answer this long
+REVOCATION_CACHE_SECONDS = 1
+JWT = {"Content-Type": "application/jwt"}
+
+
+@pytest.fixture(scope="module")
+def revoking_sandbox(tmp_path_factory):
+    """A sandbox whose bank refreshes revocation answers after 1 s, not 300."""
+    folder = tmp_path_factory.mktemp("revoking")
+    with Sandbox(
+        folder, mode="thread", revocation_cache_seconds=REVOCATION_CACHE_SECONDS
+    ) as running:
+        yield running
+
+
+def _register_and_use(sandbox, tpp, method="tls_client_auth"):
+    """Register ``tpp``, take a token, read the accounts: (registration, auth header)."""
+    call = bank_caller(sandbox)
+    created = call(
+        "POST", "/register", tpp=tpp, data=registration_jwt(sandbox, tpp, method), headers=JWT
+    )
+    assert created.status_code == 201, created.text
+    registration = created.json()
+    issued = call("POST", "/token", tpp=tpp, data=token_request(sandbox, tpp, registration, method))
+    assert issued.status_code == 200, issued.text
+    auth = {"Authorization": f"Bearer {issued.json()['access_token']}"}
+    assert call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth).status_code == 200
+    return registration, auth
+
+
+def _revoke_at_the_directory(sandbox, tpp, cert_type, **params):
+    path = f"/api/software/{tpp.software_id}/certificates/{tpp.kids[cert_type]}"
+    return requests.delete(
+        sandbox.directory_url + path, params=params, verify=str(sandbox.ca_bundle), timeout=10
+    )
+
+
+def _wait_for_the_bank_to_ask_again():
+    time.sleep(REVOCATION_CACHE_SECONDS + 0.3)
+
+
+@pytest.mark.parametrize("method", ["tls_client_auth", "private_key_jwt"])
+def test_bank_refuses_a_transport_certificate_revoked_at_the_directory(
+    method, revoking_sandbox, tmp_path
+):
+    sandbox = revoking_sandbox
+    tpp = onboard(sandbox, tmp_path)
+    certificate = x509.load_pem_x509_certificate(Path(tpp.cert[0]).read_bytes())
+    assert ocsp_urls(certificate) == (f"{sandbox.directory_url}/pki/ocsp",)
+    assert crl_urls(certificate) == (f"{sandbox.directory_url}/pki/issuing.crl",)
+    registration, auth = _register_and_use(sandbox, tpp, method)
+
+    revoked = _revoke_at_the_directory(sandbox, tpp, "transport", reason="keyCompromise")
+    assert revoked.json()["status"] == "revoked"
+    _wait_for_the_bank_to_ask_again()
+
+    call = bank_caller(sandbox)
+    store = sandbox.bank_app.extensions["obdcr"].store
+    before = {client.client_id for client in store.list()}
+    form = token_request(sandbox, tpp, registration, method)
+    assert_error(call("POST", "/token", tpp=tpp, data=form), 401, "invalid_client")
+    # the bank's mutual-TLS gate refuses every call with a certificate it does not accept,
+    # before require_token (which would say invalid_token) or /register/<id> see it
+    assert_error(call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth), 401, "invalid_client")
+    uri = registration["registration_client_uri"]
+    assert_error(call("GET", uri, tpp=tpp, headers=auth), 401, "invalid_client")
+    again = registration_jwt(sandbox, tpp, method)
+    assert_error(call("POST", "/register", tpp=tpp, data=again, headers=JWT), 401, "invalid_client")
+    assert {client.client_id for client in store.list()} == before
+
+
+def test_bank_refuses_a_revoked_certificate_it_has_never_seen_at_once(revoking_sandbox, tmp_path):
+    """No cached answer: the bank asks the OCSP responder on first sight."""
+    sandbox = revoking_sandbox
+    tpp = onboard(sandbox, tmp_path)
+    assert _revoke_at_the_directory(sandbox, tpp, "transport").ok
+    body = registration_jwt(sandbox, tpp, "tls_client_auth")
+    refused = bank_caller(sandbox)("POST", "/register", tpp=tpp, data=body, headers=JWT)
+    assert_error(refused, 401, "invalid_client")
+    assert refused.json()["error_description"] == "The client certificate has been revoked."
+
+
+def _revalidate(sandbox):
+    result = sandbox.bank_app.test_cli_runner().invoke(args=["obdcr", "revalidate"])
+    rows = {
+        line.split()[0]: line
+        for line in result.output.splitlines()
+        if re.match(r"[0-9a-f-]{36}\s", line)
+    }
+    return result, rows
+
+
+def test_org_revoked_at_the_directory_suspends_its_clients_on_revalidate(
+    revoking_sandbox, tmp_path
+):
+    from click.testing import CliRunner
+
+    from example_app.directory import cli as directory_cli
+
+    sandbox = revoking_sandbox
+    status = sandbox.bank_app.extensions["anybank"]["directory_status"]
+    assert status.url_template == f"{sandbox.directory_url}/api/organisations/{{org_id}}"
+    tpp = onboard(sandbox, tmp_path)
+    registration, _auth = _register_and_use(sandbox, tpp)
+    client_id = registration["client_id"]
+    call = bank_caller(sandbox)
+    directory = ["--url", sandbox.directory_url, "--ca", str(sandbox.ca_bundle)]
+
+    runner = CliRunner()
+    changed = runner.invoke(directory_cli, ["org-status", *directory, tpp.org_id, "Revoked"])
+    assert changed.exit_code == 0, changed.output
+    assert json.loads(changed.output)["org_status"] == "Revoked"
+    result, rows = _revalidate(sandbox)
+    assert result.exit_code == 1, result.output
+    assert re.search(
+        r"\bsuspended\s+the Directory reports the organisation as Revoked", rows[client_id]
+    )
+    form = token_request(sandbox, tpp, registration, "tls_client_auth")
+    assert_error(call("POST", "/token", tpp=tpp, data=form), 401, "invalid_client")
+
+    shown = runner.invoke(directory_cli, ["org-status", *directory, tpp.org_id])
+    assert json.loads(shown.output)["org_status"] == "Revoked"
+    runner.invoke(directory_cli, ["org-status", *directory, tpp.org_id, "active"])
+    _result, rows = _revalidate(sandbox)
+    assert "reinstated" in rows[client_id]
+    form = token_request(sandbox, tpp, registration, "tls_client_auth")
+    assert call("POST", "/token", tpp=tpp, data=form).status_code == 200
+
+
+def test_directory_revoke_command(revoking_sandbox, tmp_path):
+    from click.testing import CliRunner
+
+    from example_app.directory import cli as directory_cli
+
+    sandbox = revoking_sandbox
+    tpp = onboard(sandbox, tmp_path)
+    directory = ["--url", sandbox.directory_url, "--ca", str(sandbox.ca_bundle)]
+    runner = CliRunner()
+    kid = tpp.kids["signing"]
+    args = ["revoke", *directory, "--software-id", tpp.software_id, "--kid", kid]
+    result = runner.invoke(directory_cli, [*args, "--reason", "superseded"])
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output[: result.output.index("\nAt the Directory, now:")])
+    assert (record["kid"], record["status"], record["revocation_reason"]) == (
+        kid,
+        "revoked",
+        "superseded",
+    )
+    assert (
+        f'the OCSP responder ({sandbox.directory_url}/pki/ocsp) answers "revoked"' in result.output
+    )
+    assert "requests and client assertions signed with this key are refused" in result.output
+    revoked_set = requests.get(
+        f"{sandbox.directory_url}/{tpp.org_id}/revoked/{tpp.software_id}.jwks",
+        verify=str(sandbox.ca_bundle),
+        timeout=10,
+    ).json()
+    assert [key["kid"] for key in revoked_set["keys"]] == [kid]
+
+    unknown = runner.invoke(
+        directory_cli, ["revoke", *directory, "--software-id", tpp.software_id, "--kid", "nope"]
+    )
+    assert unknown.exit_code == 1
+    assert "HTTP 404" in unknown.output and "not_found" in unknown.output
+    bad_reason = runner.invoke(directory_cli, [*args, "--reason", "bored"])
+    assert bad_reason.exit_code == 2
+
+
+def test_tpp_revoke_command(revoking_sandbox, tmp_path):
+    from click.testing import CliRunner
+
+    from example_app.directory import cli as directory_cli
+    from example_app.tpp import cli as tpp_cli
+
+    sandbox = revoking_sandbox
+    runner = CliRunner()
+    ca = str(sandbox.ca_bundle)
+    onboarded = runner.invoke(
+        directory_cli,
+        [
+            "onboard",
+            "--url",
+            sandbox.directory_url,
+            "--ca",
+            ca,
+            "--client-name",
+            "Revoking TPP",
+            "--role",
+            "AISP",
+            "--redirect-uri",
+            "https://tpp.example.com/cb",
+        ],
+    )
+    assert onboarded.exit_code == 0, onboarded.output
+    software = json.loads(onboarded.output)
+
+    def tpp_run(*args, ok=True):
+        result = runner.invoke(tpp_cli, ["--workdir", str(tmp_path), *args])
+        assert (result.exit_code == 0) is ok, result.output
+        return result.output
+
+    assert "no transport certificate issued yet" in tpp_run("revoke", ok=False)
+    tpp_run(
+        "init",
+        "--directory",
+        sandbox.directory_url,
+        "--bank",
+        sandbox.bank_url,
+        "--ca",
+        ca,
+        "--org-id",
+        software["org_id"],
+        "--software-id",
+        software["software_id"],
+    )
+    for step in (
+        "keys",
+        "upload-csr",
+        "download",
+        "ssa",
+        "discover",
+        "request",
+        "register",
+        "token",
+        "accounts",
+    ):
+        tpp_run(step)
+
+    revoked = tpp_run("revoke", "--reason", "keyCompromise")
+    kid = json.loads((tmp_path / "tpp.json").read_text())["certificates"]["transport"]["kid"]
+    assert (
+        f"/api/software/{software['software_id']}/certificates/{kid}?reason=keyCompromise"
+        in revoked
+    )
+    assert "HTTP 200 OK" in revoked
+    assert '"revocation_reason": "keyCompromise"' in revoked
+    assert "every call made with this certificate (registration, token" in revoked
+    assert "OBDCR_REVOCATION_CACHE_SECONDS (300 s by default)" in revoked
+    assert "transport.pem is of no use any more" in revoked
+    saved = json.loads((tmp_path / "tpp.json").read_text())["certificates"]["transport"]
+    assert saved["status"] == "revoked"
+
+    _wait_for_the_bank_to_ask_again()
+    refused = tpp_run("token", ok=False)
+    assert "the token request: the server answered HTTP 401 invalid_client" in refused
+    refused = tpp_run("accounts", ok=False)
+    assert "the accounts API: the server answered HTTP 401 invalid_client" in refused
+
+    signing = tpp_run("revoke", "--signing")
+    assert '"type": "signing"' in signing and '"status": "revoked"' in signing
+    assert "signed with this key are refused" in signing
+
+
 # -- create_app configuration ---------------------------------------------------------------------
 
 
@@ -637,6 +1099,11 @@ def test_create_app_defaults_point_at_the_make_serve_sandbox(bank_instance):
     assert settings.http_verify == settings.transport_ca_file == ca
     store = app.extensions["obdcr"].store
     assert os.fspath(store.path) == str(bank_instance / "obdcr.db")  # SQLite, instance folder
+    # re-validation reads organisations' status from the sandbox Directory it trusts
+    status = app.extensions["anybank"]["directory_status"]
+    assert isinstance(status, HTTPDirectoryStatus)
+    assert status.url_template == "https://127.0.0.1:8443/api/organisations/{org_id}"
+    assert app.extensions["obdcr"].directory_status is status
 
 
 def test_create_app_config_file_then_config_override(bank_instance):
@@ -655,6 +1122,25 @@ def test_create_app_config_file_then_config_override(bank_instance):
     assert settings.clock_skew == 5  # from anybank.json, not overridden
     from_file = create_app(instance_path=bank_instance).extensions["obdcr"].settings
     assert from_file.issuer == "https://from-file.test"
+
+
+def test_create_app_reads_org_status_only_from_the_directory_it_trusts(bank_instance):
+    ca = str(bank_instance / "directory" / "ca-bundle.pem")
+    other = sandbox_config(
+        issuer="https://as.other.test", directory_url="https://keystore.other.test", ca_file=ca
+    )
+    status = create_app(other, instance_path=bank_instance).extensions["anybank"]
+    assert status["directory_status"].url_template == (
+        "https://keystore.other.test/api/organisations/{org_id}"
+    )
+    # another Directory's OBDCR_* keys alone: the sandbox's API is not asked about its orgs
+    elsewhere = {
+        "OBDCR_TRUSTED_DIRECTORIES": {"OpenBanking Ltd": "https://keystore.example/ob.jwks"},
+        "OBDCR_JWKS_ALLOWED_HOSTS": ["keystore.example"],
+    }
+    app = create_app(elsewhere, instance_path=bank_instance)
+    assert app.extensions["anybank"]["directory_status"] is None
+    assert app.extensions["obdcr"].directory_status is None
 
 
 def test_in_process_mtls_rules(bank_instance):

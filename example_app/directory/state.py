@@ -1,38 +1,17 @@
-"""The sandbox Open Banking Directory as a service: ``python -m example_app.directory``.
+"""The sandbox Directory's state: its PKI, its registry and its revocation register.
 
-What the real Directory's front end and APIs let a TPP's technical contact do, on loopback:
+:class:`DirectoryState` keeps everything in one folder (``--state``), so the service serves the
+same Directory again after a restart:
 
-* onboard an organisation and a piece of software (the "Add new statement" form: name, roles,
-  redirect URIs), over the HTTP API or with ``python -m example_app.directory onboard``;
-* upload the CSRs of a transport and a signing key; the Directory's issuing CA signs them with
-  the OB subject ``CN=<software_id>, OU=<org_id>, O=OpenBanking, C=GB`` and publishes the keys
-  (with ``x5c``, ``use`` ``tls``/``sig``) at ``/<org_id>/<software_id>.jwks``; revoked keys
-  move to ``/<org_id>/revoked/<software_id>.jwks``;
-* download the issued certificates as PEM;
-* generate software statements (SSAs): JWTs signed PS256 by the Directory, ``iss``
-  ``"OpenBanking Ltd"``, verifiable with ``/openbanking.jwks``.
+* ``pki/``: the root and issuing CA and the SSA signing key (:meth:`SandboxDirectory.save`);
+* ``ca-bundle.pem``: issuing + root CA, what banks and TPPs trust;
+* ``registry.json``: organisations (with their ``org_status``), software and the certificates
+  issued to it, each with its serial, its status and, once revoked, when and why;
+* ``tls/``: the service's own HTTPS certificate.
 
-HTTP API (JSON unless noted; no authentication: it is a sandbox, bound to loopback)::
-
-    GET    /                                          what this service is, its URLs
-    GET    /ca.pem                                    the sandbox CA bundle (issuing + root)
-    GET    /openbanking.jwks                          the Directory's SSA signing keys
-    POST   /api/organisations                         {"org_name": ...} -> 201 organisation
-    GET    /api/organisations/<org_id>
-    POST   /api/organisations/<org_id>/software       {"client_name", "roles", "redirect_uris",
-                                                       ...} -> 201 software
-    GET    /api/software/<software_id>                the software, its certificates
-    POST   /api/software/<software_id>/certificates/<transport|signing>
-                                                      body: a PEM (or DER) CSR -> 201 certificate
-    GET    /api/software/<software_id>/certificates/<kid>.pem   the certificate (PEM)
-    DELETE /api/software/<software_id>/certificates/<kid>       revoke -> 200 certificate
-    POST   /api/software/<software_id>/ssa            -> 201 the SSA (application/jwt)
-    GET    /<org_id>/<software_id>.jwks               the software's published keys
-    GET    /<org_id>/revoked/<software_id>.jwks       its revoked keys
-    GET    /<org_id>/<org_id>.jwks, /<org_id>/revoked/<org_id>.jwks   (empty key sets)
-
-State (PKI, SSA key, registry, TLS certificate) lives in one folder, ``--state``; the same
-folder serves again after a restart.
+The issuing CA's revocation register (what its CRL lists and its OCSP responder answers) is
+made from the registry's revoked certificates when the state is opened, and kept in step with
+every revocation, so a restart forgets none.
 """
 
 from __future__ import annotations
@@ -50,30 +29,55 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-import click
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from flask import Flask, Response, jsonify, request
-from werkzeug.exceptions import HTTPException
+from cryptography.x509 import ocsp
 
 from flask_obdcr.certificates import dn_matches
 from flask_obdcr.testing import SandboxDirectory, Software, base62_id
 from flask_obdcr.testing.directory import jwk_from_certificate
 from flask_obdcr.testing.pki import Usage, generate_key, key_pem, ob_subject, pem
 
-from ._util import read_json, write_file, write_json
+from .._util import read_json, write_file, write_json
 
-__all__ = ["DirectoryError", "DirectoryState", "create_directory_app", "cli"]
+__all__ = [
+    "CRL_PATH",
+    "CRL_VALIDITY",
+    "OCSP_PATH",
+    "OCSP_VALIDITY",
+    "ORG_STATUSES",
+    "REVOCATION_REASONS",
+    "DirectoryError",
+    "DirectoryState",
+]
 
 ROLES = ("AISP", "PISP", "CBPII", "ASPSP")
-#: certificate type -> (JWK ``use``, the issuing CA's certificate profile)
-#: certificate type -> (JWK "use", issuing profile)
+#: certificate type -> (JWK "use", the issuing CA's certificate profile)
 CERTIFICATE_TYPES: dict[str, tuple[str, Usage]] = {
     "transport": ("tls", "transport"),
     "signing": ("sig", "signing"),
 }
 JWKS_MAX_AGE = 60
+#: an organisation's status, as the Directory reports it (and puts in its SSAs)
+ORG_STATUSES = ("Active", "Revoked", "Withdrawn")
+#: the CRLReason a revocation may give (RFC 5280 names) -> its reasonCode; "unspecified" is
+#: written as no reasonCode at all, as RFC 5280 section 5.3.1 asks
+REVOCATION_REASONS: dict[str, x509.ReasonFlags | None] = {
+    "unspecified": None,
+    "keyCompromise": x509.ReasonFlags.key_compromise,
+    "affiliationChanged": x509.ReasonFlags.affiliation_changed,
+    "superseded": x509.ReasonFlags.superseded,
+    "cessationOfOperation": x509.ReasonFlags.cessation_of_operation,
+}
+#: where the issuing CA's CRL and OCSP responder are served, under the Directory's URL; every
+#: transport and signing certificate the Directory issues names both
+CRL_PATH = "/pki/issuing.crl"
+OCSP_PATH = "/pki/ocsp"
+#: the nextUpdate of a CRL and of an OCSP response, after their thisUpdate (the moment they
+#: are made: every request gets a fresh one)
+CRL_VALIDITY = datetime.timedelta(days=1)
+OCSP_VALIDITY = datetime.timedelta(hours=1)
 
 
 class DirectoryError(Exception):
@@ -96,11 +100,8 @@ def _iso(moment: datetime.datetime) -> str:
 
 
 class DirectoryState:
-    """The Directory's PKI and registry, kept in ``folder``:
+    """The Directory's PKI and registry, kept in ``folder`` (see the module docstring).
 
-    ``pki/`` (root and issuing CA, SSA signing key: :meth:`SandboxDirectory.save`),
-    ``ca-bundle.pem`` (issuing + root: what banks and TPPs trust), ``registry.json``
-    (organisations, software, certificates), ``tls/`` (the service's HTTPS certificate).
     Thread-safe: the service is threaded.
     """
 
@@ -126,6 +127,7 @@ class DirectoryState:
         state = cls(folder, sandbox, read_json(folder / "registry.json", None) or {})
         state.registry.setdefault("organisations", {})
         state.registry.setdefault("software", {})
+        state._load_register()
         if not state.ca_bundle.exists():
             write_file(state.ca_bundle, sandbox.transport_ca_pem())
         return state
@@ -141,12 +143,23 @@ class DirectoryState:
     @property
     def base_url(self) -> str | None:
         """Where the service is reached (``https://127.0.0.1:8443``): the prefix of every JWKS
-        URL in the SSAs. None until the server sets it."""
+        URL in the SSAs and of the CRL and OCSP URLs in the certificates. None until the server
+        sets it."""
         return self._base_url
 
     @base_url.setter
     def base_url(self, value: str) -> None:
         self._base_url = self.sandbox.base_url = value.rstrip("/")
+
+    @property
+    def crl_url(self) -> str | None:
+        """The issuing CA's CRL (DER), as certificates name it; None without a base URL."""
+        return f"{self.base_url}{CRL_PATH}" if self.base_url else None
+
+    @property
+    def ocsp_url(self) -> str | None:
+        """The issuing CA's OCSP responder, as certificates name it; None without a base URL."""
+        return f"{self.base_url}{OCSP_PATH}" if self.base_url else None
 
     def _save(self) -> None:
         write_json(self.folder / "registry.json", self.registry)
@@ -175,9 +188,10 @@ class DirectoryState:
                 dns.append(host)
         key = generate_key("EC")
         subject = x509.Name([x509.NameAttribute(x509.oid.NameOID.COMMON_NAME, hosts[0])])
-        certificate = self.sandbox.issuing_ca.issue(
-            subject, key.public_key(), usage="server", dns_names=dns, ip_addresses=ips
-        )
+        with self._lock:
+            certificate = self.sandbox.issuing_ca.issue(
+                subject, key.public_key(), usage="server", dns_names=dns, ip_addresses=ips
+            )
         write_file(key_path, key_pem(key), secret=True)
         write_file(cert_path, pem(certificate) + pem(self.sandbox.issuing_ca.certificate))
         return cert_path, key_path
@@ -239,6 +253,23 @@ class DirectoryState:
         organisation = self.registry["organisations"].get(org_id)
         if organisation is None:
             raise DirectoryError(404, "not_found", f"no organisation {org_id}.")
+        return organisation
+
+    def set_org_status(self, org_id: str, status: str) -> dict[str, Any]:
+        """Change an organisation's status (``Active``, ``Revoked`` or ``Withdrawn``, in any
+        case): what ``GET /api/organisations/<org_id>`` reports and what the SSAs generated
+        from now on carry. Its certificates and keys are left as they are."""
+        wanted = {s.lower(): s for s in ORG_STATUSES}.get(str(status).lower())
+        if wanted is None:
+            raise DirectoryError(
+                400, "invalid_request", f"org_status must be one of {list(ORG_STATUSES)}."
+            )
+        with self._lock:
+            organisation = self.organisation(org_id)
+            if organisation["org_status"] != wanted:
+                organisation["org_status"] = wanted
+                organisation["org_status_changed_at"] = _now()
+                self._save()
         return organisation
 
     def add_software(
@@ -305,7 +336,11 @@ class DirectoryState:
     # -- certificates --------------------------------------------------------------------
 
     def sign_csr(self, software_id: str, cert_type: str, csr_data: bytes) -> dict[str, Any]:
-        """Issue the transport or signing certificate for an uploaded CSR and publish its key."""
+        """Issue the transport or signing certificate for an uploaded CSR and publish its key.
+
+        Once the service's URL is known (:attr:`base_url`), the certificate names the issuing
+        CA's CRL (CRL distribution points) and OCSP responder (authorityInfoAccess), as the
+        real Open Banking certificates do."""
         software = self.software(software_id)
         if cert_type not in CERTIFICATE_TYPES:
             raise DirectoryError(
@@ -331,9 +366,13 @@ class DirectoryState:
         else:
             raise DirectoryError(400, "invalid_csr", "the CSR key must be RSA or EC P-256.")
         use, profile = CERTIFICATE_TYPES[cert_type]
-        certificate = self.sandbox.issuing_ca.issue(expected, public_key, usage=profile)
+        crl_url, ocsp_url = self.crl_url, self.ocsp_url
+        with self._lock:
+            certificate = self.sandbox.issuing_ca.issue(
+                expected, public_key, usage=profile, crl_url=crl_url, ocsp_url=ocsp_url
+            )
         der = certificate.public_bytes(serialization.Encoding.DER)
-        record = {
+        record: dict[str, Any] = {
             "kid": base62_id(27),
             "type": cert_type,
             "use": use,
@@ -344,8 +383,10 @@ class DirectoryState:
             "not_before": _iso(certificate.not_valid_before_utc),
             "not_after": _iso(certificate.not_valid_after_utc),
             "x5t#S256": _b64url(hashlib.sha256(der).digest()),
-            "pem": pem(certificate),
         }
+        if crl_url and ocsp_url:
+            record.update(crl_distribution_point=crl_url, ocsp_url=ocsp_url)
+        record["pem"] = pem(certificate)
         with self._lock:
             software["certificates"].append(record)
             self._save()
@@ -357,15 +398,81 @@ class DirectoryState:
                 return record
         raise DirectoryError(404, "not_found", f"no certificate {kid} for software {software_id}.")
 
-    def revoke(self, software_id: str, kid: str) -> dict[str, Any]:
-        """Move a key from the software's JWKS to its revoked JWKS."""
+    def revoke(self, software_id: str, kid: str, *, reason: str = "unspecified") -> dict[str, Any]:
+        """Revoke a certificate: its key moves from the software's JWKS to its revoked JWKS,
+        and its serial goes on the issuing CA's register, so the CRL lists it and the OCSP
+        responder answers "revoked" from now on. ``reason`` is a name of
+        :data:`REVOCATION_REASONS`. Revoking a revoked certificate changes nothing."""
+        if reason not in REVOCATION_REASONS:
+            raise DirectoryError(
+                400, "invalid_request", f"reason must be one of {list(REVOCATION_REASONS)}."
+            )
         with self._lock:
             record = self.certificate(software_id, kid)
             if record["status"] != "revoked":
                 record["status"] = "revoked"
                 record["revoked_at"] = _now()
+                record["revocation_reason"] = reason
+                self._register_revocation(record)
                 self._save()
         return record
+
+    def _register_revocation(self, record: dict[str, Any]) -> None:
+        revoked_at = datetime.datetime.fromtimestamp(
+            record.get("revoked_at") or _now(), tz=datetime.timezone.utc
+        )
+        reason = REVOCATION_REASONS.get(record.get("revocation_reason") or "unspecified")
+        self.sandbox.issuing_ca.revoke(
+            int(record["serial_number"], 16), at=revoked_at, reason=reason
+        )
+
+    def _load_register(self) -> None:
+        """The issuing CA's register from the registry: the serials it issued to software (the
+        OCSP responder answers "unknown" for any other) and those revoked since."""
+        for software in self.registry["software"].values():
+            for record in software["certificates"]:
+                self.sandbox.issuing_ca.issued.add(int(record["serial_number"], 16))
+                if record["status"] == "revoked":
+                    self._register_revocation(record)
+
+    def revocations(self) -> list[dict[str, Any]]:
+        """Every revoked certificate: software, kid, serial, when and why (for display)."""
+        found = []
+        for software in self.registry["software"].values():
+            for record in software["certificates"]:
+                if record["status"] == "revoked":
+                    found.append(
+                        {
+                            "software_id": software["software_id"],
+                            "kid": record["kid"],
+                            "serial_number": record["serial_number"],
+                            "revoked_at": record.get("revoked_at"),
+                            "revocation_reason": record.get("revocation_reason", "unspecified"),
+                        }
+                    )
+        return found
+
+    # -- the issuing CA's CRL and OCSP responder -------------------------------------------
+
+    def crl(self) -> bytes:
+        """The issuing CA's CRL, DER, made now (thisUpdate now, nextUpdate
+        :data:`CRL_VALIDITY` later) and signed by the issuing CA."""
+        with self._lock:
+            crl = self.sandbox.issuing_ca.crl(validity=CRL_VALIDITY)
+        return crl.public_bytes(serialization.Encoding.DER)
+
+    def ocsp_response(self, request_der: bytes) -> bytes:
+        """The DER OCSP response to a DER OCSP request about one certificate of the issuing CA,
+        signed by the CA (thisUpdate now, nextUpdate :data:`OCSP_VALIDITY` later): "revoked"
+        for a serial on the register, "good" for another it issued to software, "unknown"
+        for any other. A request that cannot be read gets a malformedRequest response, one
+        about another CA's certificate an unauthorized one (RFC 6960 section 2.3)."""
+        try:
+            ocsp.load_der_ocsp_request(request_der)
+        except ValueError:
+            return _unsuccessful(ocsp.OCSPResponseStatus.MALFORMED_REQUEST)
+        with self._lock:
+            return self.sandbox.issuing_ca.ocsp_response(request_der, validity=OCSP_VALIDITY)
 
     def _key_set(self, software_id: str, org_id: str, status: str) -> dict[str, Any]:
         software = self.software(software_id, org_id)
@@ -390,7 +497,8 @@ class DirectoryState:
     # -- software statements -------------------------------------------------------------
 
     def ssa(self, software_id: str) -> str:
-        """A software statement for the software, signed by the Directory (PS256)."""
+        """A software statement for the software, signed by the Directory (PS256); it carries
+        the organisation's current ``org_status``."""
         record = self.software(software_id)
         organisation = self.organisation(record["org_id"])
         # the SandboxDirectory's SSA shape; this Directory holds no private key of the TPP
@@ -427,6 +535,11 @@ def _b64url(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).decode().rstrip("=")
 
 
+def _unsuccessful(status: ocsp.OCSPResponseStatus) -> bytes:
+    response = ocsp.OCSPResponseBuilder.build_unsuccessful(status)
+    return response.public_bytes(serialization.Encoding.DER)
+
+
 def _load_csr(data: bytes) -> x509.CertificateSigningRequest:
     try:
         if data.lstrip().startswith(b"-----BEGIN"):
@@ -438,306 +551,3 @@ def _load_csr(data: bytes) -> x509.CertificateSigningRequest:
     if not csr.is_signature_valid:
         raise DirectoryError(400, "invalid_csr", "the CSR signature is invalid.")
     return csr
-
-
-def _public(record: dict[str, Any], base_url: str, software_id: str) -> dict[str, Any]:
-    """A certificate record as the API shows it (with its download URL)."""
-    shown = {k: v for k, v in record.items() if k != "pem"}
-    shown["pem_url"] = f"{base_url}/api/software/{software_id}/certificates/{record['kid']}.pem"
-    return shown
-
-
-# -- the Flask app -----------------------------------------------------------------------------
-
-
-def create_directory_app(
-    state: DirectoryState | str | os.PathLike[str], *, base_url: str | None = None
-) -> Flask:
-    """The Directory's HTTP API and published documents, backed by ``state``.
-
-    ``base_url`` (the URL the service is reached at) goes into the SSAs' JWKS URLs; without
-    it, ``state.base_url`` (set it once the server is bound), or else the first request's URL.
-    """
-    if not isinstance(state, DirectoryState):
-        state = DirectoryState.open(state)
-    if base_url is not None:
-        state.base_url = base_url
-    app = Flask("example_app.directory")
-    app.extensions["sandbox_directory"] = state
-    app.json.sort_keys = False  # type: ignore[attr-defined]
-
-    def public_base_url() -> str:
-        url = state.base_url
-        if url is None:
-            url = state.base_url = request.host_url
-        return url
-
-    def body_json() -> dict[str, Any]:
-        data = request.get_json(silent=True)
-        if not isinstance(data, dict):
-            raise DirectoryError(400, "invalid_request", "the body must be a JSON object.")
-        return data
-
-    def key_set(document: dict[str, Any]) -> Response:
-        response = jsonify(document)
-        response.headers["Cache-Control"] = f"max-age={JWKS_MAX_AGE}"
-        return response
-
-    @app.errorhandler(DirectoryError)
-    def directory_error(error: DirectoryError):
-        return jsonify(error.to_dict()), error.status
-
-    @app.errorhandler(HTTPException)
-    def http_error(error: HTTPException):
-        return jsonify({"error": "http_error", "error_description": error.name}), error.code
-
-    @app.get("/")
-    def index():
-        url = public_base_url()
-        return jsonify(
-            {
-                "service": "Sandbox Open Banking Directory",
-                "issuer": state.sandbox.issuer,
-                "jwks_uri": f"{url}/openbanking.jwks",
-                "ca_bundle": f"{url}/ca.pem",
-                "organisations": f"{url}/api/organisations",
-                "organisation_count": len(state.registry["organisations"]),
-                "software_count": len(state.registry["software"]),
-            }
-        )
-
-    @app.get("/ca.pem")
-    def ca_bundle():
-        return Response(state.ca_bundle.read_text(), mimetype="application/x-pem-file")
-
-    @app.get("/openbanking.jwks")
-    def directory_jwks():
-        return key_set(state.sandbox.jwks())
-
-    @app.post("/api/organisations")
-    def add_organisation():
-        data = body_json()
-        organisation = state.add_organisation(
-            data.get("org_name", ""),
-            authority_id=data.get("authority_id") or "OBGBR",
-            registration_id=data.get("registration_id"),
-        )
-        return jsonify(organisation), 201
-
-    @app.get("/api/organisations/<org_id>")
-    def get_organisation(org_id: str):
-        organisation = dict(state.organisation(org_id))
-        organisation["software"] = [
-            s["software_id"] for s in state.registry["software"].values() if s["org_id"] == org_id
-        ]
-        return jsonify(organisation)
-
-    @app.post("/api/organisations/<org_id>/software")
-    def add_software(org_id: str):
-        data = body_json()
-        optional = ("description", "version", "client_uri", "logo_uri", "policy_uri", "tos_uri")
-        software = state.add_software(
-            org_id,
-            client_name=data.get("client_name", ""),
-            roles=data.get("roles") or [],
-            redirect_uris=data.get("redirect_uris") or [],
-            **{k: data[k] for k in optional if isinstance(data.get(k), str)},
-        )
-        return jsonify(_software_view(software, public_base_url())), 201
-
-    @app.get("/api/software/<software_id>")
-    def get_software(software_id: str):
-        return jsonify(_software_view(state.software(software_id), public_base_url()))
-
-    @app.post("/api/software/<software_id>/certificates/<cert_type>")
-    def upload_csr(software_id: str, cert_type: str):
-        record = state.sign_csr(software_id, cert_type, request.get_data())
-        return jsonify(_public(record, public_base_url(), software_id)), 201
-
-    @app.get("/api/software/<software_id>/certificates/<kid>.pem")
-    def download_certificate(software_id: str, kid: str):
-        record = state.certificate(software_id, kid)
-        response = Response(record["pem"], mimetype="application/x-pem-file")
-        response.headers["Content-Disposition"] = f'attachment; filename="{kid}.pem"'
-        return response
-
-    @app.delete("/api/software/<software_id>/certificates/<kid>")
-    def revoke_certificate(software_id: str, kid: str):
-        return jsonify(_public(state.revoke(software_id, kid), public_base_url(), software_id))
-
-    @app.post("/api/software/<software_id>/ssa")
-    def generate_ssa(software_id: str):
-        public_base_url()
-        return Response(state.ssa(software_id), status=201, mimetype="application/jwt")
-
-    @app.get("/<org_id>/<software_id>.jwks")
-    def software_jwks(org_id: str, software_id: str):
-        if software_id == org_id:
-            state.organisation(org_id)
-            return key_set({"keys": []})
-        return key_set(state.software_jwks(org_id, software_id))
-
-    @app.get("/<org_id>/revoked/<software_id>.jwks")
-    def revoked_jwks(org_id: str, software_id: str):
-        if software_id == org_id:
-            state.organisation(org_id)
-            return key_set({"keys": []})
-        return key_set(state.revoked_jwks(org_id, software_id))
-
-    return app
-
-
-def _software_view(software: dict[str, Any], base_url: str) -> dict[str, Any]:
-    view = {k: v for k, v in software.items() if k != "certificates"}
-    sid, org = software["software_id"], software["org_id"]
-    view["software_jwks_endpoint"] = f"{base_url}/{org}/{sid}.jwks"
-    view["software_jwks_revoked_endpoint"] = f"{base_url}/{org}/revoked/{sid}.jwks"
-    view["certificates"] = [_public(r, base_url, sid) for r in software["certificates"]]
-    return view
-
-
-# -- command line ------------------------------------------------------------------------------
-
-
-#: every command works on one state folder
-state_option = click.option(
-    "--state",
-    "state_dir",
-    default="instance/directory",
-    show_default=True,
-    type=click.Path(file_okay=False),
-    help="Folder holding the Directory's state.",
-)
-
-
-@click.group(help="The sandbox Open Banking Directory.")
-def cli() -> None:
-    pass
-
-
-@cli.command()
-@state_option
-def init(state_dir: str) -> None:
-    """Create the Directory's PKI and SSA signing key (kept if they exist)."""
-    state = DirectoryState.open(state_dir)
-    click.echo(f"sandbox CA bundle: {state.ca_bundle}")
-
-
-@cli.command("server-cert")
-@state_option
-@click.option(
-    "--out",
-    "out_dir",
-    required=True,
-    type=click.Path(file_okay=False),
-    help="Where to write <name>.pem and <name>.key.",
-)
-@click.option("--name", default="server", show_default=True)
-@click.option(
-    "--host",
-    "hosts",
-    multiple=True,
-    default=["127.0.0.1", "localhost"],
-    show_default=True,
-    help="IP address or DNS name (repeat).",
-)
-def server_cert(state_dir: str, out_dir: str, name: str, hosts: tuple[str, ...]) -> None:
-    """Issue an HTTPS server certificate from the sandbox PKI (e.g. for the bank)."""
-    state = DirectoryState.open(state_dir)
-    cert, key = state.issue_server_certificate(out_dir, name=name, hosts=hosts)
-    click.echo(f"certificate: {cert}\nkey: {key}")
-
-
-@cli.command()
-@state_option
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8443, show_default=True, help="0: a free port.")
-@click.option(
-    "--url-file",
-    type=click.Path(dir_okay=False),
-    help="Write the service URL here once it is listening.",
-)
-@click.option("--exit-with-parent", is_flag=True, help="Stop when the parent process ends.")
-def serve(state_dir: str, host: str, port: int, url_file: str | None, exit_with_parent: bool):
-    """Serve the Directory over HTTPS until interrupted."""
-    from .serving import serve_until_stopped, server_hosts, tls_context
-
-    parent = os.getppid() if exit_with_parent else None
-    state = DirectoryState.open(state_dir)
-    cert, key = state.issue_server_certificate(state.folder / "tls", hosts=server_hosts(host))
-
-    def make_app(url: str):
-        state.base_url = url
-        return create_directory_app(state)
-
-    serve_until_stopped(
-        name="directory",
-        title="Sandbox Open Banking Directory",
-        host=host,
-        port=port,
-        ssl_context=tls_context(cert, key),
-        make_app=make_app,
-        url_file=url_file,
-        parent_pid=parent,
-    )
-
-
-@cli.command()
-@click.option("--url", required=True, envvar="DIRECTORY_URL", help="The Directory's URL.")
-@click.option(
-    "--ca",
-    "ca_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="The sandbox CA bundle, to verify the Directory's HTTPS certificate.",
-)
-@click.option("--org-id", help="Add the software to this organisation (default: a new one).")
-@click.option("--org-name", default="Sandbox TPP Ltd", show_default=True)
-@click.option("--client-name", required=True, help="The software's name.")
-@click.option(
-    "--role",
-    "roles",
-    multiple=True,
-    required=True,
-    type=click.Choice(ROLES),
-    help="Software role (repeat).",
-)
-@click.option(
-    "--redirect-uri",
-    "redirect_uris",
-    multiple=True,
-    required=True,
-    help="https redirect URI (repeat).",
-)
-@click.option("--description")
-def onboard(url, ca_file, org_id, org_name, client_name, roles, redirect_uris, description):
-    """Onboard an organisation and a piece of software (the "Add new statement" form)."""
-    import requests
-
-    url = url.rstrip("/")
-
-    def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
-        response = requests.post(url + path, json=body, verify=ca_file, timeout=10)
-        if response.status_code != 201:
-            raise click.ClickException(f"{path}: HTTP {response.status_code} {response.text}")
-        return response.json()
-
-    if org_id is None:
-        organisation = call("/api/organisations", {"org_name": org_name})
-        org_id = organisation["org_id"]
-    body: dict[str, Any] = {
-        "client_name": client_name,
-        "roles": list(roles),
-        "redirect_uris": list(redirect_uris),
-    }
-    if description:
-        body["description"] = description
-    software = call(f"/api/organisations/{org_id}/software", body)
-    click.echo(json.dumps(software, indent=2))
-    return software
-
-
-if __name__ == "__main__":
-    from example_app.directory import cli as _cli
-
-    _cli()

@@ -1,0 +1,273 @@
+"""The sandbox Directory's command line: ``python -m example_app.directory COMMAND``.
+
+``init``, ``server-cert`` and ``serve`` work on the state folder (``--state``); ``onboard``,
+``revoke`` and ``org-status`` are what an operator or a TPP's technical contact does through
+the running service's HTTP API (``--url``, ``--ca``; by default the ``make serve`` layout), so
+that the service, which holds the registry, makes every change itself.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable
+from typing import Any
+
+import click
+
+from .state import ORG_STATUSES, REVOCATION_REASONS, ROLES, DirectoryState
+
+__all__ = ["cli", "revocation_consequences"]
+
+DEFAULT_URL = "https://127.0.0.1:8443"
+DEFAULT_CA = os.path.join("instance", "directory", "ca-bundle.pem")
+
+#: every state command works on one state folder
+state_option = click.option(
+    "--state",
+    "state_dir",
+    default="instance/directory",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="Folder holding the Directory's state.",
+)
+
+
+def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``--url`` and ``--ca`` of a command that calls the running service."""
+    command = click.option(
+        "--ca",
+        "ca_file",
+        default=DEFAULT_CA,
+        show_default=True,
+        type=click.Path(exists=True, dir_okay=False),
+        help="The sandbox CA bundle, to verify the Directory's HTTPS certificate.",
+    )(command)
+    return click.option(
+        "--url",
+        default=DEFAULT_URL,
+        show_default=True,
+        envvar="DIRECTORY_URL",
+        help="The Directory's URL.",
+    )(command)
+
+
+def _call(
+    url: str, ca_file: str, method: str, path: str, *, ok: int = 200, **kwargs: Any
+) -> dict[str, Any]:
+    import requests
+
+    target = url.rstrip("/") + path
+    try:
+        response = requests.request(method, target, verify=ca_file, timeout=10, **kwargs)
+    except requests.exceptions.RequestException as exc:
+        raise click.ClickException(f"cannot reach the Directory at {url}: {exc}") from None
+    if response.status_code != ok:
+        raise click.ClickException(
+            f"{method} {path}: HTTP {response.status_code} {response.text.strip()}"
+        )
+    return response.json()
+
+
+def revocation_consequences(record: dict[str, Any], directory_url: str) -> list[str]:
+    """What a revocation changes at the Directory, and when the bank notices, in lines."""
+    kid, serial = record["kid"], record["serial_number"]
+    base = directory_url.rstrip("/")
+    lines = [
+        "At the Directory, now:",
+        f"  - key {kid} has moved to the software's revoked key set"
+        " (software_jwks_revoked_endpoint);",
+    ]
+    if record.get("ocsp_url"):
+        lines += [
+            f"  - the CRL ({record['crl_distribution_point']}) lists serial {serial};",
+            f'  - the OCSP responder ({record["ocsp_url"]}) answers "revoked" for it.',
+        ]
+    else:
+        lines.append(
+            f"  - serial {serial} is on the CRL ({base}/pki/issuing.crl), but this certificate"
+            " names no CRL or OCSP URL (it was issued before they existed)."
+        )
+    lines.append("At a bank:")
+    if record.get("type") == "signing":
+        lines += [
+            "  - requests and client assertions signed with this key are refused once the"
+            " bank's copy of the revoked key set is older than its cache time (at least 60 s,"
+            " the Directory's max-age);",
+        ]
+    else:
+        lines += [
+            "  - every call made with this certificate (registration, token, /register/<id>,"
+            " the accounts API) is refused with 401: at once if the bank has not checked it"
+            " yet, else once its cached answer is older than OBDCR_REVOCATION_CACHE_SECONDS"
+            " (300 s by default), or the revoked key set's cache time (at least 60 s),"
+            " whichever comes first;",
+        ]
+    lines.append(
+        "  - `flask obdcr revalidate` at the bank suspends the registrations that used it, at once."
+    )
+    return lines
+
+
+@click.group(help="The sandbox Open Banking Directory.")
+def cli() -> None:
+    pass
+
+
+@cli.command()
+@state_option
+def init(state_dir: str) -> None:
+    """Create the Directory's PKI and SSA signing key (kept if they exist)."""
+    state = DirectoryState.open(state_dir)
+    click.echo(f"sandbox CA bundle: {state.ca_bundle}")
+
+
+@cli.command("server-cert")
+@state_option
+@click.option(
+    "--out",
+    "out_dir",
+    required=True,
+    type=click.Path(file_okay=False),
+    help="Where to write <name>.pem and <name>.key.",
+)
+@click.option("--name", default="server", show_default=True)
+@click.option(
+    "--host",
+    "hosts",
+    multiple=True,
+    default=["127.0.0.1", "localhost"],
+    show_default=True,
+    help="IP address or DNS name (repeat).",
+)
+def server_cert(state_dir: str, out_dir: str, name: str, hosts: tuple[str, ...]) -> None:
+    """Issue an HTTPS server certificate from the sandbox PKI (e.g. for the bank)."""
+    state = DirectoryState.open(state_dir)
+    cert, key = state.issue_server_certificate(out_dir, name=name, hosts=hosts)
+    click.echo(f"certificate: {cert}\nkey: {key}")
+
+
+@cli.command()
+@state_option
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True, help="0: a free port.")
+@click.option(
+    "--url-file",
+    type=click.Path(dir_okay=False),
+    help="Write the service URL here once it is listening.",
+)
+@click.option("--exit-with-parent", is_flag=True, help="Stop when the parent process ends.")
+def serve(state_dir: str, host: str, port: int, url_file: str | None, exit_with_parent: bool):
+    """Serve the Directory over HTTPS until interrupted (its CRL and OCSP responder too)."""
+    from ..serving import serve_until_stopped, server_hosts, tls_context
+    from .api import create_directory_app
+
+    parent = os.getppid() if exit_with_parent else None
+    state = DirectoryState.open(state_dir)
+    cert, key = state.issue_server_certificate(state.folder / "tls", hosts=server_hosts(host))
+
+    def make_app(url: str):
+        state.base_url = url
+        return create_directory_app(state)
+
+    serve_until_stopped(
+        name="directory",
+        title="Sandbox Open Banking Directory",
+        host=host,
+        port=port,
+        ssl_context=tls_context(cert, key),
+        make_app=make_app,
+        url_file=url_file,
+        parent_pid=parent,
+    )
+
+
+@cli.command()
+@api_options
+@click.option("--org-id", help="Add the software to this organisation (default: a new one).")
+@click.option("--org-name", default="Sandbox TPP Ltd", show_default=True)
+@click.option("--client-name", required=True, help="The software's name.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    required=True,
+    type=click.Choice(ROLES),
+    help="Software role (repeat).",
+)
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    required=True,
+    help="https redirect URI (repeat).",
+)
+@click.option("--description")
+def onboard(url, ca_file, org_id, org_name, client_name, roles, redirect_uris, description):
+    """Onboard an organisation and a piece of software (the "Add new statement" form)."""
+    if org_id is None:
+        organisation = _call(
+            url, ca_file, "POST", "/api/organisations", ok=201, json={"org_name": org_name}
+        )
+        org_id = organisation["org_id"]
+    body: dict[str, Any] = {
+        "client_name": client_name,
+        "roles": list(roles),
+        "redirect_uris": list(redirect_uris),
+    }
+    if description:
+        body["description"] = description
+    software = _call(
+        url, ca_file, "POST", f"/api/organisations/{org_id}/software", ok=201, json=body
+    )
+    click.echo(json.dumps(software, indent=2))
+    return software
+
+
+@cli.command()
+@api_options
+@click.option("--software-id", required=True, help="The software the certificate was issued to.")
+@click.option(
+    "--kid",
+    required=True,
+    help="The certificate's kid (GET /api/software/<software_id> lists them).",
+)
+@click.option(
+    "--reason",
+    type=click.Choice(list(REVOCATION_REASONS)),
+    default="unspecified",
+    show_default=True,
+    help="The CRL reason code.",
+)
+def revoke(url: str, ca_file: str, software_id: str, kid: str, reason: str) -> dict[str, Any]:
+    """Revoke a certificate: its key moves to the software's revoked JWKS, the issuing CA's
+    CRL lists its serial and the OCSP responder answers "revoked"."""
+    record = _call(
+        url,
+        ca_file,
+        "DELETE",
+        f"/api/software/{software_id}/certificates/{kid}",
+        params={"reason": reason},
+    )
+    click.echo(json.dumps(record, indent=2))
+    click.echo("\n".join(revocation_consequences(record, url)))
+    return record
+
+
+@cli.command("org-status")
+@api_options
+@click.argument("org_id")
+@click.argument("status", required=False, type=click.Choice(ORG_STATUSES, case_sensitive=False))
+def org_status(url: str, ca_file: str, org_id: str, status: str | None) -> dict[str, Any]:
+    """Show an organisation's status, or set it to STATUS (Active, Revoked, Withdrawn).
+
+    The Directory reports it at GET /api/organisations/<org_id> and puts it in the SSAs it
+    generates from now on; a bank re-validating its clients (flask obdcr revalidate) suspends
+    the registrations of an organisation that is not Active."""
+    path = f"/api/organisations/{org_id}"
+    if status is None:
+        organisation = _call(url, ca_file, "GET", path)
+    else:
+        organisation = _call(url, ca_file, "PATCH", path, json={"org_status": status})
+    click.echo(json.dumps(organisation, indent=2))
+    return organisation
