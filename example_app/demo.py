@@ -5,6 +5,10 @@ process, with certificates from the sandbox PKI), then plays the TPP with the sa
 workshop attendee types (``python -m example_app.tpp ...``), printing each step, and stops
 both servers. Exit status 0 when every step did what it should (including the refusals).
 
+The last step revokes the TPP's transport certificate at the Directory and shows the bank
+refusing it; so that it need not wait the default five minutes, the demo's bank refreshes its
+cached revocation answers after :data:`REVOCATION_CACHE_SECONDS` seconds.
+
 Options: ``--workdir DIR`` keeps the files there (default: a temporary folder, removed at the
 end), ``--auth-method private_key_jwt`` registers for private_key_jwt instead of
 tls_client_auth, ``--threads`` runs the servers in this process.
@@ -13,7 +17,10 @@ tls_client_auth, ``--threads`` runs the servers in this process.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import io
 import json
+import re
 import shlex
 import shutil
 import sys
@@ -31,6 +38,8 @@ from .sandbox import Sandbox
 WIDTH = 92
 TPP_PROG = "python -m example_app.tpp"
 DIRECTORY_PROG = "python -m example_app.directory"
+#: the demo bank's OBDCR_REVOCATION_CACHE_SECONDS (a real bank's default is 300)
+REVOCATION_CACHE_SECONDS = 2
 
 
 class StepFailed(Exception):
@@ -72,12 +81,21 @@ class Walkthrough:
         sys.stdout.flush()
         return result
 
-    def tpp(self, *args: str, expect_failure: bool = False) -> Any:
+    def tpp(self, *args: str, expect_failure: bool = False, quiet: str | None = None) -> Any:
+        """Run a TPP command, printing what it prints; with ``quiet`` (say, "as in step 10"),
+        only its HTTP status line and that remark."""
         from .tpp import cli
 
         self.command(f"{TPP_PROG} {shlex.join(args)}")
         workdir = ["--workdir", str(self.sandbox.tpp_folder)]
-        return self._run(cli, TPP_PROG, [*workdir, *args], expect_failure=expect_failure)
+        if quiet is None:
+            return self._run(cli, TPP_PROG, [*workdir, *args], expect_failure=expect_failure)
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            result = self._run(cli, TPP_PROG, [*workdir, *args], expect_failure=expect_failure)
+        status = re.search(r"^HTTP \d+ .*$", printed.getvalue(), flags=re.M)
+        print(f"{status.group(0) + ' ' if status else ''}(output left out: {quiet})")
+        return result
 
     def directory(self, *args: str) -> Any:
         from .directory import cli
@@ -208,6 +226,7 @@ def run(sandbox: Sandbox, *, auth_method: str) -> None:
         token endpoint.""",
     )
     walk.tpp("request", "--auth-method", auth_method)
+    request_step = walk.number
 
     walk.step(
         "Without the transport certificate, the bank says no",
@@ -225,6 +244,7 @@ def run(sandbox: Sandbox, *, auth_method: str) -> None:
         answers 201 with the new client_id.""",
     )
     walk.tpp("register")
+    register_step = walk.number
     registration = read_json(sandbox.tpp_folder / "registration.json")
     client_id = registration["client_id"]
 
@@ -246,6 +266,7 @@ def run(sandbox: Sandbox, *, auth_method: str) -> None:
         so the token is useless without that certificate.""",
     )
     walk.tpp("token", "--scope", "accounts")
+    token_step = walk.number
     token = read_json(sandbox.tpp_folder / "token.json")["access_token"]
     from .bank import access_token_record, create_app
 
@@ -275,6 +296,29 @@ def run(sandbox: Sandbox, *, auth_method: str) -> None:
     walk.tpp("registration", "delete")
     walk.tpp("accounts", expect_failure=True)
 
+    walk.step(
+        "The transport certificate is revoked: the bank refuses it",
+        f"""The TPP registers again and takes a token (as in steps {register_step} and
+        {token_step}). Then its
+        transport certificate is revoked at the Directory, as a TPP does when the key may have
+        leaked: the Directory moves the key to the revoked JWKS, its CRL lists the
+        certificate's serial and its OCSP responder answers "revoked". The certificate names
+        that responder, and the bank asks it again once its cached answer is older than
+        OBDCR_REVOCATION_CACHE_SECONDS: 300 s by default, {REVOCATION_CACHE_SECONDS} s in this
+        demo. The next token request is refused.""",
+    )
+    walk.tpp("request", "--auth-method", auth_method, quiet=f"as in step {request_step}")
+    walk.tpp("register", quiet=f"as in step {register_step}")
+    walk.tpp("token", "--scope", "accounts", quiet=f"as in step {token_step}")
+    walk.tpp("revoke", "--reason", "keyCompromise")
+    print(
+        f"\n(waiting {REVOCATION_CACHE_SECONDS + 0.5:g} s: the bank's cached answer about the"
+        " certificate expires)"
+    )
+    sys.stdout.flush()
+    time.sleep(REVOCATION_CACHE_SECONDS + 0.5)
+    walk.tpp("token", "--scope", "accounts", expect_failure=True)
+
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_app.demo", description=__doc__)
@@ -288,7 +332,11 @@ def main(argv: list[str] | None = None) -> int:
     started = time.monotonic()
     temporary = args.workdir is None
     folder = Path(tempfile.mkdtemp(prefix="anybank-demo-") if temporary else args.workdir)
-    sandbox = Sandbox(folder, mode="thread" if args.threads else "process")
+    sandbox = Sandbox(
+        folder,
+        mode="thread" if args.threads else "process",
+        revocation_cache_seconds=REVOCATION_CACHE_SECONDS,
+    )
     status = 1
     try:
         print("AnyBank: Open Banking dynamic client registration, end to end over HTTPS")

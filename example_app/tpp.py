@@ -30,6 +30,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import os
+import textwrap
 import time
 import uuid
 from http import HTTPStatus
@@ -715,8 +716,12 @@ def revoke(tpp: TPP, signing: bool, reason: str) -> dict[str, Any]:
     for line in revocation_consequences(record, tpp.need("directory_url")):
         click.echo(line)
     click.echo(
-        f"{cert_type}.pem is of no use any more: to carry on, make new keys and certificates"
-        " (keys --force, upload-csr, download), then request and register again."
+        textwrap.fill(
+            f"{cert_type}.pem is of no use any more: to carry on, make new keys and"
+            " certificates (keys --force, upload-csr, download), then request and register"
+            " again.",
+            92,
+        )
     )
     return record
 

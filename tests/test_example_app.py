@@ -971,10 +971,9 @@ def test_directory_revoke_command(revoking_sandbox, tmp_path):
         "revoked",
         "superseded",
     )
-    assert (
-        f'the OCSP responder ({sandbox.directory_url}/pki/ocsp) answers "revoked"' in result.output
-    )
-    assert "requests and client assertions signed with this key are refused" in result.output
+    flat = " ".join(result.output.split())  # the explanations are wrapped
+    assert f'the OCSP responder ({sandbox.directory_url}/pki/ocsp) answers "revoked"' in flat
+    assert "requests and client assertions signed with this key are refused" in flat
     revoked_set = requests.get(
         f"{sandbox.directory_url}/{tpp.org_id}/revoked/{tpp.software_id}.jwks",
         verify=str(sandbox.ca_bundle),
@@ -1059,9 +1058,10 @@ def test_tpp_revoke_command(revoking_sandbox, tmp_path):
     )
     assert "HTTP 200 OK" in revoked
     assert '"revocation_reason": "keyCompromise"' in revoked
-    assert "every call made with this certificate (registration, token" in revoked
-    assert "OBDCR_REVOCATION_CACHE_SECONDS (300 s by default)" in revoked
-    assert "transport.pem is of no use any more" in revoked
+    flat = " ".join(revoked.split())  # the explanations are wrapped
+    assert "every call made with this certificate (registration, token" in flat
+    assert "OBDCR_REVOCATION_CACHE_SECONDS (300 s by default)" in flat
+    assert "transport.pem is of no use any more" in flat
     saved = json.loads((tmp_path / "tpp.json").read_text())["certificates"]["transport"]
     assert saved["status"] == "revoked"
 
@@ -1071,9 +1071,14 @@ def test_tpp_revoke_command(revoking_sandbox, tmp_path):
     refused = tpp_run("accounts", ok=False)
     assert "the accounts API: the server answered HTTP 401 invalid_client" in refused
 
+    # a re-validation pass suspends the registration at once (the revoked key set, fresh)
+    client_id = json.loads((tmp_path / "registration.json").read_text())["client_id"]
+    _result, rows = _revalidate(sandbox)
+    assert re.search(r"\bsuspended\s+its transport certificate's key was revoked", rows[client_id])
+
     signing = tpp_run("revoke", "--signing")
     assert '"type": "signing"' in signing and '"status": "revoked"' in signing
-    assert "signed with this key are refused" in signing
+    assert "signed with this key are refused" in " ".join(signing.split())
 
 
 # -- create_app configuration ---------------------------------------------------------------------
@@ -1312,7 +1317,7 @@ def test_make_demo(tmp_path):
     workdir = Path(re.search(r"working folder: (\S+)", out).group(1))
 
     steps = re.findall(r"^== (\d+)\. ", out, flags=re.M)
-    assert steps == [str(n) for n in range(1, 16)]
+    assert steps == [str(n) for n in range(1, 17)]
     # the decoded SSA, with its software_jwks_endpoint on the Directory service
     assert '"iss": "OpenBanking Ltd"' in out
     endpoint = re.search(r'"software_jwks_endpoint": "([^"]+)"', out).group(1)
@@ -1330,6 +1335,19 @@ def test_make_demo(tmp_path):
     assert '"cnf": {\n    "x5t#S256": "' in out
     assert '"AccountId": "22289"' in out
     assert "HTTP 204 No Content" in out
+    # the last step: the transport certificate revoked at the Directory, the bank refusing it
+    last = out[out.index("== 16. ") :]
+    assert "$ python -m example_app.tpp register\nHTTP 201 Created (output left out" in last
+    assert "$ python -m example_app.tpp revoke --reason keyCompromise" in last
+    assert '"status": "revoked"' in last and '"revocation_reason": "keyCompromise"' in last
+    assert f'the OCSP responder ({directory_url}/pki/ocsp) answers "revoked"' in " ".join(
+        last.split()
+    )
+    assert '"error_description": "The client certificate has been revoked."' in last
+    assert (
+        "(refused, as it should be: the token request: the server answered HTTP 401"
+        " invalid_client)" in last
+    )
     assert out.rstrip().endswith("demo complete: every step behaved as expected")
     # the servers are gone, the temporary folder too
     assert _port_closed(directory_url) and _port_closed(bank_url)

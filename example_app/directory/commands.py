@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import textwrap
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +22,8 @@ __all__ = ["cli", "revocation_consequences"]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_CA = os.path.join("instance", "directory", "ca-bundle.pem")
+#: printed explanations are wrapped to this width
+WIDTH = 92
 
 #: every state command works on one state folder
 state_option = click.option(
@@ -70,42 +73,45 @@ def _call(
 
 
 def revocation_consequences(record: dict[str, Any], directory_url: str) -> list[str]:
-    """What a revocation changes at the Directory, and when the bank notices, in lines."""
+    """What a revocation changes at the Directory, and when a bank notices, as printed lines."""
     kid, serial = record["kid"], record["serial_number"]
-    base = directory_url.rstrip("/")
-    lines = [
-        "At the Directory, now:",
-        f"  - key {kid} has moved to the software's revoked key set"
-        " (software_jwks_revoked_endpoint);",
+    directory = [
+        f"key {kid} has moved to the software's revoked key set (software_jwks_revoked_endpoint);",
     ]
     if record.get("ocsp_url"):
-        lines += [
-            f"  - the CRL ({record['crl_distribution_point']}) lists serial {serial};",
-            f'  - the OCSP responder ({record["ocsp_url"]}) answers "revoked" for it.',
+        directory += [
+            f"the CRL ({record['crl_distribution_point']}) lists serial {serial};",
+            f'the OCSP responder ({record["ocsp_url"]}) answers "revoked" for it.',
         ]
     else:
-        lines.append(
-            f"  - serial {serial} is on the CRL ({base}/pki/issuing.crl), but this certificate"
-            " names no CRL or OCSP URL (it was issued before they existed)."
+        directory.append(
+            f"serial {serial} is on the CRL ({directory_url.rstrip('/')}/pki/issuing.crl), but"
+            " this certificate names no CRL or OCSP URL (it was issued before they existed)."
         )
-    lines.append("At a bank:")
     if record.get("type") == "signing":
-        lines += [
-            "  - requests and client assertions signed with this key are refused once the"
-            " bank's copy of the revoked key set is older than its cache time (at least 60 s,"
-            " the Directory's max-age);",
+        bank = [
+            "requests and client assertions signed with this key are refused once the bank's"
+            " copy of the revoked key set is refreshed (after at most 60 s, the Directory's"
+            " max-age);",
         ]
     else:
-        lines += [
-            "  - every call made with this certificate (registration, token, /register/<id>,"
-            " the accounts API) is refused with 401: at once if the bank has not checked it"
-            " yet, else once its cached answer is older than OBDCR_REVOCATION_CACHE_SECONDS"
-            " (300 s by default), or the revoked key set's cache time (at least 60 s),"
-            " whichever comes first;",
+        bank = [
+            "every call made with this certificate (registration, token, /register/<id>, the"
+            " accounts API) is refused with 401: at once if the bank has no answer about it"
+            " cached, else once that answer is older than OBDCR_REVOCATION_CACHE_SECONDS (300 s"
+            " by default); registrations and token requests as soon as the bank's copy of the"
+            " revoked key set is refreshed (after at most 60 s), if that comes first;",
         ]
-    lines.append(
-        "  - `flask obdcr revalidate` at the bank suspends the registrations that used it, at once."
-    )
+    bank.append("`flask obdcr revalidate` at the bank suspends the registrations concerned.")
+    lines = ["At the Directory, now:"]
+    lines += [
+        textwrap.fill(item, WIDTH, initial_indent="  - ", subsequent_indent="    ")
+        for item in directory
+    ]
+    lines.append("At a bank:")
+    lines += [
+        textwrap.fill(item, WIDTH, initial_indent="  - ", subsequent_indent="    ") for item in bank
+    ]
     return lines
 
 
