@@ -47,7 +47,7 @@ import click
 from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask, current_app, jsonify, request
 
-from flask_obdcr import OpenBankingDCR, RegistrationError
+from flask_obdcr import InvalidClient, InvalidToken, OpenBankingDCR, RegistrationError
 from flask_obdcr.jwks import HTTPFetcher
 from flask_obdcr.revalidation import HTTPDirectoryStatus
 
@@ -74,6 +74,8 @@ DIRECTORY_URL_KEY = "ANYBANK_DIRECTORY_URL"
 CONFIG_FILE = "anybank.json"
 #: endpoints reachable without a client certificate
 PUBLIC_ENDPOINTS = frozenset({"index", "discovery", "static"})
+#: endpoints that judge an access token: a revoked certificate there is invalid_token
+TOKEN_ENDPOINTS = frozenset({"accounts", "account", "obdcr.manage"})
 SCOPES = ("openid", "accounts")
 ACCOUNTS_PATH = "/open-banking/v3.1/aisp/accounts"
 
@@ -249,8 +251,11 @@ def _require_client_certificate():
     if request.endpoint is None or request.endpoint in PUBLIC_ENDPOINTS:
         return None  # a 404/405 stays a 404/405
     dcr: OpenBankingDCR = current_app.extensions["anybank"]["dcr"]
+    # a revoked certificate is answered as the endpoint itself would: invalid_token where a
+    # token is what the endpoint checks (docs/architecture.md, "Contract: revocation")
+    revoked_error = InvalidToken if request.endpoint in TOKEN_ENDPOINTS else InvalidClient
     try:
-        dcr.client_certificate()
+        dcr.client_certificate(revoked_error=revoked_error)
     except RegistrationError as exc:
         response = jsonify(exc.to_dict())
         response.status_code = exc.status

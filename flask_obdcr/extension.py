@@ -12,7 +12,7 @@ from flask import Flask, current_app, g, has_app_context, request
 
 from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
-from .errors import ConfigurationError, RegistrationError
+from .errors import ConfigurationError, InvalidClient, RegistrationError
 from .fetch import BoundedFetch
 from .jobs import revalidate_app
 from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
@@ -277,11 +277,20 @@ class OpenBankingDCR:
         """The app's certificate service (source, trust anchors, binding rules)."""
         return self._state().certificates
 
-    def client_certificate(self) -> VerifiedCertificate:
-        """The current request's client certificate, verified with the app's clock;
-        raises :class:`~flask_obdcr.InvalidClient` when there is none or it is not trusted.
-        For a host app's own mTLS checks (the example bank's before_request hook)."""
-        return self._state().certificates.verified(request.environ)
+    def client_certificate(
+        self, *, revoked_error: type[RegistrationError] = InvalidClient
+    ) -> VerifiedCertificate:
+        """The current request's client certificate, verified with the app's clock (chain,
+        validity, clientAuth, revocation); raises :class:`~flask_obdcr.InvalidClient` when
+        there is none or it is not trusted, ``revoked_error`` when it is revoked (pass
+        :class:`~flask_obdcr.InvalidToken` in front of token-protected resources, as
+        ``require_token`` answers). For a host app's own mTLS checks (the example bank's
+        before_request hook)."""
+        state = self._state()
+        certificate = state.certificates.from_environ(request.environ)
+        if certificate is None:
+            raise InvalidClient("A client certificate is required (mutual TLS).")
+        return state.certificates.verify(certificate, revoked_error=revoked_error)
 
     @property
     def registrar(self) -> Registrar:

@@ -884,11 +884,11 @@ def test_bank_refuses_a_transport_certificate_revoked_at_the_directory(
     before = {client.client_id for client in store.list()}
     form = token_request(sandbox, tpp, registration, method)
     assert_error(call("POST", "/token", tpp=tpp, data=form), 401, "invalid_client")
-    # the bank's mutual-TLS gate refuses every call with a certificate it does not accept,
-    # before require_token (which would say invalid_token) or /register/<id> see it
-    assert_error(call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth), 401, "invalid_client")
+    # where a token is judged (require_token, /register/<id>) a revoked certificate is an
+    # invalid_token, as the contract says, even from the bank's mutual-TLS gate
+    assert_error(call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth), 401, "invalid_token")
     uri = registration["registration_client_uri"]
-    assert_error(call("GET", uri, tpp=tpp, headers=auth), 401, "invalid_client")
+    assert_error(call("GET", uri, tpp=tpp, headers=auth), 401, "invalid_token")
     again = registration_jwt(sandbox, tpp, method)
     assert_error(call("POST", "/register", tpp=tpp, data=again, headers=JWT), 401, "invalid_client")
     assert {client.client_id for client in store.list()} == before
@@ -1069,7 +1069,7 @@ def test_tpp_revoke_command(revoking_sandbox, tmp_path):
     refused = tpp_run("token", ok=False)
     assert "the token request: the server answered HTTP 401 invalid_client" in refused
     refused = tpp_run("accounts", ok=False)
-    assert "the accounts API: the server answered HTTP 401 invalid_client" in refused
+    assert "the accounts API: the server answered HTTP 401 invalid_token" in refused
 
     # a re-validation pass suspends the registration at once (the revoked key set, fresh)
     client_id = json.loads((tmp_path / "registration.json").read_text())["client_id"]
