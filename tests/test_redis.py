@@ -1,6 +1,7 @@
-"""Shared state in Redis: the jti replay cache, the JWKS cache and the token store, alone and
-behind two apps. Each runs its contract test class (test_replay_cache.py, test_jwks_cache.py,
-test_token_store.py) and, here, what only Redis shows.
+"""Shared state in Redis: the jti replay cache, the JWKS cache, the revocation verdict cache and
+the token store, alone and behind two apps. Each runs its contract test class
+(test_replay_cache.py, test_jwks_cache.py, test_revocation_cache.py, test_token_store.py) and,
+here, what only Redis shows.
 
 Needs the Redis at ``OBDCR_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``). Each test
 works under its own key prefix and deletes its keys afterwards. Without a reachable Redis the
@@ -25,15 +26,17 @@ redis = pytest.importorskip("redis")
 from flask import Flask  # noqa: E402
 from test_jwks_cache import JWKSCacheContract  # noqa: E402
 from test_replay_cache import ReplayCacheContract  # noqa: E402
+from test_revocation_cache import RevocationCacheContract, record  # noqa: E402
 from test_token_store import TokenStoreContract  # noqa: E402
 
 from flask_obdcr import OpenBankingDCR  # noqa: E402
 from flask_obdcr.jwks import CacheEntry, StaticFetcher  # noqa: E402
 from flask_obdcr.revoked_keys import REVOKED_ENDPOINT_CLAIMS  # noqa: E402
-from flask_obdcr.storage import MemoryStore, ReplayQuotaExceeded  # noqa: E402
+from flask_obdcr.storage import MemoryStore, ReplayQuotaExceeded, StatusRecord  # noqa: E402
 from flask_obdcr.storage.redis import (  # noqa: E402
     RedisJWKSCache,
     RedisReplayCache,
+    RedisRevocationCache,
     RedisTokenStore,
     redis_client,
     shared_caches,
@@ -162,6 +165,8 @@ def test_prefix_must_be_a_non_empty_string(redis_server):
             RedisReplayCache(redis_server, prefix=bad)
         with pytest.raises(ValueError, match="prefix"):
             RedisJWKSCache(redis_server, prefix=bad)
+        with pytest.raises(ValueError, match="prefix"):
+            RedisRevocationCache(redis_server, prefix=bad)
 
 
 # -- RedisJWKSCache ------------------------------------------------------------------------
@@ -306,6 +311,110 @@ def test_jwks_cache_survives_a_redis_outage(entry):
     assert cache.get(URL) is None  # no copy here: the client will fetch
     cache.set(URL, entry)  # does not raise; kept in this process
     assert cache.get(URL) is entry
+
+
+# -- RedisRevocationCache ------------------------------------------------------------------
+
+
+class TestRedisRevocationCache(RevocationCacheContract):
+    expires_by_itself = True
+
+    @pytest.fixture
+    def cache_factory(self, prefix):
+        return lambda clock: RedisRevocationCache(REDIS_URL, prefix=prefix, clock=clock)
+
+    @pytest.fixture
+    def peer_caches(self, cache_factory, clock):
+        """Two instances, each with its own connection pool, as two processes."""
+        return [cache_factory(clock) for _ in range(2)]
+
+    @pytest.fixture
+    def plant(self, redis_server):
+        def plant(cache, key: str, value: bytes) -> None:
+            redis_server.set(cache.key(key), value, px=60_000)
+
+        return plant
+
+    @pytest.fixture
+    def broken_cache_factory(self):
+        return lambda clock: RedisRevocationCache(
+            redis.Redis.from_url(UNREACHABLE, socket_connect_timeout=1), clock=clock
+        )
+
+    def test_options_are_checked(self, redis_server):
+        with pytest.raises(ValueError, match="memo_size"):
+            RedisRevocationCache(redis_server, memo_size=0)
+        with pytest.raises(ValueError, match="recheck_after"):
+            RedisRevocationCache(redis_server, recheck_after=-1)
+
+
+def test_revocation_record_layout_and_ttl(redis_server, prefix):
+    # a test clock years away from Redis's: the TTL is keep_until measured from fetched_at
+    clock = FrozenClock(1_000_000)
+    cache = RedisRevocationCache(redis_server, prefix=prefix, clock=clock)
+    key = "ab" * 32 + ":1f"
+    verdict = record(clock(), keep_until=clock() + 3600)
+    cache.set(key, verdict)
+    assert keys_under(redis_server, prefix) == [f"{prefix}revocation:{key}"] == [cache.key(key)]
+    assert 3_599_000 < redis_server.pttl(cache.key(key)) <= 3_600_000
+    assert StatusRecord.from_dict(json.loads(redis_server.get(cache.key(key)))) == verdict
+    # kept nowhere but this process when there is nothing to keep
+    cache.set("gone", record(clock(), keep_until=clock()))
+    assert redis_server.get(cache.key("gone")) is None
+    assert repr(cache) == f"RedisRevocationCache(prefix={prefix!r})"
+
+
+def test_revocation_recent_record_is_used_without_asking_redis(redis_server, prefix):
+    ticks = FrozenClock(1000)
+    clock = FrozenClock(1_000_000)
+    RedisRevocationCache(redis_server, prefix=prefix).set("k", record(clock()))
+    reader = RedisRevocationCache(redis_server, prefix=prefix, clock=clock, monotonic=ticks)
+    reads = []
+    real_get = reader.client.get
+    reader.client = SimpleNamespace(get=lambda key: reads.append(key) or real_get(key))
+    first = reader.get("k")
+    assert reader.get("k") is first and reads == [reader.key("k")]
+    # another instance refreshed the verdict: seen once this process's copy is a second old
+    newer = record(clock() + 10)
+    RedisRevocationCache(redis_server, prefix=prefix).set("k", newer)
+    ticks.advance(0.9)
+    assert reader.get("k") is first and len(reads) == 1
+    ticks.advance(0.1)
+    assert reader.get("k") == newer and len(reads) == 2
+    assert reader.get("k") == newer and len(reads) == 2
+    # a record due for refresh is never taken on trust: Redis is asked
+    clock.set(newer.refresh_at)
+    assert reader.get("k") == newer and len(reads) == 3
+
+
+def test_revocation_memo_is_bounded(redis_server, prefix):
+    cache = RedisRevocationCache(redis_server, prefix=prefix, memo_size=2)
+    for n in range(5):
+        cache.set(f"k{n}", record(time.time()))
+    assert list(cache._memo) == ["k3", "k4"]
+    assert cache.get("k0") is not None  # still in Redis
+
+
+def test_revocation_delete_forgets_here_and_in_redis(redis_server, prefix):
+    cache = RedisRevocationCache(redis_server, prefix=prefix)
+    cache.set("k", record(time.time()))
+    other = RedisRevocationCache(REDIS_URL, prefix=prefix)
+    assert other.get("k") == cache.get("k")
+    cache.delete("k")
+    assert cache.get("k") is None
+    assert redis_server.get(cache.key("k")) is None
+
+
+def test_revocation_cache_without_redis_answers_from_this_process(caplog):
+    unreachable = redis.Redis.from_url(UNREACHABLE, socket_connect_timeout=1)
+    cache = RedisRevocationCache(unreachable, recheck_after=0)  # asks Redis every time
+    verdict = record(time.time())
+    cache.set("k", verdict)
+    assert "record kept here only" in caplog.text
+    assert cache.get("k") is verdict
+    assert "using this process's copy" in caplog.text
+    with pytest.raises(redis.ConnectionError):  # an operator's delete says it failed
+        cache.delete("k")
 
 
 # -- two app instances sharing Redis -------------------------------------------------------

@@ -5,18 +5,16 @@ Everything crosses a real socket: a :class:`~flask_obdcr.testing.revocation.Revo
 on loopback serves the test CA's CRL and OCSP responses (right, or wrong on purpose) and counts
 the requests; the checker fetches with the real :class:`~flask_obdcr.fetch.BoundedFetch`. The
 checker and the server share a :class:`~flask_obdcr.testing.clock.FrozenClock`, so a test can
-stand exactly at a nextUpdate or one cache period later.
+stand exactly at a nextUpdate or one cache period later. The verdict caches themselves (memory,
+Redis) run their contract in test_revocation_cache.py and test_redis.py.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
 import logging
-import os
 import threading
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -28,14 +26,7 @@ from cryptography.x509.oid import SignatureAlgorithmOID
 
 from flask_obdcr.errors import InvalidClient, InvalidToken, TemporarilyUnavailable
 from flask_obdcr.fetch import BoundedFetch, FetchFailed
-from flask_obdcr.revocation import (
-    MemoryRevocationCache,
-    NoAnswer,
-    RedisRevocationCache,
-    RevocationChecker,
-    StatusRecord,
-    status_key,
-)
+from flask_obdcr.revocation import NoAnswer, RevocationChecker, StatusRecord
 from flask_obdcr.revocation.crl import crl_urls
 from flask_obdcr.revocation.ocsp import build_request, ocsp_urls, verify_response
 from flask_obdcr.revocation.signature import SignatureRefused, verify_signature
@@ -774,125 +765,3 @@ def test_bad_options(options):
     options.setdefault("fetch", BoundedFetch())
     with pytest.raises(ValueError):
         RevocationChecker(**options)
-
-
-# -- the caches ----------------------------------------------------------------------------------
-
-
-def record(**changes: Any) -> StatusRecord:
-    values: dict[str, Any] = {
-        "status": "good",
-        "source": "ocsp",
-        "url": "http://ocsp.example/",
-        "fetched_at": 1000.0,
-        "this_update": 990.0,
-        "next_update": 4600.0,
-        "refresh_at": 1300.0,
-        "keep_until": 4600.0,
-    }
-    values.update(changes)
-    return StatusRecord(**values)
-
-
-def test_status_record_round_trip():
-    revoked = record(status="revoked", revoked_at=900.0, reason="key_compromise")
-    assert StatusRecord.from_dict(json.loads(json.dumps(revoked.to_dict()))) == revoked
-    assert revoked.final and not record(status="revoked", reason="certificate_hold").final
-    assert record(next_update=None).usable_until == 1300.0
-
-
-@pytest.mark.parametrize(
-    "data",
-    [
-        pytest.param({**record().to_dict(), "status": "unknown"}, id="status"),
-        pytest.param({**record().to_dict(), "fetched_at": "soon"}, id="timestamp"),
-        pytest.param({**record().to_dict(), "refresh_at": None}, id="missing"),
-        pytest.param({**record().to_dict(), "reason": 3}, id="reason"),
-    ],
-)
-def test_status_record_refuses_bad_data(data):
-    with pytest.raises(ValueError):
-        StatusRecord.from_dict(data)
-
-
-def test_memory_cache_is_a_bounded_lru():
-    cache = MemoryRevocationCache(maxsize=2)
-    cache.set("a", record())
-    cache.set("b", record())
-    assert cache.get("a") is not None  # now the most recently used
-    cache.set("c", record())
-    assert (cache.get("a"), cache.get("b"), len(cache)) == (record(), None, 2)
-
-
-def test_status_key_is_issuer_key_and_serial(ca, server, tpp_key):
-    leaf = transport(ca, server, tpp_key)
-    key = status_key(leaf, ca.certificate)
-    digest, serial = key.split(":")
-    assert len(digest) == 64 and int(serial, 16) == leaf.serial_number
-
-
-REDIS_URL = os.environ.get("OBDCR_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-
-
-@pytest.fixture(scope="module")
-def redis_server():
-    redis = pytest.importorskip("redis")
-    client = redis.Redis.from_url(REDIS_URL, socket_timeout=5, socket_connect_timeout=5)
-    try:
-        client.ping()
-    except redis.RedisError as exc:
-        if os.environ.get("CI"):
-            pytest.fail(f"Redis at {REDIS_URL} is required in CI: {exc}")
-        pytest.skip(f"no Redis at {REDIS_URL}: {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture
-def prefix(redis_server):
-    """A key prefix of this test's own; its keys are deleted afterwards."""
-    value = f"obdcr-test:{uuid.uuid4().hex}:"
-    yield value
-    keys = list(redis_server.scan_iter(match=f"{value}*", count=1000))
-    if keys:
-        redis_server.delete(*keys)
-
-
-def test_redis_shares_verdicts_between_processes(
-    redis_server, prefix, checker_factory, ca, server, chain, tpp_key, clock
-):
-    leaf = transport(ca, server, tpp_key)
-    one = checker_factory(cache=RedisRevocationCache(redis_server, prefix=prefix, clock=clock))
-    other = checker_factory(cache=RedisRevocationCache(REDIS_URL, prefix=prefix, clock=clock))
-    assert one.check(chain(leaf)).status == "good"
-    status = other.check(chain(leaf))  # another process: its own memory, the same Redis
-    assert (status.status, status.certificates[0].cached) == ("good", True)
-    assert server.count(ca, "ocsp") == 1
-    key = f"{prefix}revocation:{status_key(leaf, ca.certificate)}"
-    stored = StatusRecord.from_dict(json.loads(redis_server.get(key)))
-    assert (stored.status, stored.source, stored.fetched_at) == ("good", "ocsp", clock())
-    # kept until the response's nextUpdate, measured from the fetch
-    assert 0 < redis_server.pttl(key) <= (stored.keep_until - stored.fetched_at) * 1000
-
-
-def test_redis_corrupt_entry_is_ignored(redis_server, prefix, clock):
-    cache = RedisRevocationCache(redis_server, prefix=prefix, clock=clock)
-    redis_server.set(cache.key("k"), b"{not json")
-    assert cache.get("k") is None
-    cache.set("k", record(fetched_at=clock(), refresh_at=clock() + 300, keep_until=clock() + 600))
-    fresh = RedisRevocationCache(redis_server, prefix=prefix, clock=clock)
-    assert fresh.get("k") == cache.get("k")
-    cache.delete("k")
-    assert cache.get("k") is None
-    assert redis_server.get(cache.key("k")) is None
-
-
-def test_redis_down_is_no_500(checker_factory, ca, server, chain, tpp_key, clock):
-    redis = pytest.importorskip("redis")
-    unreachable = redis.Redis.from_url("redis://127.0.0.1:1/0", socket_connect_timeout=1)
-    cache = RedisRevocationCache(unreachable, clock=clock)
-    checker = checker_factory(cache=cache)
-    leaf = transport(ca, server, tpp_key)
-    assert checker.check(chain(leaf)).status == "good"  # fetched, kept in the memo
-    assert checker.check(chain(leaf)).certificates[0].cached is True
-    assert server.count(ca, "ocsp") == 1

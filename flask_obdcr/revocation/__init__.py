@@ -1,19 +1,22 @@
 """Revocation of transport certificates: OCSP first, CRLs as the fallback, verdicts cached.
 
 The core API is :class:`RevocationChecker` (see :mod:`.checker`); :mod:`.ocsp` and
-:mod:`.crl` are the two clients, :mod:`.cache` the verdict caches. Part of the protocol core:
-no Flask imports.
+:mod:`.crl` are the two clients. The verdict caches are a storage contract
+(:mod:`flask_obdcr.storage.revocation_cache`, backends in :mod:`flask_obdcr.storage.memory`
+and :mod:`flask_obdcr.storage.redis`), re-exported here; :class:`RedisRevocationCache` is
+imported only when asked for, so the ``redis`` extra need not be installed. Part of the
+protocol core: no Flask imports.
 """
 
+from typing import TYPE_CHECKING, Any
+
+from ..storage.memory import MemoryRevocationCache
+from ..storage.revocation_cache import RevocationCache, StatusRecord, status_key
 from .base import Answer, Fetch, NoAnswer
-from .cache import (
-    MemoryRevocationCache,
-    RedisRevocationCache,
-    RevocationCache,
-    StatusRecord,
-    status_key,
-)
 from .checker import MODES, CertificateRevocation, RevocationChecker, RevocationStatus
+
+if TYPE_CHECKING:
+    from ..storage.redis import RedisRevocationCache
 
 __all__ = [
     "MODES",
@@ -29,3 +32,24 @@ __all__ = [
     "StatusRecord",
     "status_key",
 ]
+
+
+def __getattr__(name: str) -> Any:  # PEP 562: the redis extra is needed only when it is used
+    if name != "RedisRevocationCache":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from ..storage.redis import RedisRevocationCache
+    except ImportError as error:
+        # Without the extra, a module that imports the name at its top (flask_obdcr.extension)
+        # must still load: the name is then a class that fails when it is used, as it did
+        # when it lived here and imported redis in its __init__.
+        return _without_the_extra(error)
+    return RedisRevocationCache
+
+
+def _without_the_extra(missing: ImportError) -> type:
+    class RedisRevocationCache:
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            raise ImportError(str(missing)) from missing
+
+    return RedisRevocationCache

@@ -44,10 +44,11 @@ from cryptography import x509
 from ..errors import InvalidClient, RegistrationError, TemporarilyUnavailable
 from ..fetch import show
 from ..log import get_logger
+from ..storage.memory import MemoryRevocationCache
+from ..storage.revocation_cache import RevocationCache, StatusRecord, status_key
 from . import crl as crl_module
 from . import ocsp
 from .base import Answer, Fetch, NoAnswer
-from .cache import MemoryRevocationCache, RevocationCache, StatusRecord, status_key
 
 __all__ = ["MODES", "CertificateRevocation", "RevocationChecker", "RevocationStatus"]
 
@@ -154,7 +155,7 @@ class RevocationChecker:
     ``OBDCR_REVOCATION_CACHE_SECONDS`` (``cache_seconds``) and a
     :class:`~flask_obdcr.fetch.BoundedFetch` made with ``OBDCR_HTTP_TIMEOUT`` and
     ``OBDCR_HTTP_VERIFY``; ``cache`` defaults to a :class:`MemoryRevocationCache`
-    (a :class:`~flask_obdcr.revocation.cache.RedisRevocationCache` shares verdicts between
+    (a :class:`~flask_obdcr.storage.redis.RedisRevocationCache` shares verdicts between
     processes). ``clock`` is the app's clock; ``skew`` the tolerated clock difference with
     responders (seconds) for thisUpdate; ``retry_after`` how long after a failed attempt the
     next is made (and the 503's Retry-After at most). ``ocsp_hash`` is the CertID hash

@@ -1,7 +1,8 @@
 """Persistence, one contract per concern and one file per backend.
 
 Contracts: :class:`ClientStore` (``base``), :class:`TokenStore` (``tokens``),
-:class:`ReplayCache` (``replay``) and :class:`JWKSCache` (``jwks_cache``). Backends:
+:class:`ReplayCache` (``replay``), :class:`JWKSCache` (``jwks_cache``) and
+:class:`RevocationCache` (``revocation_cache``). Backends:
 ``memory``, ``sqlite``, ``sqlalchemy`` (extra ``postgres``), ``ldap`` (extra ``ldap``) and
 ``redis`` (extra ``redis``); the last three are imported only when one of their names is
 asked for, so their extras need not be installed.
@@ -17,7 +18,13 @@ from .base import (
     secret_matches,
 )
 from .jwks_cache import CacheEntry, JWKSCache
-from .memory import MemoryJWKSCache, MemoryReplayCache, MemoryStore, MemoryTokenStore
+from .memory import (
+    MemoryJWKSCache,
+    MemoryReplayCache,
+    MemoryRevocationCache,
+    MemoryStore,
+    MemoryTokenStore,
+)
 from .replay import (
     DEFAULT_QUOTA_PER_OWNER,
     ReplayCache,
@@ -25,6 +32,7 @@ from .replay import (
     ReplayQuotaExceeded,
     ReplayRefused,
 )
+from .revocation_cache import RevocationCache, StatusRecord, status_key
 from .sqlite import SQLiteStore, SQLiteTokenStore
 from .tokens import AccessToken, TokenStore
 
@@ -38,19 +46,23 @@ __all__ = [
     "JWKSCache",
     "MemoryJWKSCache",
     "MemoryReplayCache",
+    "MemoryRevocationCache",
     "MemoryStore",
     "MemoryTokenStore",
     "ReplayCache",
     "ReplayCacheFull",
     "ReplayQuotaExceeded",
     "ReplayRefused",
+    "RevocationCache",
     "SQLiteStore",
     "SQLiteTokenStore",
+    "StatusRecord",
     "StoreError",
     "StoredClient",
     "TokenStore",
     "hash_secret",
     "secret_matches",
+    "status_key",
 ]
 
 # name -> the backend module that needs an extra
@@ -60,6 +72,7 @@ _LAZY = {
     "LDAPStore": "ldap",
     "RedisJWKSCache": "redis",
     "RedisReplayCache": "redis",
+    "RedisRevocationCache": "redis",
     "RedisTokenStore": "redis",
 }
 

@@ -1,5 +1,6 @@
-"""The in-process backends: clients, access tokens, the jti replay cache and the JWKS cache,
-for tests, demos and single-process servers (and, for the JWKS cache, the default).
+"""The in-process backends: clients, access tokens, the jti replay cache, the JWKS cache and
+the revocation verdict cache, for tests, demos and single-process servers (and, for the two
+caches of fetched documents, the default).
 """
 
 from __future__ import annotations
@@ -14,9 +15,16 @@ from typing import Any
 from .base import ClientExists, ClientNotFound, ClientStore, StoredClient
 from .jwks_cache import CacheEntry
 from .replay import ReplayCache, ReplayCacheFull, ReplayQuotaExceeded, retry_after
+from .revocation_cache import StatusRecord
 from .tokens import AccessToken, TokenStore
 
-__all__ = ["MemoryJWKSCache", "MemoryReplayCache", "MemoryStore", "MemoryTokenStore"]
+__all__ = [
+    "MemoryJWKSCache",
+    "MemoryReplayCache",
+    "MemoryRevocationCache",
+    "MemoryStore",
+    "MemoryTokenStore",
+]
 
 
 class MemoryStore(ClientStore):
@@ -244,3 +252,46 @@ class MemoryJWKSCache:
     def __len__(self) -> int:
         with self._lock:
             return len(self._entries)
+
+
+# -- the revocation verdict cache ----------------------------------------------------------
+
+
+class MemoryRevocationCache:
+    """The :class:`~flask_obdcr.storage.revocation_cache.RevocationCache` of this process:
+    thread-safe, at most ``maxsize`` verdicts (least recently used dropped first), so many
+    certificates cannot grow memory without bound. Records are not dropped at their
+    ``keep_until``: the bound does that work."""
+
+    def __init__(self, maxsize: int = 10_000) -> None:
+        if maxsize < 1:
+            raise ValueError("maxsize must be at least 1")
+        self.maxsize = maxsize
+        self._records: OrderedDict[str, StatusRecord] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, key: str) -> StatusRecord | None:
+        with self._lock:
+            record = self._records.get(key)
+            if record is not None:
+                self._records.move_to_end(key)
+            return record
+
+    def set(self, key: str, record: StatusRecord) -> None:
+        with self._lock:
+            self._records[key] = record
+            self._records.move_to_end(key)
+            while len(self._records) > self.maxsize:
+                self._records.popitem(last=False)
+
+    def delete(self, key: str) -> None:
+        with self._lock:
+            self._records.pop(key, None)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._records.clear()
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._records)

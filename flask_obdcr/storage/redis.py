@@ -1,8 +1,9 @@
 """State shared by every instance of the server, in Redis: the jti replay cache, the JWKS
-cache, and (for stores that keep none of their own) the access tokens.
+cache, the revocation verdict cache, and (for stores that keep none of their own) the access
+tokens.
 
 Install the ``redis`` extra (``pip install 'flask-obdcr[redis]'``), then give both caches to
-the extension (``OBDCR_REDIS_URL`` does the same)::
+the extension (``OBDCR_REDIS_URL`` does the same, and shares revocation verdicts too)::
 
     from flask_obdcr.storage.redis import shared_caches
 
@@ -13,13 +14,14 @@ A request JWT accepted by one instance is then refused as replayed by all the ot
 JWKS fetched by one instance is used by the others without fetching it again.
 
 Keys are ``<prefix>jti:<sha256>``, ``<prefix>jti-owner:<sha256 of the owner>``,
-``<prefix>jwks:<sha256 of the URL>``, ``<prefix>token:<token hash>`` and
-``<prefix>client-tokens:<sha256 of the client_id>``: bounded in length whatever the TPP puts
-in a jti, and namespaced so several deployments can share one Redis. Everything expires by
-itself (an index with its longest-lived member); nothing needs cleaning up. Anyone who can
-write to this Redis can make the server forget a jti, trust a key set or accept a token:
-protect it (AUTH, TLS with a ``rediss://`` URL, a private network). The scripts touch two keys
-at once, so a Redis Cluster is not supported.
+``<prefix>jwks:<sha256 of the URL>``, ``<prefix>revocation:<sha256 of the issuer's key>:<serial
+in hex>``, ``<prefix>token:<token hash>`` and ``<prefix>client-tokens:<sha256 of the
+client_id>``: bounded in length whatever the TPP puts in a jti or a certificate, and namespaced
+so several deployments can share one Redis. Everything expires by itself (an index with its
+longest-lived member); nothing needs cleaning up. Anyone who can write to this Redis can make
+the server forget a jti, trust a key set, accept a token or take a revoked certificate for a
+good one: protect it (AUTH, TLS with a ``rediss://`` URL, a private network). The scripts touch
+two keys at once, so a Redis Cluster is not supported.
 """
 
 from __future__ import annotations
@@ -49,11 +51,13 @@ from .replay import (
     replay_owner,
     retry_after,
 )
+from .revocation_cache import StatusRecord
 from .tokens import AccessToken, TokenStore
 
 __all__ = [
     "RedisJWKSCache",
     "RedisReplayCache",
+    "RedisRevocationCache",
     "RedisTokenStore",
     "redis_client",
     "shared_caches",
@@ -294,6 +298,108 @@ class RedisJWKSCache:
         with self._lock:
             self._memo[url] = (entry, now)
             self._memo.move_to_end(url)
+            while len(self._memo) > self.memo_size:
+                self._memo.popitem(last=False)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(prefix={self.prefix!r})"
+
+
+class RedisRevocationCache:
+    """The :class:`~flask_obdcr.storage.revocation_cache.RevocationCache` of every instance at
+    once.
+
+    Each record is ``<prefix>revocation:<key>``, the JSON of :meth:`StatusRecord.to_dict`,
+    expiring from Redis at its ``keep_until`` (measured from ``fetched_at``, so the record's
+    clock and Redis's need not agree). A verdict another instance fetched is used here without
+    fetching it again.
+
+    So that a warm check does not cost a Redis round trip, a record this process read or wrote
+    in the last ``recheck_after`` seconds (by ``monotonic``) and not yet due for refresh (by
+    ``clock``, the checker's clock) is served from a per-process memo of ``memo_size``
+    records: a verdict another instance refreshed reaches this one within that time.
+
+    A cache must not take the service down: when Redis fails, ``get`` answers from the memo
+    (or ``None``, so the checker fetches) and ``set`` keeps the record in the memo; both log a
+    warning. Anyone who can write to this Redis can make a revoked certificate look good:
+    protect it as the other shared state (AUTH, TLS, a private network).
+    """
+
+    def __init__(
+        self,
+        client_or_url: RedisLike | str,
+        *,
+        prefix: str = "obdcr:",
+        memo_size: int = 1024,
+        recheck_after: float = 1.0,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        prefix = _check_prefix(prefix)
+        if memo_size < 1:
+            raise ValueError("memo_size must be at least 1")
+        if recheck_after < 0:
+            raise ValueError("recheck_after must not be negative")
+        self.client = redis_client(client_or_url)
+        self.prefix = prefix
+        self.memo_size = memo_size
+        self.recheck_after = recheck_after
+        self.clock = clock
+        self._monotonic = monotonic
+        # key -> (record, when Redis last confirmed it or we wrote it, monotonic seconds)
+        self._memo: OrderedDict[str, tuple[StatusRecord, float]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def key(self, key: str) -> str:
+        """The Redis key holding the record of ``key``."""
+        return f"{self.prefix}revocation:{key}"
+
+    def get(self, key: str) -> StatusRecord | None:
+        now = self._monotonic()
+        with self._lock:
+            remembered = self._memo.get(key)
+        if (
+            remembered is not None
+            and 0 <= now - remembered[1] < self.recheck_after
+            and self.clock() < remembered[0].refresh_at
+        ):
+            return remembered[0]
+        try:
+            value = self.client.get(self.key(key))
+        except (redis.RedisError, OSError) as error:
+            log.warning("Redis revocation cache unavailable (%s); using this process's copy", error)
+            return remembered[0] if remembered is not None else None
+        if value is None:
+            return None
+        try:
+            record = StatusRecord.from_dict(json.loads(value))
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            log.warning("Redis revocation record %s is corrupt (%s); ignored", self.key(key), error)
+            return None
+        self._keep(key, record, now)
+        return record
+
+    def set(self, key: str, record: StatusRecord) -> None:
+        self._keep(key, record, self._monotonic())
+        ttl_ms = math.ceil((record.keep_until - record.fetched_at) * 1000)
+        if ttl_ms <= 0:
+            return
+        value = json.dumps(record.to_dict(), separators=(",", ":"))
+        try:
+            self.client.set(self.key(key), value, px=ttl_ms)
+        except (redis.RedisError, OSError) as error:
+            log.warning("Redis revocation cache unavailable (%s); record kept here only", error)
+
+    def delete(self, key: str) -> None:
+        """Forget ``key`` here and in Redis."""
+        with self._lock:
+            self._memo.pop(key, None)
+        self.client.delete(self.key(key))
+
+    def _keep(self, key: str, record: StatusRecord, now: float) -> None:
+        with self._lock:
+            self._memo[key] = (record, now)
+            self._memo.move_to_end(key)
             while len(self._memo) > self.memo_size:
                 self._memo.popitem(last=False)
 
