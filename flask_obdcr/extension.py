@@ -21,13 +21,7 @@ from .management import check_access_token
 from .policies import Pipeline, default_pipeline
 from .registration import Registrar
 from .revalidation import DirectoryStatus, Finding, RevalidationReport
-from .revocation import (
-    Fetch,
-    MemoryRevocationCache,
-    RedisRevocationCache,
-    RevocationCache,
-    RevocationChecker,
-)
+from .revocation import Fetch, MemoryRevocationCache, RevocationCache, RevocationChecker
 from .revoked_keys import RevokedKeys
 from .state import EXTENSION_KEY, DCRState
 from .storage import (
@@ -232,11 +226,13 @@ class OpenBankingDCR:
             fetch = BoundedFetch(
                 timeout=settings.http_timeout, verify=settings.http_verify, max_bytes=CRL_MAX_BYTES
             )
-        cache: RevocationCache = (
-            RedisRevocationCache(redis, prefix=settings.redis_prefix, clock=self.clock)
-            if redis is not None
-            else MemoryRevocationCache()
-        )
+        cache: RevocationCache
+        if redis is not None:
+            from .storage.redis import RedisRevocationCache
+
+            cache = RedisRevocationCache(redis, prefix=settings.redis_prefix, clock=self.clock)
+        else:
+            cache = MemoryRevocationCache()
         return RevocationChecker(
             mode=settings.revocation,
             cache_seconds=settings.revocation_cache_seconds,

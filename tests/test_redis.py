@@ -26,7 +26,7 @@ redis = pytest.importorskip("redis")
 from flask import Flask  # noqa: E402
 from test_jwks_cache import JWKSCacheContract  # noqa: E402
 from test_replay_cache import ReplayCacheContract  # noqa: E402
-from test_revocation_cache import RevocationCacheContract, record  # noqa: E402
+from test_revocation_cache import SharedRevocationCacheContract, record  # noqa: E402
 from test_token_store import TokenStoreContract  # noqa: E402
 
 from flask_obdcr import OpenBankingDCR  # noqa: E402
@@ -316,7 +316,7 @@ def test_jwks_cache_survives_a_redis_outage(entry):
 # -- RedisRevocationCache ------------------------------------------------------------------
 
 
-class TestRedisRevocationCache(RevocationCacheContract):
+class TestRedisRevocationCache(SharedRevocationCacheContract):
     expires_by_itself = True
 
     @pytest.fixture

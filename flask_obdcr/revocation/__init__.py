@@ -37,19 +37,6 @@ __all__ = [
 def __getattr__(name: str) -> Any:  # PEP 562: the redis extra is needed only when it is used
     if name != "RedisRevocationCache":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    try:
-        from ..storage.redis import RedisRevocationCache
-    except ImportError as error:
-        # Without the extra, a module that imports the name at its top (flask_obdcr.extension)
-        # must still load: the name is then a class that fails when it is used, as it did
-        # when it lived here and imported redis in its __init__.
-        return _without_the_extra(error)
-    return RedisRevocationCache
-
-
-def _without_the_extra(missing: ImportError) -> type:
-    class RedisRevocationCache:
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            raise ImportError(str(missing)) from missing
+    from ..storage.redis import RedisRevocationCache
 
     return RedisRevocationCache
