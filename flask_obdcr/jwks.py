@@ -606,6 +606,11 @@ class JWKSClient:
         """
         return copy_json(self._entry(url).parsed().document)
 
+    def shared_document(self, url: str) -> Mapping[str, Any]:
+        """:meth:`document` without the copy: the cache's own object, the same one for as long
+        as the cached entry stands (callers may index it by identity). Read-only."""
+        return self._entry(url).parsed().document
+
     def refresh(self, url: str) -> None:
         """Fetch ``url`` now, whatever the cache holds (re-validation wants the Directory's
         current keys, not the cached ones). :class:`JWKSError` when the fetch fails; the cached

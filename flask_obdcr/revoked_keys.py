@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import functools
 import json
+import threading
+from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -49,16 +51,35 @@ class RevokedKey:
 def key_thumbprint(key: jwk.JWK | x509.Certificate) -> str | None:
     """RFC 7638 thumbprint of a JWK or of a certificate's public key; None if it has none."""
     try:
-        if isinstance(key, x509.Certificate):
-            return _pyca_thumbprint(key)
-        return key.thumbprint()
+        return _memoised_thumbprint(key)
     except (JWException, ValueError, TypeError):
         return None
 
 
-@functools.lru_cache(maxsize=256)
-def _pyca_thumbprint(certificate: x509.Certificate) -> str:
-    return jwk.JWK.from_pyca(certificate.public_key()).thumbprint()
+# The keys that verify assertions are the JWKS cache's own objects, and a TPP's certificate is
+# the certificate loader's cached object: the same on every request of a client. Thumbprints are
+# kept by object identity (hashing a certificate would hash its DER each time); holding the
+# object keeps its id its own.
+_THUMBPRINTS: OrderedDict[int, tuple[Any, str]] = OrderedDict()
+_THUMBPRINTS_LOCK = threading.Lock()
+_THUMBPRINTS_SIZE = 1024
+
+
+def _memoised_thumbprint(key: jwk.JWK | x509.Certificate) -> str:
+    with _THUMBPRINTS_LOCK:
+        known = _THUMBPRINTS.get(id(key))
+    if known is not None and known[0] is key:
+        return known[1]
+    if isinstance(key, x509.Certificate):
+        thumbprint = jwk.JWK.from_pyca(key.public_key()).thumbprint()
+    else:
+        thumbprint = key.thumbprint()
+    with _THUMBPRINTS_LOCK:
+        _THUMBPRINTS[id(key)] = (key, thumbprint)
+        _THUMBPRINTS.move_to_end(id(key))
+        while len(_THUMBPRINTS) > _THUMBPRINTS_SIZE:
+            _THUMBPRINTS.popitem(last=False)
+    return thumbprint
 
 
 @functools.lru_cache(maxsize=4096)
@@ -78,6 +99,11 @@ class RevokedKeys:
             raise ValueError(f"revocation mode {mode!r}")
         self.jwks = jwks
         self.mode = mode
+        self._lock = threading.Lock()
+        # id(document) -> (document, its kids, its thumbprints -> kid)
+        self._indexes: OrderedDict[
+            int, tuple[Mapping[str, Any], frozenset[str], dict[str, str | None]]
+        ] = OrderedDict()
 
     def find(
         self,
@@ -103,14 +129,31 @@ class RevokedKeys:
             if not isinstance(endpoint, str) or not endpoint:
                 continue
             try:
-                document = self.jwks.document(endpoint)
+                document = self.jwks.shared_document(endpoint)
             except JWKSError as exc:
                 self._unknown(endpoint, exc)
                 continue
-            found = _match(document, endpoint, kid, thumbprint)
-            if found is not None:
-                return found
+            kids, thumbprints = self._index(document)
+            if kid is not None and kid in kids:
+                return RevokedKey(endpoint, kid)
+            if thumbprint is not None and thumbprint in thumbprints:
+                return RevokedKey(endpoint, thumbprints[thumbprint])
         return None
+
+    def _index(self, document: Mapping[str, Any]) -> tuple[frozenset[str], dict[str, str | None]]:
+        """The kids and thumbprints of a revoked set, worked out once per cached document
+        (the JWKS cache hands out the same object until it refreshes the set)."""
+        with self._lock:
+            known = self._indexes.get(id(document))
+        if known is not None and known[0] is document:
+            return known[1], known[2]
+        kids, thumbprints = _index(document)
+        with self._lock:
+            self._indexes[id(document)] = (document, kids, thumbprints)
+            self._indexes.move_to_end(id(document))
+            while len(self._indexes) > 256:
+                self._indexes.popitem(last=False)
+        return kids, thumbprints
 
     def _unknown(self, endpoint: str, exc: Exception) -> None:
         if self.mode == "require":
@@ -121,20 +164,20 @@ class RevokedKeys:
         log.warning("revoked key set %s unavailable, going on (prefer): %s", endpoint, exc)
 
 
-def _match(
-    document: Mapping[str, Any], endpoint: str, kid: str | None, thumbprint: str | None
-) -> RevokedKey | None:
+def _index(document: Mapping[str, Any]) -> tuple[frozenset[str], dict[str, str | None]]:
+    kids: set[str] = set()
+    thumbprints: dict[str, str | None] = {}
     for member in document.get("keys") or ():
         if not isinstance(member, Mapping):
             continue
         member_kid = member.get("kid") if isinstance(member.get("kid"), str) else None
-        if kid is not None and member_kid == kid:
-            return RevokedKey(endpoint, member_kid)
+        if member_kid is not None:
+            kids.add(member_kid)
+        public = {k: v for k, v in member.items() if k in _PUBLIC_MEMBERS}
+        thumbprint = _member_thumbprint(json.dumps(public, sort_keys=True))
         if thumbprint is not None:
-            public = {k: v for k, v in member.items() if k in _PUBLIC_MEMBERS}
-            if _member_thumbprint(json.dumps(public, sort_keys=True)) == thumbprint:
-                return RevokedKey(endpoint, member_kid)
-    return None
+            thumbprints.setdefault(thumbprint, member_kid)
+    return frozenset(kids), thumbprints
 
 
 # the members RFC 7638 thumbprints are made of (per kty), nothing else
