@@ -15,7 +15,7 @@ import binascii
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, OAuth2Error
+from authlib.oauth2.rfc6749 import ClientMixin, InvalidClientError, InvalidScopeError, OAuth2Error
 from authlib.oauth2.rfc6749.grants import ClientCredentialsGrant as _ClientCredentialsGrant
 from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
 from flask import request as flask_request
@@ -64,10 +64,32 @@ class OBClient(ClientMixin):
         return uris[0] if uris else None
 
     def get_allowed_scope(self, scope: str | None) -> str:
-        allowed = scope_to_list(self.metadata.get("scope", "")) or []
+        """The scope of the token to issue (Authlib asks at every grant's token request).
+
+        No scope asked: none granted, the pre-defined default RFC 6749 section 3.3 allows,
+        and what the OB management endpoints need ("A scope need not be specified for the
+        grant", OB DCR v3.3, "Authentication"); never a wider default, which would hand an
+        authorization-code token scopes nobody consented to.
+
+        A scope the client did not register, alone or among registered ones: 400
+        ``invalid_scope`` (RFC 6749 section 5.2), naming it. Refused rather than narrowed:
+        section 3.3 lets a server issue less than asked if it says so in the response's
+        ``scope``, but a client that does not read it holds a token it believes covers
+        ``payments`` and learns otherwise only from a 403 at the resource, far from the
+        cause; refused, it learns at once, and asks again for what it registered.
+        """
         if not scope:
             return ""
-        return list_to_scope([s for s in scope_to_list(scope) if s in allowed])
+        registered = scope_to_list(self.metadata.get("scope", "")) or []
+        requested = list(dict.fromkeys(scope_to_list(scope) or []))
+        beyond = [s for s in requested if s not in registered]
+        if beyond:
+            raise InvalidScopeError(
+                description=f"The client is not registered for scope '{_printable(beyond)}'"
+                f" (registered: '{_printable(registered)}'); ask for those only, or update"
+                " the registration (PUT /register/<client_id>).",
+            )
+        return list_to_scope(requested)
 
     def check_redirect_uri(self, redirect_uri: str) -> bool:
         return redirect_uri in (self.metadata.get("redirect_uris") or [])
@@ -84,6 +106,14 @@ class OBClient(ClientMixin):
 
     def check_grant_type(self, grant_type: str) -> bool:
         return grant_type in (self.metadata.get("grant_types") or [])
+
+
+def _printable(scopes: list[str]) -> str:
+    """Scopes as an error_description may carry them (RFC 6749 section 5.2: visible ASCII,
+    no double quote or backslash), cut short: a client's own value is echoed back."""
+    text = " ".join(scopes)
+    text = "".join(c if " " <= c <= "~" and c not in "\\\"'" else "?" for c in text)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 class ClientCredentialsGrant(_ClientCredentialsGrant):

@@ -1,15 +1,18 @@
-"""``flask obdcr clients list | show ID | delete ID``, ``flask obdcr purge``."""
+"""``flask obdcr clients list | show ID | delete ID``, ``purge``, ``revalidate``, ``explain``."""
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+from typing import IO
 
 import click
 from flask import current_app
 from flask.cli import AppGroup
 
 from .errors import RegistrationError
+from .explain import certificate_loader, explain, format_report, registrable
 from .jobs import revalidate_app
 from .registration import suspension
 from .state import EXTENSION_KEY, DCRState
@@ -117,4 +120,40 @@ def revalidate_clients(workers: int) -> None:
         f" {report.fetched} key set(s) fetched, {report.fetch_failures} failed"
     )
     if report.any_failed:
+        raise SystemExit(1)
+
+
+@obdcr_cli.command("explain")
+@click.argument("request_file", metavar="FILE", type=click.File("rb"))
+@click.option(
+    "--cert",
+    "cert_file",
+    type=click.File("rb"),
+    help="The transport certificate (PEM) the TPP would present; without it, no certificate.",
+)
+@click.option(
+    "--content-type",
+    default="application/jwt",
+    show_default=True,
+    help="The Content-Type the request would be sent with.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def explain_request(
+    request_file: IO[bytes], cert_file: IO[bytes] | None, content_type: str, as_json: bool
+) -> None:
+    """What POST /register would make of the registration request in FILE (a signed JWT; - for
+    stdin), policy by policy: passed, failed or not reached, the detail a refusal withholds on
+    the wire, and the rule each enforces. Stores nothing and does not consume the request's
+    jti. Exit status 1 when a check failed."""
+    state = _state()
+    limit = state.settings.max_request_bytes
+    body = request_file.read(limit + 1)  # enough for request_body to tell it is too large
+    certificate = cert_file.read() if cert_file is not None else None
+    report = explain(state.registrar, body, content_type, certificate_loader(certificate))
+    ok = registrable(report)
+    if as_json:
+        click.echo(json.dumps({"report": report, "registrable": ok}, indent=2))
+    else:
+        click.echo(format_report(report, width=shutil.get_terminal_size((120, 24)).columns))
+    if not ok:
         raise SystemExit(1)

@@ -63,6 +63,8 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_REDIS_URL": None,
     "OBDCR_REDIS_PREFIX": "obdcr:",
     "OBDCR_DATABASE_URL": None,
+    # ours, beyond the contract: sandboxes only (docs/architecture.md, "Contract: explain")
+    "OBDCR_EXPLAIN_ENDPOINT": False,
 }
 
 
@@ -142,6 +144,8 @@ class Settings:
     revocation_cache_seconds: int = 300
     #: live jtis one software (or client, for assertions) may hold in the replay cache
     replay_quota_per_software: int = 10000
+    #: serve POST /register/explain (sandboxes only: it tells what the wire withholds)
+    explain_endpoint: bool = False
 
     @property
     def accepted_audiences(self) -> frozenset[str]:
@@ -303,7 +307,15 @@ class Settings:
 
         replay_quota = _int(raw, "OBDCR_REPLAY_QUOTA_PER_SOFTWARE", minimum=10, maximum=10**7)
 
+        explain_endpoint = raw["OBDCR_EXPLAIN_ENDPOINT"]
+        if not isinstance(explain_endpoint, bool):
+            _fail(
+                "OBDCR_EXPLAIN_ENDPOINT",
+                f"must be True or False (True only in a sandbox); got {explain_endpoint!r}",
+            )
+
         return cls(
+            explain_endpoint=explain_endpoint,
             replay_quota_per_software=replay_quota,
             revocation=revocation,
             revocation_cache_seconds=revocation_cache,

@@ -22,12 +22,15 @@ class RegistrationError(Exception):
         *,
         detail: str | None = None,
         headers: dict[str, str] | None = None,
+        policy: str | None = None,
     ) -> None:
         self.description = _clip(description or self.default_description)
         self.detail = detail or self.description
         self.headers = dict(headers or {})
-        #: name of the pipeline policy that raised it; set by the pipeline
-        self.policy: str | None = None
+        #: name of the check that refused the request, for the log and the
+        #: ``registration_rejected`` signal: set by the pipeline for its policies, and by the
+        #: raiser for checks outside it ("jti_replay", "request_body", "management", ...)
+        self.policy: str | None = policy
         super().__init__(self.description)
 
     def to_dict(self) -> dict[str, Any]:

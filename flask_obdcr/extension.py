@@ -8,11 +8,13 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from cryptography import x509
 from flask import Flask, current_app, g, has_app_context, request
 
 from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
 from .errors import ConfigurationError, InvalidClient, RegistrationError
+from .explain import certificate_loader, explain
 from .fetch import BoundedFetch
 from .jobs import revalidate_app
 from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
@@ -101,9 +103,12 @@ class OpenBankingDCR:
         ``OBDCR_TOKEN_ENDPOINT_AUTH_METHODS``, ``OBDCR_CLOCK_SKEW``, ``OBDCR_SSA_MAX_AGE``,
         ``OBDCR_MAX_REQUEST_BYTES``, ``OBDCR_TOKEN_ENDPOINT``, ``OBDCR_MTLS_BASE_URL``,
         ``OBDCR_CERTIFICATE_BOUND_TOKENS``, ``OBDCR_ACCESS_TOKEN_LIFETIME``,
-        ``OBDCR_MAX_ASSERTION_LIFETIME``, ``OBDCR_REDIS_URL``, ``OBDCR_REDIS_PREFIX`` and
-        ``OBDCR_DATABASE_URL``. A wrong or missing key raises :class:`ConfigurationError`
-        naming it, here, not at the first request.
+        ``OBDCR_MAX_ASSERTION_LIFETIME``, ``OBDCR_REVOCATION``,
+        ``OBDCR_REVOCATION_CACHE_SECONDS``, ``OBDCR_REPLAY_QUOTA_PER_SOFTWARE``,
+        ``OBDCR_REDIS_URL``, ``OBDCR_REDIS_PREFIX``, ``OBDCR_DATABASE_URL`` and
+        ``OBDCR_EXPLAIN_ENDPOINT`` (sandboxes only: ``POST /register/explain``). A wrong or
+        missing key raises :class:`ConfigurationError` naming it, here, not at the first
+        request.
         """
         if EXTENSION_KEY in app.extensions:
             raise RuntimeError(
@@ -211,9 +216,18 @@ class OpenBankingDCR:
         self._app_count += 1
 
         from .cli import obdcr_cli
-        from .views import blueprint
+        from .views import blueprint, explain_blueprint
 
         app.register_blueprint(blueprint, url_prefix=self.url_prefix or None)
+        if settings.explain_endpoint:
+            # sandboxes only (docs/architecture.md, "Contract: explain"): it tells what the
+            # wire withholds
+            app.register_blueprint(explain_blueprint, url_prefix=self.url_prefix or None)
+            log.warning(
+                "OBDCR_EXPLAIN_ENDPOINT is on: POST %s/register/explain reports every"
+                " registration check with the detail refusals withhold; for sandboxes only",
+                self.url_prefix,
+            )
         app.cli.add_command(obdcr_cli)
 
     def _revocation_checker(self, settings: Settings, redis: Any) -> RevocationChecker:
@@ -291,6 +305,26 @@ class OpenBankingDCR:
     @property
     def registrar(self) -> Registrar:
         return self._state().registrar
+
+    def explain(
+        self,
+        body: bytes | str,
+        certificate: x509.Certificate | str | bytes | None = None,
+        content_type: str | None = "application/jwt",
+    ) -> list[dict[str, Any]]:
+        """What ``POST /register`` would make of ``body`` presented with ``certificate`` (PEM,
+        an ``x509.Certificate``, or None for no client certificate), one row per policy of
+        :attr:`pipeline` in order, then the replay check (docs/architecture.md, "Contract:
+        explain")::
+
+            {"policy": "software_statement", "verdict": "passed" | "failed" | "not reached",
+             "detail": "..." or None, "clause": "OB DCR v3.3 ... ; RFC ... ; ..."}
+
+        Stores nothing, sends no signal and does not consume the request's ``jti``: the same
+        body can be registered afterwards. The first failed row's ``detail`` is what the wire
+        error says and what it withholds; the rows after it are "not reached"."""
+        loader = certificate_loader(certificate)
+        return explain(self._state().registrar, body, content_type, loader)
 
     @property
     def tokens(self) -> TokenStore:

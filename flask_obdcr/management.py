@@ -17,12 +17,26 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import InsufficientScope, InvalidClient, InvalidToken, TemporarilyUnavailable
+from .errors import (
+    InsufficientScope,
+    InvalidClient,
+    InvalidToken,
+    RegistrationError,
+    TemporarilyUnavailable,
+)
 from .jwks import JWKSError
 from .state import DCRState
 from .storage import AccessToken, StoredClient, secret_matches
 
-__all__ = ["authorize_management", "bearer_token", "check_access_token"]
+__all__ = ["MANAGEMENT_CHECK", "authorize_management", "bearer_token", "check_access_token"]
+
+#: the name of :func:`authorize_management`'s refusals in the log and the signal
+MANAGEMENT_CHECK = "management"
+#: what a TPP whose token was just revoked must do next (the OB rule revokes on a mismatch)
+FETCH_A_NEW_TOKEN = (
+    " It has been revoked: fetch a new one from the token endpoint (client_credentials) and"
+    " present it with the certificate it is bound to."
+)
 
 
 def bearer_token(authorization: str | None) -> str | None:
@@ -38,7 +52,18 @@ def bearer_token(authorization: str | None) -> str | None:
 def authorize_management(
     state: DCRState, client_id: str, authorization: str | None, environ: Mapping[str, Any]
 ) -> StoredClient:
-    """The client whose registration the request may read, update or delete."""
+    """The client whose registration the request may read, update or delete. A refusal is
+    named :data:`MANAGEMENT_CHECK` (``error.policy``) in the log."""
+    try:
+        return _authorize(state, client_id, authorization, environ)
+    except RegistrationError as exc:
+        exc.policy = exc.policy or MANAGEMENT_CHECK
+        raise
+
+
+def _authorize(
+    state: DCRState, client_id: str, authorization: str | None, environ: Mapping[str, Any]
+) -> StoredClient:
     token = bearer_token(authorization)
     if token is None:
         raise InvalidToken("An access token is required (Authorization: Bearer).")
@@ -52,7 +77,10 @@ def authorize_management(
     if record is not None:
         if client is None or record.client_id != client_id:
             state.tokens.revoke(token)
-            raise InvalidToken(detail=f"token of {record.client_id} used for {client_id}")
+            raise InvalidToken(
+                "The access token was not issued to this client." + FETCH_A_NEW_TOKEN,
+                detail=f"token of {record.client_id} used for {client_id}",
+            )
         bound_to = record.x5t_s256
     elif client is not None and secret_matches(token, client.registration_access_token_hash):
         bound_to = None
@@ -65,17 +93,28 @@ def authorize_management(
     # a revoked certificate (OCSP/CRL) is an invalid_token here (docs/architecture.md)
     verified = state.certificates.verify(certificate, revoked_error=InvalidToken)
     if bound_to is not None and verified.thumbprint != bound_to:
+        # revoked at once, as OB DCR revokes a token presented for an unknown ClientId; the
+        # description says so, or the TPP would go on presenting the dead token with the
+        # right certificate and never learn why it keeps failing
         state.tokens.revoke(token)
-        raise InvalidToken("The access token is bound to another certificate.")
+        raise InvalidToken(
+            "The access token is bound to another certificate." + FETCH_A_NEW_TOKEN,
+            detail=f"token of {client_id} bound to {bound_to}, presented with"
+            f" {verified.thumbprint}",
+        )
     if (
         state.certificates.binding(
             certificate, ssa_claims=client.ssa_claims, software_jwks=software_jwks(state, client)
         )
         is None
     ):
+        description = "The client certificate does not belong to this client's software."
         if record is not None:
             state.tokens.revoke(token)
-        raise InvalidToken("The client certificate does not belong to this client's software.")
+            description += FETCH_A_NEW_TOKEN
+        raise InvalidToken(
+            description, detail=f"certificate {certificate.subject.rfc4514_string()!r}"
+        )
     revoked = state.revoked_keys.find(client.ssa_claims, key=certificate)
     if revoked is not None:
         raise InvalidClient(

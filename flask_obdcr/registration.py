@@ -36,6 +36,18 @@ from .storage import (
 )
 
 SECRET_METHODS = frozenset({"client_secret_basic", "client_secret_post"})
+#: the name the replay check goes by in the log, the ``registration_rejected`` signal and
+#: ``dcr.explain``: the registrar's atomic check-and-set after the pipeline, not a policy
+REPLAY_CHECK = "jti_replay"
+#: the rule the replay check enforces, as ``dcr.explain`` reports it
+REPLAY_CLAUSE = (
+    'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, jti (a unique identifier for'
+    " the JWT); RFC 7519 §4.1.7 (jti: to prevent the JWT from being replayed);"
+    ' docs/architecture.md "Contract: errors" (jti replayed)'
+)
+#: the name of refusals by the client store (a backend that fails) and of the management
+#: checks (who may GET/PUT/DELETE /register/<id>), for the log
+STORE_CHECK = "client_store"
 #: ``StoredClient.extra`` key of what registration established and re-validation re-checks
 TRUST = "trust"
 #: ``StoredClient.extra`` key of a suspension: ``{"reason": ..., "since": ...}``
@@ -46,6 +58,7 @@ def suspension(client: StoredClient) -> dict[str, Any] | None:
     """Why and since when re-validation suspended ``client``; None for an active client."""
     record = client.extra.get(SUSPENDED)
     return record if isinstance(record, dict) else None
+
 
 CertificateLoader = Callable[[], "x509.Certificate | None"]
 
@@ -84,6 +97,16 @@ def trust_record(context: RegistrationContext) -> dict[str, Any]:
         record["certificate"] = certificate.public_bytes(Encoding.PEM).decode("ascii")
         record["x5t#S256"] = thumbprint_sha256(certificate)
     return record
+
+
+def replayed(context: RegistrationContext) -> InvalidClientMetadata:
+    """The refusal of a request whose jti the replay cache already holds."""
+    return InvalidClientMetadata(
+        "The request JWT has been used before (jti replayed).",
+        detail=f"jti {str(context.request_claims.get('jti'))[:64]!r} of software"
+        f" {str(context.request_claims.get('iss'))[:64]!r} is in the replay cache",
+        policy=REPLAY_CHECK,
+    )
 
 
 class Registrar:
@@ -127,7 +150,21 @@ class Registrar:
         existing: StoredClient | None = None,
     ) -> RegistrationContext:
         """Run the pipeline; raises a RegistrationError, or returns the judged context."""
-        context = RegistrationContext(
+        context = self.new_context(body, content_type, certificate_loader, existing=existing)
+        self.pipeline.run(context)
+        return context
+
+    def new_context(
+        self,
+        body: bytes,
+        content_type: str | None,
+        certificate_loader: CertificateLoader,
+        *,
+        existing: StoredClient | None = None,
+    ) -> RegistrationContext:
+        """The context the pipeline judges a request on, before any policy has run (what
+        :meth:`validate` and :func:`flask_obdcr.explain.explain` start from)."""
+        return RegistrationContext(
             rules=self.rules,
             now=self.clock(),
             jwks=self.jwks,
@@ -139,8 +176,6 @@ class Registrar:
             existing=existing,
             revoked_keys=self.revoked_keys,
         )
-        self.pipeline.run(context)
-        return context
 
     def register(
         self, body: bytes, content_type: str | None, certificate_loader: CertificateLoader
@@ -202,7 +237,7 @@ class Registrar:
         try:
             self._write(self.store.replace, updated)
         except ClientNotFound:
-            raise InvalidToken("The client has been deleted.") from None
+            raise InvalidToken("The client has been deleted.", policy=STORE_CHECK) from None
         return Registration(updated, self._response(updated, secret), context)
 
     def delete(self, client: StoredClient) -> bool:
@@ -216,11 +251,14 @@ class Registrar:
             return self.store.delete(client.client_id)
         except Exception as exc:
             raise TemporarilyUnavailable(
-                "The client could not be deleted; retry later.", detail=repr(exc)
+                "The client could not be deleted; retry later.",
+                detail=repr(exc),
+                policy=STORE_CHECK,
             ) from exc
 
     def _consume_jti(self, context: RegistrationContext) -> None:
-        # atomic check-and-set: of two racing copies of one request, exactly one passes
+        # atomic check-and-set: of two racing copies of one request, exactly one passes.
+        # Every refusal here is named REPLAY_CHECK, as a policy's is named after it.
         expires_at = float(context.request_claims["exp"]) + self.rules.clock_skew
         cache: Any = self.replay_cache
         try:
@@ -235,19 +273,23 @@ class Registrar:
                 "This software has sent too many registration requests; retry later.",
                 retry_after=exc.retry_after,
                 detail=str(exc),
+                policy=REPLAY_CHECK,
             ) from exc
         except ReplayRefused as exc:  # the whole cache is full: not this software's doing
             raise TemporarilyUnavailable(
                 "The replay check cannot be made right now; retry later.",
                 retry_after=exc.retry_after,
                 detail=repr(exc),
+                policy=REPLAY_CHECK,
             ) from exc
         except Exception as exc:  # a shared cache that is down: refuse, and say so
             raise TemporarilyUnavailable(
-                "The replay check cannot be made right now; retry later.", detail=repr(exc)
+                "The replay check cannot be made right now; retry later.",
+                detail=repr(exc),
+                policy=REPLAY_CHECK,
             ) from exc
         if not fresh:
-            raise InvalidClientMetadata("The request JWT has been used before (jti replayed).")
+            raise replayed(context)
 
     def _secret_for(self, metadata: dict[str, Any]) -> str | None:
         if metadata.get("token_endpoint_auth_method") in SECRET_METHODS:
@@ -262,7 +304,9 @@ class Registrar:
             raise
         except Exception as exc:  # the backend is down or broken: no 500, no partial record
             raise TemporarilyUnavailable(
-                "The client could not be stored; retry later.", detail=repr(exc)
+                "The client could not be stored; retry later.",
+                detail=repr(exc),
+                policy=STORE_CHECK,
             ) from exc
 
     @staticmethod

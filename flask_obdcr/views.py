@@ -8,6 +8,7 @@ from flask import Blueprint, Response, current_app, json, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import RegistrationError, RequestTooLarge
+from .explain import explain, registrable
 from .log import get_logger
 from .management import authorize_management
 from .signals import client_deleted, client_registered, client_updated, registration_rejected
@@ -16,6 +17,11 @@ from .state import EXTENSION_KEY, DCRState
 logger = get_logger()
 
 blueprint = Blueprint("obdcr", __name__)
+#: POST /register/explain, registered beside ``blueprint`` only with OBDCR_EXPLAIN_ENDPOINT
+explain_blueprint = Blueprint("obdcr_explain", __name__)
+
+#: the name refusals of the body itself go by in the log, as the pipeline's first policy
+BODY_CHECK = "request_body"
 
 
 def _state() -> DCRState:
@@ -36,7 +42,7 @@ def read_body(limit: int) -> bytes:
     """At most ``limit`` + 1 bytes of the body: enough to tell that it is too large
     without ever buffering an attacker's gigabyte."""
     if request.content_length is not None and request.content_length > limit:
-        raise RequestTooLarge(f"The request body is larger than {limit} bytes.")
+        raise RequestTooLarge(f"The request body is larger than {limit} bytes.", policy=BODY_CHECK)
     return request.stream.read(limit + 1)
 
 
@@ -95,6 +101,40 @@ def manage(client_id: str) -> Response:
     return response
 
 
+@explain_blueprint.post("/register/explain")
+def explain_registration() -> Response:
+    """What POST /register would make of this request, policy by policy (docs/architecture.md,
+    "Contract: explain"): ``{"report": [...], "registrable": bool}``, always 200.
+
+    Sandboxes only, and off unless OBDCR_EXPLAIN_ENDPOINT is True: the report holds the
+    detail every refusal withholds on the wire (which key, which value, which certificate
+    subject), and it is an oracle: anyone who can reach it may try requests until one would
+    pass, without a trace in the store or the replay cache. It stores nothing and consumes no
+    jti (the same body can be registered afterwards), sends no signal, and reads the body
+    with the limits of POST /register and the request's own client certificate (mTLS), as
+    POST /register does. Acceptable for a workshop sandbox; never for a bank's production.
+    """
+    state = _state()
+    body = read_body(state.settings.max_request_bytes)
+    report = explain(
+        state.registrar, body, request.content_type, state.certificates.loader(request.environ)
+    )
+    ok = registrable(report)
+    failed = next((row["policy"] for row in report if row["verdict"] == "failed"), None)
+    logger.info(
+        "DCR explained a registration request, nothing stored: %s",
+        "registrable" if ok else f"not registrable, first failed check {failed}",
+    )
+    return json_response({"report": report, "registrable": ok}, 200)
+
+
+@explain_blueprint.route(
+    "/register/explain", methods=["GET", "PUT", "PATCH", "DELETE"], endpoint="explain_405"
+)
+def explain_method_not_allowed() -> Response:
+    return _method_not_allowed("POST")
+
+
 @blueprint.route("/register", methods=["GET", "PUT", "PATCH", "DELETE"], endpoint="register_405")
 def register_method_not_allowed() -> Response:
     return _method_not_allowed("POST")
@@ -114,23 +154,48 @@ def _method_not_allowed(allow: str) -> Response:
 @blueprint.errorhandler(RegistrationError)
 def registration_error(error: RegistrationError) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
-    logger.warning(
-        "DCR %s %s refused by %s: %s (%s)",
-        request.method,
-        request.path,
-        error.policy or "-",
-        error.error,
-        error.detail,
-    )
+    _log_refusal(error)
     registration_rejected.send(app, error=error, code=error.error, policy=error.policy)
     return json_response(error.to_dict(), error.status, error.headers)
 
 
+@explain_blueprint.errorhandler(RegistrationError)
+def explain_error(error: RegistrationError) -> Response:
+    # a body too large to explain: refused as POST /register would, but no registration was
+    # attempted, so no registration_rejected signal
+    _log_refusal(error)
+    return json_response(error.to_dict(), error.status, error.headers)
+
+
+def _log_refusal(error: RegistrationError) -> None:
+    # every refusal names the check that made it: a pipeline policy, "jti_replay",
+    # "request_body", "management", "client_store"; an error raised without a name (by a
+    # user's hook, say) goes by the endpoint that refused it
+    logger.warning(
+        "DCR %s %s refused by %s: %s (%s)",
+        request.method,
+        request.path,
+        error.policy or request.endpoint or "-",
+        error.error,
+        error.detail,
+    )
+
+
 @blueprint.errorhandler(HTTPException)
+@explain_blueprint.errorhandler(HTTPException)
 def http_error(error: HTTPException) -> Response:
     # werkzeug's own 4xx (e.g. MAX_CONTENT_LENGTH, a broken chunked body) as JSON, not HTML
     status = error.code or 400
     # the OB DCR OpenAPI lists four error codes for a 400: a body werkzeug could not read is
     # a client-metadata problem like any other unreadable request
-    code = "invalid_client_metadata" if status in (400, 413, 415) else "invalid_request"
+    body_error = status in (400, 413, 415)
+    code = "invalid_client_metadata" if body_error else "invalid_request"
+    logger.warning(
+        "DCR %s %s refused by %s: %s (%s)",
+        request.method,
+        request.path,
+        BODY_CHECK if body_error else "http",
+        code,
+        f"{status} {error.name}",
+    )
     return json_response({"error": code, "error_description": error.name}, status)

@@ -168,6 +168,93 @@ def test_scope_is_enforced_by_the_resource_helper(http, ob_directory, ob_softwar
 
 
 @pytest.mark.parametrize(
+    "scope,beyond",
+    [
+        pytest.param("payments", "payments", id="not-registered"),
+        pytest.param("accounts payments", "payments", id="partly-registered"),
+        pytest.param(
+            "fundsconfirmations accounts payments", "fundsconfirmations payments", id="two"
+        ),
+    ],
+)
+def test_a_scope_the_client_did_not_register_is_invalid_scope(
+    scope, beyond, http, bank, ob_directory, ob_ec_software, issuer
+):
+    # an AISP: registered for openid and accounts only
+    registration = register(http, ob_directory, ob_ec_software, issuer)
+    assert registration["scope"] == "openid accounts"
+    response = get_token(http, ob_ec_software, registration, scope=scope)
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json() == {
+        "error": "invalid_scope",
+        "error_description": f"The client is not registered for scope '{beyond}' (registered:"
+        " 'openid accounts'); ask for those only, or update the registration (PUT"
+        " /register/<client_id>).",
+    }
+    assert "no-store" in response.headers["Cache-Control"]
+    assert bank.dcr.tokens.revoke_client(registration["client_id"]) == 0  # none was issued
+
+
+@pytest.mark.parametrize(
+    "scope,granted",
+    [
+        pytest.param("accounts", "accounts", id="one"),
+        pytest.param("accounts openid accounts", "accounts openid", id="repeated"),
+        pytest.param(None, "", id="none-asked"),
+    ],
+)
+def test_the_scope_asked_for_is_granted_and_none_when_none_is_asked(
+    scope, granted, http, bank, ob_directory, ob_ec_software, issuer
+):
+    registration = register(http, ob_directory, ob_ec_software, issuer)
+    response = get_token(http, ob_ec_software, registration, scope=scope)
+    assert response.status_code == 200, response.get_json()
+    body = response.get_json()
+    assert body.get("scope", "") == granted
+    assert bank.dcr.tokens.find(body["access_token"]).scope == granted
+
+
+def test_a_token_presented_with_another_certificate_is_revoked_and_says_so(
+    http, bank, ob_directory, ob_software, ob_ec_software, issuer
+):
+    registration = register(http, ob_directory, ob_software, issuer)
+    client_id = registration["client_id"]
+    token = get_token(http, ob_software, registration).get_json()["access_token"]
+    response = manage(http, "GET", client_id, token, ob_ec_software)
+    description = (
+        "The access token is bound to another certificate. It has been revoked: fetch a new one"
+        " from the token endpoint (client_credentials) and present it with the certificate it"
+        " is bound to."
+    )
+    assert response.status_code == 401
+    assert response.get_json() == {"error": "invalid_token", "error_description": description}
+    assert response.headers["WWW-Authenticate"] == (
+        f'Bearer error="invalid_token", error_description="{description}"'
+    )
+    assert bank.dcr.tokens.find(token) is None
+    # revoked for good, even with the right certificate; a new token works
+    assert_invalid_token(manage(http, "GET", client_id, token, ob_software))
+    fresh = get_token(http, ob_software, registration).get_json()["access_token"]
+    assert manage(http, "GET", client_id, fresh, ob_software).status_code == 200
+
+
+def test_a_token_of_another_client_is_revoked_and_says_so(
+    http, bank, ob_directory, ob_software, issuer
+):
+    mine = register(http, ob_directory, ob_software, issuer)
+    theirs = register(http, ob_directory, ob_software, issuer)
+    token = get_token(http, ob_software, theirs).get_json()["access_token"]
+    response = manage(http, "GET", mine["client_id"], token, ob_software)
+    assert_invalid_token(response)
+    assert response.get_json()["error_description"] == (
+        "The access token was not issued to this client. It has been revoked: fetch a new one"
+        " from the token endpoint (client_credentials) and present it with the certificate it"
+        " is bound to."
+    )
+    assert bank.dcr.tokens.find(token) is None
+
+
+@pytest.mark.parametrize(
     "authorization",
     [None, "Bearer", "Bearer ", "Basic abc", "Bearer nope"],
     ids=["none", "bearer-empty", "bearer-space", "basic", "unknown"],

@@ -167,3 +167,126 @@ def test_commands_use_the_default_sqlite_store(tmp_path, ob_directory, issuer):
     deleted = invoke(runner, "delete", "from-elsewhere", "--yes")
     assert deleted.exit_code == 0, deleted.output
     assert SQLiteStore(tmp_path / "instance" / "obdcr.db").get("from-elsewhere") is None
+
+
+# -- flask obdcr explain ------------------------------------------------------------------------
+
+EXPLAINED = [
+    "request_body",
+    "request_jwt",
+    "software_statement",
+    "request_signature",
+    "request_claims",
+    "redirect_uris",
+    "token_endpoint_auth",
+    "grant_types",
+    "scope",
+    "application_type",
+    "signing_algorithms",
+    "transport_certificate",
+    "key_revocation",
+    "jti_replay",
+]
+
+
+@pytest.fixture
+def transport_pem(tmp_path, ob_software):
+    path = tmp_path / "transport.pem"
+    path.write_text(ob_software.transport_pem())
+    return path
+
+
+def request_file(tmp_path, body):
+    path = tmp_path / "request.jwt"
+    path.write_text(body + "\n")  # as an editor would save it
+    return path
+
+
+def table_rows(stdout):
+    """(number, policy, verdict) of each row of the explain table."""
+    rows = []
+    for line in stdout.splitlines()[2:]:
+        if line[:1].isdigit():
+            number, policy, verdict = line.split()[:3]
+            rows.append((int(number), policy, "not reached" if verdict == "not" else verdict))
+    return rows
+
+
+def test_explain_prints_a_table_and_registers_nothing(
+    runner,
+    app,
+    store,
+    tmp_path,
+    transport_pem,
+    ob_directory,
+    ob_software,
+    issuer,
+    post_registration,
+):
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    path = request_file(tmp_path, body)
+    result = runner.invoke(args=["obdcr", "explain", str(path), "--cert", str(transport_pem)])
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["#", "policy", "verdict", "detail", "clause"]
+    assert table_rows(result.stdout) == [
+        (number, name, "passed") for number, name in enumerate(EXPLAINED, 1)
+    ]
+    assert 'OB DCR v3.3 "Software Statement"' in result.stdout
+    assert lines[-1] == "registrable: every check passed"
+    assert len(store) == 0
+    # the request's jti was not consumed: the same body registers
+    assert post_registration(body, software=ob_software, app=app).status_code == 201
+
+
+@pytest.mark.parametrize(
+    "claims,cert,failed",
+    [
+        pytest.param({"aud": "https://another-bank.example"}, True, "request_claims", id="aud"),
+        pytest.param({}, False, "transport_certificate", id="no-cert"),
+    ],
+)
+def test_explain_exits_1_and_names_the_failed_check(
+    claims,
+    cert,
+    failed,
+    runner,
+    store,
+    tmp_path,
+    transport_pem,
+    ob_directory,
+    ob_software,
+    issuer,
+):
+    body = ob_directory.registration_request(ob_software, **{"aud": issuer, **claims})
+    args = ["obdcr", "explain", str(request_file(tmp_path, body))]
+    result = runner.invoke(args=args + (["--cert", str(transport_pem)] if cert else []))
+    assert result.exit_code == 1, result.output
+    index = EXPLAINED.index(failed)
+    assert [verdict for _, _, verdict in table_rows(result.stdout)] == (
+        ["passed"] * index + ["failed"] + ["not reached"] * (len(EXPLAINED) - index - 1)
+    )
+    assert result.stdout.splitlines()[-1] == f"not registrable: refused by {failed}"
+    assert len(store) == 0
+
+
+def test_explain_json_is_the_report(
+    runner, app, store, tmp_path, transport_pem, ob_directory, ob_software, issuer
+):
+    body = ob_directory.registration_request(ob_software, aud="https://another-bank.example")
+    args = ["obdcr", "explain", str(request_file(tmp_path, body)), "--cert", str(transport_pem)]
+    result = runner.invoke(args=[*args, "--json"])
+    assert result.exit_code == 1, result.output
+    printed = json.loads(result.stdout)
+    dcr = app.extensions["obdcr.testing.extension"]
+    assert printed == {
+        "report": dcr.explain(body.encode() + b"\n", certificate=ob_software.transport_pem()),
+        "registrable": False,
+    }
+    failed = printed["report"][EXPLAINED.index("request_claims")]
+    assert failed["verdict"] == "failed"
+    assert failed["detail"] == (
+        "400 invalid_client_metadata: The request aud does not name this authorization server."
+        " (aud 'https://another-bank.example')"
+    )
+    assert len(store) == 0

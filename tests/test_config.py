@@ -150,6 +150,9 @@ WRONG = [
     ("OBDCR_REVOCATION_CACHE_SECONDS", "300", "revocation-cache-string"),
     ("OBDCR_REPLAY_QUOTA_PER_SOFTWARE", 0, "replay-quota-zero"),
     ("OBDCR_REPLAY_QUOTA_PER_SOFTWARE", None, "replay-quota-none"),
+    ("OBDCR_EXPLAIN_ENDPOINT", "yes", "explain-endpoint-string"),
+    ("OBDCR_EXPLAIN_ENDPOINT", 1, "explain-endpoint-int"),
+    ("OBDCR_EXPLAIN_ENDPOINT", None, "explain-endpoint-none"),
 ]
 
 
@@ -228,6 +231,8 @@ def test_defaults_are_the_documented_values():
         "OBDCR_REDIS_URL": None,
         "OBDCR_REDIS_PREFIX": "obdcr:",
         "OBDCR_DATABASE_URL": None,
+        # ours, beyond the contract: sandboxes only (docs/architecture.md, "Contract: explain")
+        "OBDCR_EXPLAIN_ENDPOINT": False,
     }
 
 
@@ -244,6 +249,20 @@ def test_defaults_are_the_documented_values():
 def test_shared_state_keys_are_validated(config, key, value):
     config[key] = value
     assert config_error(config).startswith(f"{key} must be")
+
+
+@pytest.mark.parametrize("value", [True, False])
+def test_explain_endpoint_is_a_bool_off_by_default(config, value):
+    assert Settings.from_config(config).explain_endpoint is False
+    config["OBDCR_EXPLAIN_ENDPOINT"] = value
+    assert Settings.from_config(config).explain_endpoint is value
+
+
+def test_explain_endpoint_not_a_bool_is_refused(config):
+    config["OBDCR_EXPLAIN_ENDPOINT"] = "true"
+    assert config_error(config) == (
+        "OBDCR_EXPLAIN_ENDPOINT must be True or False (True only in a sandbox); got 'true'."
+    )
 
 
 def test_trusted_directory_url_with_credentials_is_refused(config):

@@ -25,7 +25,11 @@ if TYPE_CHECKING:
 
 
 class Policy(Protocol):
-    """A named check of a registration: raise a RegistrationError to refuse it."""
+    """A named check of a registration: raise a RegistrationError to refuse it.
+
+    A policy may also carry a ``clause``: the text of the rule it enforces (OB DCR section,
+    RFC section, docs/architecture.md rule), which ``dcr.explain`` reports beside its verdict;
+    one without is reported with ``None``."""
 
     name: str
 

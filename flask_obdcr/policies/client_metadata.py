@@ -43,6 +43,13 @@ class TokenEndpointAuth:
     """token_endpoint_auth_method and the claims it makes mandatory."""
 
     name = "token_endpoint_auth"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, token_endpoint_auth_method,'
+        " token_endpoint_auth_signing_alg, tls_client_auth_subject_dn; RFC 7591 §2"
+        " (token_endpoint_auth_method); RFC 8705 §2.1.2 (tls_client_auth_subject_dn);"
+        ' docs/architecture.md "Contract: configuration and the extension"'
+        " (OBDCR_TOKEN_ENDPOINT_AUTH_METHODS)"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         claims, settings = context.request_claims, context.rules
@@ -84,6 +91,11 @@ class TokenEndpointAuth:
 
 class GrantTypes:
     name = "grant_types"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, grant_types and response_types'
+        " (default code id_token); RFC 7591 §2 (grant_types, response_types; default"
+        " authorization_code) and §2.1"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         claims = context.request_claims
@@ -105,6 +117,11 @@ class Scope:
     """scope: within what the SSA's software roles allow (defaults to all of it)."""
 
     name = "scope"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, scope, and "Data Mapping",'
+        " scope (a subset of the SSA's); RFC 7591 §2 (scope); docs/architecture.md"
+        ' "Contract: registration rules" (Scopes and roles)'
+    )
 
     def __init__(self, role_scopes: Mapping[str, str] = ROLE_SCOPES) -> None:
         self.role_scopes = dict(role_scopes)
@@ -130,6 +147,10 @@ class Scope:
 
 class ApplicationType:
     name = "application_type"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, application_type (web,'
+        " mobile); OpenID Connect Dynamic Client Registration 1.0 §2 (application_type)"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         value = context.request_claims.get("application_type", "web")
@@ -144,6 +165,12 @@ class SigningAlgorithms:
     """Every *_alg claim within the algorithms this server accepts (never none, never HS*)."""
 
     name = "signing_algorithms"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, id_token_signed_response_alg'
+        " and request_object_signing_alg (1..1), token_endpoint_auth_signing_alg; OpenID"
+        ' Connect Dynamic Client Registration 1.0 §2; docs/architecture.md "Contract:'
+        ' configuration and the extension" (OBDCR_SIGNING_ALGS)'
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         claims, accepted = context.request_claims, context.rules.signing_algs

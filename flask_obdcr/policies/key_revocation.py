@@ -13,6 +13,11 @@ class KeyRevocation:
     unknown: 503 with ``OBDCR_REVOCATION="require"``."""
 
     name = "key_revocation"
+    clause = (
+        'docs/architecture.md "Contract: revocation" (signing keys: the SSA\'s'
+        " software_jwks_revoked_endpoint and org_jwks_revoked_endpoint); OB DCR v3.3"
+        ' "Of JWS & JWKS"'
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         revoked = context.revoked_keys

@@ -46,6 +46,11 @@ class RedirectURIs:
     SSA's software_redirect_uris (RFC 7591 section 2, OB DCR v3.3 data dictionary)."""
 
     name = "redirect_uris"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, redirect_uris (https, not'
+        " localhost, within the SSA's software_redirect_uris); RFC 7591 §2 (redirect_uris),"
+        " §3.2.2 (invalid_redirect_uri)"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         uris = context.request_claims.get("redirect_uris")

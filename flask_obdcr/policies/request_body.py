@@ -19,6 +19,12 @@ class RequestBody:
     """The body: an accepted media type, within OBDCR_MAX_REQUEST_BYTES, a compact JWS."""
 
     name = "request_body"
+    clause = (
+        'OB DCR v3.3 "POST /register" (the TPP submits a JWS payload) and "Of JWS & JWKS";'
+        " RFC 7515 §7.1 (JWS Compact Serialization); docs/architecture.md"
+        ' "Contract: endpoints and responses" (media types) and "Contract: configuration and'
+        ' the extension" (OBDCR_MAX_REQUEST_BYTES)'
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         if len(context.body) > context.rules.max_request_bytes:

@@ -32,6 +32,12 @@ def _timestamp(claims: dict, name: str) -> int:
 
 class RequestClaims:
     name = "request_claims"
+    clause = (
+        'OB DCR v3.3 "OBClientRegistrationRequest1" data dictionary, iss (the software_id), iat,'
+        " exp, aud, jti (a UUIDv4), software_id; RFC 7519 §4.1.1 (iss), §4.1.3 (aud), §4.1.4"
+        ' (exp), §4.1.5 (nbf), §4.1.6 (iat), §4.1.7 (jti); docs/architecture.md "Contract:'
+        ' errors" (iss, software_id, aud, exp, iat, jti)'
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         claims, settings, now = context.request_claims, context.rules, context.now

@@ -12,6 +12,12 @@ class RequestJWT:
     and the software_statement claim taken out for the next policy."""
 
     name = "request_jwt"
+    clause = (
+        'OB DCR v3.3 "Of JWS & JWKS" (no key and no JWKS URL in the JOSE header); RFC 7515'
+        " §4.1.1 (alg), §4.1.2 (jku), §4.1.3 (jwk), §4.1.5 (x5u), §4.1.6 (x5c); RFC 7591 §3.1.1"
+        ' (software_statement in the request); docs/architecture.md "Contract: errors" (alg'
+        " not allowed: none, HS*, RS256 unless configured)"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         try:

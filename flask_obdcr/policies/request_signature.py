@@ -15,6 +15,12 @@ class RequestSignature:
     from an allowed https host)."""
 
     name = "request_signature"
+    clause = (
+        'OB DCR v3.3 "Of JWS & JWKS" (the request is a JWS verified with the software\'s JWKS,'
+        " served over TLS); RFC 7515 §5.2 (signature validation); docs/architecture.md"
+        ' "Contract: errors" (software_jwks_endpoint https on an allowed host; signed with a'
+        " key of the software JWKS)"
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         endpoint = context.ssa_claims["software_jwks_endpoint"]

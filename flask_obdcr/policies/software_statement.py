@@ -22,6 +22,12 @@ class SoftwareStatement:
     """
 
     name = "software_statement"
+    clause = (
+        'OB DCR v3.3 "Software Statement" (a JWS from an issuer the ASPSP trusts) and "Of JWS'
+        ' & JWKS"; RFC 7591 §2.3 (Software Statement) and §3.1.1; RFC 7515 §5.2 (signature'
+        " validation); RFC 7519 §4.1.4 (exp), §4.1.6 (iat); docs/architecture.md"
+        ' "Contract: errors" (untrusted issuer, org_status not Active, OBDCR_SSA_MAX_AGE)'
+    )
 
     def __init__(self, *, remember: int = 1024) -> None:
         self.verified = jose.VerifiedTokens(remember)

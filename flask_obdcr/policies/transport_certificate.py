@@ -12,6 +12,12 @@ class TransportCertificate:
     software or organisation by one of the binding rules."""
 
     name = "transport_certificate"
+    clause = (
+        'OB DCR v3.3 "Authentication", POST Operations (TLS mutual authentication); RFC 8705'
+        ' §2.1 (PKI mutual-TLS: a chain to a trusted CA); docs/architecture.md "Contract:'
+        ' registration rules" (a transport certificate belongs to the SSA), "Contract:'
+        ' tokens, published URLs and keys" (clientAuth usage), "Contract: revocation"'
+    )
 
     def __call__(self, context: RegistrationContext) -> None:
         certificate = context.certificate
