@@ -1,41 +1,55 @@
-"""The TPP's side, one step per command: ``python -m example_app.tpp [--workdir DIR] COMMAND``.
+"""The TPP's side, one step per command: ``obdcr-tpp [--workdir DIR] COMMAND`` (the same as
+``python -m example_app.tpp``).
 
 Everything the TPP has (keys, CSRs, certificates, the SSA, requests, the registration, the
 token) is a file in its working directory (``--workdir``, or ``$TPP_WORKDIR``, default
 ``instance/tpp``), so the steps can be run one at a time and inspected in between::
 
-    init          remember the Directory, the bank, the sandbox CA bundle, org_id, software_id
+    onboard       have the Directory create the organisation and the software; remember both ids
+    init          remember the Directory, the bank, the sandbox CA bundle (and given ids)
+    status        what has been done in the working folder, the client_id, the token's expiry
     keys          transport and signing keys and CSRs (and the equivalent openssl commands)
-    upload-csr    send the CSRs to the Directory, which issues the certificates
+    upload-csr    send the CSRs to the Directory, which issues the certificates (--eidas: an
+                  eIDAS/OBWAC-shaped transport certificate)
     download      fetch the issued certificates (PEM)
     p12           bundle transport certificate and key as transport.p12 (openssl pkcs12 -export)
     jwks          show the keys the Directory publishes for the software
     ssa           get a software statement from the Directory and show it decoded
     discover      read the bank's /.well-known/openid-configuration (no client certificate)
     request       build and sign (PS256) the registration request JWT and show it decoded
+    explain       ask the bank how it would judge request.jwt, policy by policy (nothing stored)
     register      POST it to the bank over mutual TLS (application/jwt)
     token         client_credentials token over mutual TLS
     accounts      call the bank's accounts API with the token
     registration  get | update | delete the registration (RFC 7592 over mutual TLS)
     revoke        revoke the transport (or, with --signing, the signing) certificate at the
                   Directory, and say when the bank will notice
+    decode        print a JWT, certificate, CSR or key of the working folder readably
+    conformance-config   write the OB DCR conformance tool's config.json from the folder
 
 Every HTTPS call verifies the server with the sandbox CA bundle; calls to the bank present the
 transport certificate (``requests``' ``cert=(transport.pem, transport.key)``) unless
-``--no-cert`` is given, which shows the bank refusing them.
+``--no-cert`` is given, which shows the bank refusing them. A refusal prints its cause, what to
+run next and the working folder, and exits with status 1.
 """
 
 from __future__ import annotations
 
 import base64
+import datetime
 import hashlib
+import json
 import os
+import re
+import shlex
 import textwrap
 import time
 import uuid
+from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import click
 import requests
@@ -43,26 +57,86 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
+from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
 from jwcrypto import jwk
 
 from flask_obdcr.testing import sign_jwt
-from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject
+from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject, pem
 
-from ._util import abbreviate, decode_jwt, pretty, read_json, write_file, write_json
+from ._util import (
+    Refusal,
+    abbreviate,
+    connection_refusal,
+    decode_jwt,
+    pretty,
+    program_name,
+    read_json,
+    refuse_placeholder,
+    write_file,
+    write_json,
+)
 from .directory import REVOCATION_REASONS
 from .directory.commands import revocation_consequences
+from .directory.state import ROLES
 
-__all__ = ["TPP", "cli", "registration_claims", "sign_request"]
+__all__ = ["TPP", "Failed", "cli", "main", "registration_claims", "sign_request"]
 
 CERT_TYPES = ("transport", "signing")
 AUTH_METHODS = ("tls_client_auth", "private_key_jwt")
 ALG = "PS256"
 TIMEOUT = 10
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+#: the name the hints use when the command line was not started under a name of its own
+PROG = "obdcr-tpp"
+DIRECTORY_PROG = "obdcr-directory"
+#: the ``make serve`` layout, used when neither an option nor tpp.json says otherwise
+DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
+DEFAULT_BANK_URL = "https://127.0.0.1:9443"
+#: seconds a registration request is valid for (its exp after its iat)
+REQUEST_LIFETIME = 300
+#: what each file of the working folder is made by (``decode`` and ``status`` name them)
+ARTEFACTS = {
+    "transport.key": "keys",
+    "transport.csr": "keys",
+    "signing.key": "keys",
+    "signing.csr": "keys",
+    "transport.pem": "download",
+    "signing.pem": "download",
+    "transport.p12": "p12",
+    "ssa.jwt": "ssa",
+    "discovery.json": "discover",
+    "request.jwt": "request",
+    "registration.json": "register",
+    "token.json": "token",
+    "config.json": "conformance-config",
+}
+#: made with (or certifying) the keys: stale once ``keys --force`` replaces them
+MADE_WITH_THE_KEYS = (
+    "transport.pem",
+    "signing.pem",
+    "transport.p12",
+    "request.jwt",
+    "token.json",
+    "config.json",
+)
 
 
-class Failed(click.ClickException):
-    """A step that did not work (an HTTP error, a missing earlier step); exit status 1."""
+def prog() -> str:
+    """How the user started this command line (``obdcr-tpp``, ``python -m example_app.tpp``),
+    for the hints; ``obdcr-tpp`` when that is not known."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.find_root().info_name if ctx is not None else None
+    return name if name and name != "cli" else PROG
+
+
+def _now() -> int:
+    """The clock of the JWTs this TPP signs (a test moves it)."""
+    return int(time.time())
+
+
+class Failed(Refusal):
+    """A step that did not work (an HTTP error, a missing earlier step): exit status 1, with
+    one line of cause, one of what to run next and the working folder."""
 
 
 class TPP:
@@ -78,20 +152,51 @@ class TPP:
     def save(self) -> None:
         write_json(self.path("tpp.json"), self.config)
 
+    def fail(self, message: str, *, cause: str, remedy: str) -> Failed:
+        """A :class:`Failed` naming this working folder (to raise)."""
+        return Failed(message, cause=cause, remedy=remedy, folder=self.workdir)
+
     def need(self, key: str) -> Any:
         if key not in self.config:
-            raise Failed(f"{key} is not known yet: run `python -m example_app.tpp init` first")
+            p = prog()
+            if key in ("org_id", "software_id"):
+                remedy = (
+                    f"run `{p} onboard` (the Directory creates them), or `{p} init --org-id ..."
+                    " --software-id ...` with the ids the Directory printed"
+                )
+            else:
+                remedy = f"run `{p} onboard` or `{p} init` (`make serve` prints the URLs)"
+            raise self.fail(
+                f"{key} is not known yet",
+                cause=f"tpp.json in this working folder has no {key}",
+                remedy=remedy,
+            )
         return self.config[key]
 
     def read(self, name: str, step: str) -> str:
         try:
             return self.path(name).read_text()
         except FileNotFoundError:
-            raise Failed(f"no {name} in {self.workdir}: run `{step}` first") from None
+            raise self.missing(name, step) from None
+
+    def missing(self, name: str, step: str) -> Failed:
+        return self.fail(
+            f"no {name} in {self.workdir}",
+            cause=f"`{step}` has not been run in this working folder (or its {name} was removed)",
+            remedy=f"run `{prog()} {step}` (`{prog()} status` shows every step)",
+        )
 
     @property
     def ca_file(self) -> str:
-        return self.need("ca_file")
+        path = self.need("ca_file")
+        if not os.path.isfile(path):
+            raise self.fail(
+                f"no sandbox CA bundle at {path}",
+                cause="the CA bundle tpp.json names is gone (a sandbox started in another folder?)",
+                remedy=f"pass the running sandbox's bundle: `{prog()} init --ca"
+                " instance/directory/ca-bundle.pem` (`make serve` prints it)",
+            )
+        return path
 
     @property
     def software_id(self) -> str:
@@ -105,22 +210,57 @@ class TPP:
         return self.need("directory_url").rstrip("/") + path
 
     def transport_cert(self) -> tuple[str, str]:
-        for name, step in (("transport.pem", "download"), ("transport.key", "keys")):
+        for name, step in (("transport.key", "keys"), ("transport.pem", "download")):
             if not self.path(name).exists():
-                raise Failed(f"no {name} in {self.workdir}: run `{step}` first")
+                raise self.missing(name, step)
         return str(self.path("transport.pem")), str(self.path("transport.key"))
+
+    def server_name(self, url: str) -> str:
+        """ "the bank" or "the Directory", by the URL's host and port."""
+        netloc = urlsplit(url).netloc
+        for key, name in (("bank_url", "the bank"), ("directory_url", "the Directory")):
+            if self.config.get(key) and urlsplit(self.config[key]).netloc == netloc:
+                return name
+        return "the server"
 
     def http(self, method: str, url: str, *, mtls: bool = True, **kwargs: Any) -> requests.Response:
         """One HTTPS call, the server verified with the sandbox CA bundle; with ``mtls`` the
-        transport certificate is presented."""
+        transport certificate is presented. A failure to connect is a :class:`Failed` that
+        says why (refused connection, TLS alert) and what to do."""
         if mtls:
             kwargs["cert"] = self.transport_cert()
+        ca_file = self.ca_file
         try:
-            return requests.request(method, url, verify=self.ca_file, timeout=TIMEOUT, **kwargs)
-        except requests.exceptions.SSLError as exc:
-            raise Failed(f"TLS with {url} failed: {exc}") from None
-        except requests.exceptions.ConnectionError as exc:
-            raise Failed(f"cannot reach {url}: {exc}") from None
+            return requests.request(method, url, verify=ca_file, timeout=TIMEOUT, **kwargs)
+        except requests.exceptions.RequestException as exc:
+            raise connection_refusal(
+                exc,
+                url,
+                server=self.server_name(url),
+                prog=prog(),
+                ca=ca_file,
+                ca_option=f"`{prog()} init --ca BUNDLE`",
+                cert="transport.pem" if mtls else None,
+                eof_means=self._certificate_problem(ca_file) if mtls else None,
+                folder=self.workdir,
+            ) from None
+
+    def _certificate_problem(self, ca_file: str) -> str | None:
+        """What is visibly wrong with transport.pem (a key of ``TLS_FAILURES``), if anything:
+        expired, or issued by a CA outside the sandbox bundle."""
+        try:
+            certificate = x509.load_pem_x509_certificate(self.path("transport.pem").read_bytes())
+            bundle = x509.load_pem_x509_certificates(Path(ca_file).read_bytes())
+        except (OSError, ValueError):
+            return None
+        now = time.time()
+        if not certificate.not_valid_before_utc.timestamp() <= now:
+            return None
+        if certificate.not_valid_after_utc.timestamp() < now:
+            return "CERTIFICATE_EXPIRED"
+        if certificate.issuer not in {ca.subject for ca in bundle}:
+            return "UNKNOWN_CA"
+        return None
 
     def discovery(self) -> dict[str, Any]:
         document = read_json(self.path("discovery.json"))
@@ -132,8 +272,16 @@ class TPP:
         key = jwk.JWK.from_pem(self.read("signing.key", "keys").encode())
         kid = self.config.get("certificates", {}).get("signing", {}).get("kid")
         if not kid:
-            raise Failed("the signing certificate has no kid yet: run `upload-csr` first")
+            raise self.fail(
+                "the signing certificate has no kid yet",
+                cause="the signing CSR has not been sent to the Directory, which gives the kid",
+                remedy=f"run `{prog()} upload-csr`, then `{prog()} download`",
+            )
         return jwk.JWK(**{**key.export_private(as_dict=True), "kid": kid})
+
+    def registered_scope(self) -> str | None:
+        registration = read_json(self.path("registration.json")) or {}
+        return registration.get("scope")
 
 
 #: long values shortened when a response is printed (never in the saved files)
@@ -143,12 +291,13 @@ SHORTENED = ("software_statement",)
 def show_response(response: requests.Response) -> Any:
     """Print the status line, a few headers and the (pretty) body; returns the parsed JSON
     (or the text)."""
-    try:
-        phrase = HTTPStatus(response.status_code).phrase
-    except ValueError:
-        phrase = response.reason
-    click.echo(f"HTTP {response.status_code} {phrase}")
-    headers: tuple[str, ...] = ("Cache-Control", "WWW-Authenticate", "x-fapi-interaction-id")
+    click.echo(f"HTTP {response.status_code} {_phrase(response)}")
+    headers: tuple[str, ...] = (
+        "Cache-Control",
+        "WWW-Authenticate",
+        "Retry-After",
+        "x-fapi-interaction-id",
+    )
     if response.content:
         headers = ("Content-Type", *headers)
     for header in headers:
@@ -172,20 +321,269 @@ def show_response(response: requests.Response) -> Any:
     return body
 
 
-def expect(response: requests.Response, *statuses: int, what: str) -> None:
-    if response.status_code not in statuses:
-        error = ""
-        try:
-            error = " " + response.json().get("error", "")
-        except (ValueError, AttributeError):
-            pass
-        raise Failed(f"{what}: the server answered HTTP {response.status_code}{error}")
+def _phrase(response: requests.Response) -> str:
+    try:
+        return HTTPStatus(response.status_code).phrase
+    except ValueError:
+        return response.reason or ""
+
+
+def _error_of(response: requests.Response) -> tuple[str, str]:
+    """The OAuth ``error`` and ``error_description`` of a response (else from
+    WWW-Authenticate), empty strings when there are none."""
+    try:
+        body = response.json()
+    except ValueError:
+        body = None
+    if isinstance(body, dict) and isinstance(body.get("error"), str):
+        return body["error"], str(body.get("error_description") or "")
+    challenge = response.headers.get("WWW-Authenticate", "")
+    fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
+    return fields.get("error", ""), fields.get("error_description", "")
+
+
+def expect(
+    tpp: TPP,
+    response: requests.Response,
+    *statuses: int,
+    what: str,
+    step: str,
+    no_cert: bool = False,
+    **context: Any,
+) -> None:
+    """Nothing if the response has one of ``statuses``; else a :class:`Failed` whose first line
+    is ``"<what>: the server answered HTTP <status> <error>"`` and whose cause and remedy
+    :func:`diagnose` finds for ``step`` (the command that sent it)."""
+    if response.status_code in statuses:
+        return
+    error, _description = _error_of(response)
+    cause, remedy = diagnose(tpp, step, response, no_cert=no_cert, **context)
+    message = f"{what}: the server answered HTTP {response.status_code}"
+    raise tpp.fail(message + (f" {error}" if error else ""), cause=cause, remedy=remedy)
+
+
+def diagnose(
+    tpp: TPP, step: str, response: requests.Response, *, no_cert: bool = False, **context: Any
+) -> tuple[str, str]:
+    """One line of cause and one of remedy for a refusal of ``step``'s call (``register``,
+    ``token``, ``accounts``, ``registration``, ``explain``, ``discover``, ``directory``)."""
+    p = prog()
+    status = response.status_code
+    error, description = _error_of(response)
+    said = description.rstrip(".") or f"HTTP {status} {error}".strip()
+    lowered = description.lower()
+    new_certificates = (
+        f"get new certificates: `{p} keys --force`, `{p} upload-csr`, `{p} download` (keys"
+        " --force says what to run after)"
+    )
+    again = f"run `{p} request` again, then `{p} register`"
+    registered = tpp.path("registration.json").exists()
+
+    # -- the Directory's API
+    if step == "directory":
+        if status == 404:
+            return (
+                f"the Directory has no such record ({said}): tpp.json may name software of an"
+                " earlier sandbox",
+                f"onboard anew at this Directory: `{p} onboard --force`",
+            )
+        if error == "invalid_csr":
+            return said, f"make new keys and CSRs: `{p} keys --force`, then `{p} upload-csr`"
+        return said, f"see the answer above; `{p} status` shows what has been done"
+
+    # -- the transport certificate, wherever the bank checks it
+    if status == 401 and "certificate" in lowered and "required" in lowered:
+        if no_cert:
+            return (
+                "no transport certificate was presented (--no-cert), and the bank needs one",
+                "run the same command without --no-cert",
+            )
+        return said, f"check transport.pem and transport.key: `{p} decode transport.pem`"
+    if "certificate has been revoked" in lowered or "key has been revoked" in lowered:
+        return (
+            f"the Directory has revoked the transport certificate ({said})",
+            new_certificates,
+        )
+    if status in (401, 400) and "does not belong" in lowered:
+        return (
+            f"transport.pem is not a certificate of this client's software ({said})",
+            f"present this software's own certificate: `{p} download`",
+        )
+    if (
+        status == 401
+        and error == "invalid_client"
+        and ("expired" in lowered or "not trusted" in lowered or "not valid" in lowered)
+    ):
+        return said, new_certificates
+    if status == 503:
+        retry = response.headers.get("Retry-After")
+        return (
+            f"the bank could not check something with the Directory right now ({said})",
+            "is the Directory running (`make serve`)? then try again"
+            + (f" in {retry} s" if retry else ""),
+        )
+    if status == 429:
+        retry = response.headers.get("Retry-After", "a few")
+        return said, f"wait {retry} s, then run it again"
+
+    # -- registration requests (register, registration update, explain)
+    if error == "invalid_client_metadata":
+        if "expired" in lowered:
+            return (
+                f"request.jwt has expired: it is valid for {REQUEST_LIFETIME // 60} minutes"
+                f" after `{p} request` made it ({said})",
+                again,
+            )
+        if "replayed" in lowered or "used before" in lowered:
+            return (
+                "request.jwt was registered before, and the bank accepts each request (its jti)"
+                " once",
+                again,
+            )
+        if "in the future" in lowered or "not valid yet" in lowered:
+            return said, f"check this computer's clock, then {again}"
+        if " aud " in f" {lowered} ":
+            return said, f"read the bank's issuer again: `{p} discover`, then {again}"
+        if "scope" in lowered:
+            return (
+                said,
+                f"`{p} request --scope ...` within the software's roles (accounts: AISP,"
+                f" payments: PISP, fundsconfirmations: CBPII), then `{p} register`",
+            )
+        if "subject_dn" in lowered:
+            return said, f"`{p} request` takes the DN from transport.pem: {again}"
+        if "revoked" in lowered:
+            return f"the Directory has revoked the signing key ({said})", new_certificates
+        if "sign" in lowered:
+            return (
+                said,
+                f"have the signing key published: `{p} upload-csr`, `{p} download`, then {again}",
+            )
+        if "cannot change" in lowered:
+            return said, f"register this software anew: `{p} request`, `{p} register`"
+        return said, f"fix it, then {again} (`{p} explain` shows every check)"
+    if error == "invalid_software_statement":
+        return said, f"get a fresh software statement: `{p} ssa`, then {again}"
+    if error == "unapproved_software_statement":
+        if "org" in lowered or "status" in lowered:
+            return (
+                said,
+                f"ask the Directory: `{DIRECTORY_PROG} org-status {tpp.config.get('org_id')}`"
+                f" (Active restores it), then `{p} ssa` and {again}",
+            )
+        return (
+            said,
+            "the bank must trust the Directory that signed ssa.jwt (its OBDCR_TRUSTED_DIRECTORIES)",
+        )
+    if error == "invalid_redirect_uri":
+        uris = _ssa_redirect_uris(tpp)
+        return (
+            said,
+            f"`{p} request --redirect-uri URI` with URIs of the software statement"
+            f" ({', '.join(uris) or 'software_redirect_uris'}), then `{p} register`",
+        )
+
+    # -- the token endpoint
+    if error == "invalid_scope":
+        asked = context.get("scope", "")
+        granted = tpp.registered_scope() or "?"
+        return (
+            f"the bank will not grant scope {asked!r}: this client registered {granted!r}",
+            f"ask for a scope it registered (`{p} token --scope accounts`); another needs the"
+            f" software role and a registration with that scope (`{p} request --scope ...`,"
+            f" `{p} register`)",
+        )
+    if step == "token" and error == "invalid_client":
+        if "suspended" in lowered:
+            return (
+                f"the bank has suspended this client ({said})",
+                f"see why at the bank (`flask obdcr clients list`); once the Directory vouches"
+                f" for it again, `flask obdcr revalidate` reinstates it; then `{p} token`",
+            )
+        client_id = (read_json(tpp.path("registration.json")) or {}).get("client_id", "?")
+        return (
+            f"the bank refused client {client_id}'s authentication"
+            + (f" ({said})" if description else " (deleted, or registered at another bank?)"),
+            f"register again: `{p} request`, then `{p} register`, then `{p} token`",
+        )
+
+    # -- calls with the access token (accounts, registration get/update/delete)
+    if error == "insufficient_scope":
+        token_scope = (tpp.config.get("token") or {}).get("scope_granted", "?")
+        return (
+            f"the access token has scope {token_scope!r}, not the one this call needs ({said})",
+            f"`{p} token --scope accounts`",
+        )
+    if error == "invalid_token":
+        if not registered or "deleted" in lowered:
+            return (
+                "the client this token was issued to has been deleted",
+                f"register again: `{p} request`, then `{p} register`, then `{p} token`",
+            )
+        if no_cert and "present it" in lowered:
+            return (
+                "the token is bound to the transport certificate, and none was presented"
+                " (--no-cert)",
+                "run the same command without --no-cert",
+            )
+        expires_at = (tpp.config.get("token") or {}).get("expires_at")
+        if isinstance(expires_at, int | float) and expires_at <= time.time():
+            return (
+                f"the access token expired {_when(expires_at)}",
+                f"run `{p} token` again",
+            )
+        if "revoked" in lowered or "another certificate" in lowered:
+            return f"the bank has revoked the access token ({said})", f"run `{p} token` again"
+        return (
+            f"the bank no longer accepts token.json's access token ({said}): revoked, or its"
+            " client deleted or suspended",
+            f"run `{p} token` again (`{p} status` shows the registration)",
+        )
+    if status in (404, 405) and step in ("register", "registration", "token", "discover"):
+        return (
+            f"the bank has no such endpoint ({response.request.method} {response.url})",
+            f"read the bank's endpoints again: `{p} discover`",
+        )
+    if status == 404 and step == "accounts":
+        return said, f"`{p} accounts` without --account-id lists the accounts"
+    return said, f"see the answer above; `{p} status` shows what has been done"
+
+
+def _ssa_redirect_uris(tpp: TPP) -> list[str]:
+    try:
+        _, claims = decode_jwt(tpp.path("ssa.jwt").read_text())
+    except (OSError, ValueError):
+        return []
+    uris = claims.get("software_redirect_uris")
+    return [str(u) for u in uris] if isinstance(uris, list) else []
 
 
 def thumbprint(pem_text: str) -> str:
     """RFC 8705 ``x5t#S256``: base64url SHA-256 of the certificate's DER."""
     der = x509.load_pem_x509_certificate(pem_text.encode()).public_bytes(serialization.Encoding.DER)
     return base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")
+
+
+def _when(timestamp: float, now: float | None = None) -> str:
+    """``2026-12-06 01:06 UTC (in 4 min)`` / ``(3 min ago)``."""
+    now = time.time() if now is None else now
+    moment = datetime.datetime.fromtimestamp(timestamp, tz=datetime.timezone.utc)
+    delta = int(timestamp - now)
+    span = abs(delta)
+    if span < 90:
+        amount = f"{span} s"
+    elif span < 90 * 60:
+        amount = f"{round(span / 60)} min"
+    elif span < 36 * 3600:
+        amount = f"{round(span / 3600)} h"
+    else:
+        amount = f"{round(span / 86400)} days"
+    relative = "now" if span < 5 else f"in {amount}" if delta >= 0 else f"{amount} ago"
+    return f"{moment:%Y-%m-%d %H:%M:%S} UTC ({relative})"
+
+
+#: JWT claims that are times (seconds since 1970)
+TIME_CLAIMS = ("iat", "exp", "nbf")
 
 
 def show_jwt(token: str, *, abbreviate_claims: tuple[str, ...] = ()) -> tuple[dict, dict]:
@@ -219,49 +617,375 @@ class _InOrder(click.Group):
 )
 @click.pass_context
 def cli(ctx: click.Context, workdir: str) -> None:
-    """The TPP's command line for the AnyBank sandbox."""
+    """The TPP's command line for the AnyBank sandbox.
+
+    Start with `onboard` (with `make serve` running), then `status` says what to run next."""
     ctx.obj = TPP(workdir)
 
 
 pass_tpp = click.make_pass_decorator(TPP)
 
 
+def _id_option(name: str, what: str, help_text: str) -> Callable[..., Any]:
+    """``--org-id`` / ``--software-id``, refusing a placeholder copied as it stands."""
+
+    def refuse(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        return refuse_placeholder(
+            value,
+            what,
+            f"run `{prog()} onboard` or pass the {what} the Directory printed",
+        )
+
+    return click.option(name, callback=refuse, help=help_text)
+
+
+def _locate(tpp: TPP, directory_url: str | None, bank_url: str | None, ca_file: str | None) -> None:
+    """Where the Directory, the bank and the CA bundle are: the options, else what tpp.json
+    remembers, else the ``make serve`` layout."""
+    config = tpp.config
+    old_bank = config.get("bank_url")
+    config["directory_url"] = (
+        directory_url or config.get("directory_url") or DEFAULT_DIRECTORY_URL
+    ).rstrip("/")
+    config["bank_url"] = (bank_url or config.get("bank_url") or DEFAULT_BANK_URL).rstrip("/")
+    if ca_file is None and config.get("ca_file") and os.path.isfile(config["ca_file"]):
+        ca_file = config["ca_file"]
+    candidates = (
+        [ca_file]
+        if ca_file
+        else [
+            str(tpp.workdir.parent / "directory" / "ca-bundle.pem"),
+            os.path.join("instance", "directory", "ca-bundle.pem"),
+        ]
+    )
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+        raise tpp.fail(
+            f"no sandbox CA bundle at {' or '.join(candidates)}",
+            cause="the sandbox has not been started here, or it keeps its state elsewhere",
+            remedy="start it with `make serve` (it prints the bundle's path), or pass --ca",
+        )
+    config["ca_file"] = os.path.abspath(found)
+    if old_bank and old_bank != config["bank_url"]:
+        tpp.path("discovery.json").unlink(missing_ok=True)  # another bank: read it afresh
+
+
+def _forget(tpp: TPP, names: tuple[str, ...] | list[str]) -> list[str]:
+    """Remove these files of the working folder; the names of those that were there."""
+    removed = []
+    for name in names:
+        if tpp.path(name).exists():
+            tpp.path(name).unlink()
+            removed.append(name)
+    return removed
+
+
 @cli.command()
-@click.option("--directory", "directory_url", required=True, help="The Directory's URL.")
-@click.option("--bank", "bank_url", required=True, help="The bank's URL (its issuer).")
+@click.option(
+    "--directory",
+    "directory_url",
+    help=f"The Directory's URL [default: tpp.json's, else {DEFAULT_DIRECTORY_URL}].",
+)
+@click.option(
+    "--bank",
+    "bank_url",
+    help=f"The bank's URL (its issuer) [default: tpp.json's, else {DEFAULT_BANK_URL}].",
+)
 @click.option(
     "--ca",
     "ca_file",
-    required=True,
-    type=click.Path(exists=True, dir_okay=False),
-    help="The sandbox CA bundle.",
+    type=click.Path(dir_okay=False),
+    help="The sandbox CA bundle [default: <workdir>/../directory/ca-bundle.pem, else"
+    " instance/directory/ca-bundle.pem].",
 )
-@click.option("--org-id", required=True)
-@click.option("--software-id", required=True)
+@_id_option("--org-id", "org_id", "Add the software to this organisation [default: a new one].")
+@click.option("--org-name", default="Sandbox TPP Ltd", show_default=True)
+@click.option("--client-name", default="My TPP", show_default=True, help="The software's name.")
+@click.option(
+    "--role",
+    "roles",
+    multiple=True,
+    type=click.Choice(ROLES),
+    default=("AISP",),
+    show_default=True,
+    help="Software role (repeat).",
+)
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    default=("https://tpp.example.com/cb",),
+    show_default=True,
+    help="https redirect URI (repeat).",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Onboard new software though this folder has some (its files are removed).",
+)
 @pass_tpp
-def init(tpp: TPP, directory_url, bank_url, ca_file, org_id, software_id) -> None:
-    """Remember where the Directory and the bank are, and who this TPP is."""
+def onboard(
+    tpp: TPP,
+    directory_url: str | None,
+    bank_url: str | None,
+    ca_file: str | None,
+    org_id: str | None,
+    org_name: str,
+    client_name: str,
+    roles: tuple[str, ...],
+    redirect_uris: tuple[str, ...],
+    force: bool,
+) -> dict[str, Any]:
+    """Have the Directory create the organisation and the software (the "Add new statement"
+    form), and remember org_id and software_id in tpp.json: nothing to copy."""
+    p = prog()
+    if "software_id" in tpp.config and not force:
+        raise tpp.fail(
+            f"this working folder already belongs to software {tpp.config['software_id']}",
+            cause=f"`{p} onboard` (or `{p} init`) ran here before",
+            remedy=f"carry on (`{p} status` says with what); for other software use another"
+            f" --workdir, or `{p} onboard --force`",
+        )
+    _locate(tpp, directory_url, bank_url, ca_file)
+    if org_id is None:
+        url = tpp.directory("/api/organisations")
+        response = tpp.http("POST", url, mtls=False, json={"org_name": org_name})
+        click.echo(f"POST {url} -> HTTP {response.status_code}")
+        expect(tpp, response, 201, what="creating the organisation", step="directory")
+        organisation = response.json()
+        org_id = organisation["org_id"]
+    url = tpp.directory(f"/api/organisations/{org_id}/software")
+    body = {"client_name": client_name, "roles": list(roles), "redirect_uris": list(redirect_uris)}
+    response = tpp.http("POST", url, mtls=False, json=body)
+    click.echo(f"POST {url} -> HTTP {response.status_code}")
+    expect(tpp, response, 201, what="creating the software", step="directory")
+    software = response.json()
+    if force:
+        removed = _forget(tpp, list(ARTEFACTS))
+        for key in ("certificates", "retired_certificates", "token", "request_options"):
+            tpp.config.pop(key, None)
+        tpp.config.pop("registered_jti", None)
+        if removed:
+            click.echo(f"removed the files of the previous software: {', '.join(removed)}")
     tpp.config.update(
-        directory_url=directory_url.rstrip("/"),
-        bank_url=bank_url.rstrip("/"),
-        ca_file=os.path.abspath(ca_file),
-        org_id=org_id,
-        software_id=software_id,
+        org_id=software["org_id"],
+        software_id=software["software_id"],
+        client_name=software["client_name"],
+        roles=software["roles"],
     )
     tpp.save()
-    click.echo(f"TPP working directory: {tpp.workdir}")
-    click.echo(pretty(tpp.config))
+    click.echo(
+        f"organisation {software['org_id']}, software {software['software_id']}"
+        f" ({', '.join(software['roles'])}; redirect URIs {', '.join(software['redirect_uris'])})"
+    )
+    click.echo(f"remembered in {tpp.path('tpp.json')}")
+    click.echo(f"next: `{p} keys`")
+    return software
 
 
 @cli.command()
-@click.option("--force", is_flag=True, help="Replace existing keys.")
+@click.option("--directory", "directory_url", help="The Directory's URL.")
+@click.option("--bank", "bank_url", help="The bank's URL (its issuer).")
+@click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False),
+    help="The sandbox CA bundle [default: <workdir>/../directory/ca-bundle.pem, else"
+    " instance/directory/ca-bundle.pem].",
+)
+@_id_option("--org-id", "org_id", "The org_id the Directory gave (or run `onboard`).")
+@_id_option("--software-id", "software_id", "The software_id the Directory gave.")
+@pass_tpp
+def init(
+    tpp: TPP,
+    directory_url: str | None,
+    bank_url: str | None,
+    ca_file: str | None,
+    org_id: str | None,
+    software_id: str | None,
+) -> None:
+    """Remember where the Directory and the bank are, and (if given) who this TPP is.
+
+    Given ids are checked at the Directory. Without them, `onboard` makes new ones."""
+    p = prog()
+    if (org_id is None) != (software_id is None):
+        raise click.UsageError("give --org-id and --software-id together (or neither)")
+    _locate(tpp, directory_url, bank_url, ca_file)
+    if software_id is not None:
+        url = tpp.directory(f"/api/software/{software_id}")
+        response = tpp.http("GET", url, mtls=False)
+        if response.status_code == 404:
+            raise tpp.fail(
+                f"the Directory at {tpp.config['directory_url']} has no software {software_id}",
+                cause="the software_id is mistyped, or comes from another sandbox",
+                remedy=f"run `{p} onboard`, or pass the software_id the Directory printed",
+            )
+        expect(tpp, response, 200, what="looking the software up", step="directory")
+        if response.json().get("org_id") != org_id:
+            raise tpp.fail(
+                f"software {software_id} does not belong to organisation {org_id}",
+                cause=f"the Directory says its org_id is {response.json().get('org_id')}",
+                remedy="pass the org_id the Directory printed with this software",
+            )
+        tpp.config.update(org_id=org_id, software_id=software_id)
+    tpp.save()
+    click.echo(f"TPP working directory: {tpp.workdir}")
+    click.echo(pretty(tpp.config))
+    if "software_id" not in tpp.config:
+        click.echo(f"next: `{p} onboard`")
+
+
+@cli.command()
+@pass_tpp
+def status(tpp: TPP) -> list[tuple[str, bool, str]]:
+    """What has been done in the working folder, the client_id, the token's expiry, and the
+    command to run next."""
+    p = prog()
+    config = tpp.config
+    click.echo(f"working folder  {tpp.workdir}")
+    for label, key in (
+        ("Directory", "directory_url"),
+        ("bank", "bank_url"),
+        ("CA bundle", "ca_file"),
+        ("org_id", "org_id"),
+        ("software_id", "software_id"),
+    ):
+        click.echo(f"{label:<15} {config.get(key, '-')}")
+    rows: list[tuple[str, bool, str]] = []
+    # (step, done, what there is); the first step not done is the one to run next
+    if "software_id" in config:
+        roles = ", ".join(config.get("roles") or [])
+        rows.append(
+            (
+                "onboard",
+                True,
+                f"software {config['software_id']}" + (f" ({roles})" if roles else ""),
+            )
+        )
+    else:
+        rows.append(("onboard", False, "no software yet"))
+    keys_there = all(tpp.path(f"{t}.key").exists() for t in CERT_TYPES)
+    rows.append(("keys", keys_there, "transport.key, signing.key" if keys_there else ""))
+    issued = config.get("certificates") or {}
+    note = ", ".join(
+        f"{t} kid {issued[t]['kid']}"
+        + (f" ({issued[t]['profile']})" if issued[t].get("profile", "ob") != "ob" else "")
+        + (" REVOKED" if issued[t].get("status") == "revoked" else "")
+        for t in CERT_TYPES
+        if t in issued
+    )
+    revoked = [t for t in CERT_TYPES if (issued.get(t) or {}).get("status") == "revoked"]
+    rows.append(("upload-csr", all(t in issued for t in CERT_TYPES) and not revoked, note))
+    rows.append(_certificate_row(tpp))
+    rows.append(_jwt_row(tpp, "ssa", "ssa.jwt"))
+    discovery = read_json(tpp.path("discovery.json"))
+    rows.append(
+        ("discover", discovery is not None, f"issuer {discovery['issuer']}" if discovery else "")
+    )
+    registration = read_json(tpp.path("registration.json"))
+    rows.append(_request_row(tpp, registered=registration is not None))
+    if registration is not None:
+        rows.append(
+            (
+                "register",
+                True,
+                f"client_id {registration.get('client_id')}"
+                f" ({registration.get('token_endpoint_auth_method')},"
+                f" scope {registration.get('scope')!r})",
+            )
+        )
+    else:
+        rows.append(("register", False, "not registered"))
+    rows.append(_token_row(tpp))
+    next_step = None
+    for step, done, what in rows:
+        click.echo(f"  [{'x' if done else ' '}] {step:<11} {what}".rstrip())
+        if not done and next_step is None:
+            next_step = step
+    if revoked:
+        click.echo(f"next: `{p} keys --force` (the {' and '.join(revoked)} certificate is revoked)")
+    elif next_step is None:
+        click.echo(f"next: `{p} accounts` (every step is done)")
+    else:
+        click.echo(f"next: `{p} {next_step}`")
+    return rows
+
+
+def _certificate_row(tpp: TPP) -> tuple[str, bool, str]:
+    try:
+        certificate = x509.load_pem_x509_certificate(tpp.path("transport.pem").read_bytes())
+    except (OSError, ValueError):
+        return ("download", False, "")
+    done = tpp.path("signing.pem").exists()
+    note = f"transport.pem valid until {_when(certificate.not_valid_after_utc.timestamp())}"
+    if certificate.not_valid_after_utc.timestamp() < time.time():
+        return ("download", False, note + ": EXPIRED")
+    try:
+        key = serialization.load_pem_private_key(tpp.path("transport.key").read_bytes(), None)
+    except (OSError, ValueError):
+        return ("download", done, note)
+    if key.public_key().public_numbers() != certificate.public_key().public_numbers():  # type: ignore[union-attr]
+        return ("download", False, "transport.pem is not transport.key's certificate")
+    return ("download", done, note)
+
+
+def _jwt_row(tpp: TPP, step: str, name: str) -> tuple[str, bool, str]:
+    try:
+        _, claims = decode_jwt(tpp.path(name).read_text())
+    except (OSError, ValueError):
+        return (step, False, "")
+    note = f"{name} issued {_when(claims['iat'])}" if "iat" in claims else name
+    if claims.get("org_status"):
+        note += f", org_status {claims['org_status']}"
+    return (step, True, note)
+
+
+def _request_row(tpp: TPP, *, registered: bool) -> tuple[str, bool, str]:
+    try:
+        _, claims = decode_jwt(tpp.path("request.jwt").read_text())
+    except (OSError, ValueError):
+        return ("request", registered, "")
+    if claims.get("jti") == tpp.config.get("registered_jti"):
+        # used: fine while registered; to register again it must be made again
+        return ("request", registered, "request.jwt was registered (its jti is used)")
+    expired = claims.get("exp", 0) < time.time()
+    note = f"request.jwt {'expired' if expired else 'expires'} {_when(claims.get('exp', 0))}"
+    return ("request", registered or not expired, note)
+
+
+def _token_row(tpp: TPP) -> tuple[str, bool, str]:
+    saved = tpp.config.get("token") or {}
+    if not tpp.path("token.json").exists():
+        return ("token", False, "no access token")
+    expires_at = saved.get("expires_at")
+    if expires_at is None:
+        return ("token", True, "token.json")
+    scope = saved.get("scope_granted")
+    expired = expires_at < time.time()
+    note = f"scope {scope!r}, {'expired' if expired else 'expires'} {_when(expires_at)}"
+    return ("token", not expired, note)
+
+
+@cli.command()
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Replace existing keys; the certificates and everything signed with the old keys go.",
+)
 @pass_tpp
 def keys(tpp: TPP, force: bool) -> None:
     """Generate the transport and signing keys (RSA 2048) and their CSRs."""
+    p = prog()
     subject = ob_subject(tpp.software_id, tpp.org_id)
     slashed = f"/C=GB/O=OpenBanking/OU={tpp.org_id}/CN={tpp.software_id}"
     if not force and any(tpp.path(f"{t}.key").exists() for t in CERT_TYPES):
-        raise Failed(f"keys exist in {tpp.workdir}; use --force to replace them")
+        raise tpp.fail(
+            f"keys exist in {tpp.workdir}; use --force to replace them",
+            cause="`keys` ran here before; replacing the keys makes their certificates useless",
+            remedy=f"carry on with `{p} status`, or `{p} keys --force` to start the keys over",
+        )
     click.echo(f"CSR subject (RFC 4514): {subject.rfc4514_string()}")
     click.echo("The same keys and CSRs with openssl:")
     for cert_type in CERT_TYPES:
@@ -276,6 +1000,34 @@ def keys(tpp: TPP, force: bool) -> None:
             f" -keyout {cert_type}.key -out {cert_type}.csr"
         )
     click.echo(f"wrote transport.key, transport.csr, signing.key, signing.csr in {tpp.workdir}")
+    if not force:
+        click.echo(f"next: `{p} upload-csr`")
+        return
+    # the certificates certify the old keys, the request and the config were signed with or
+    # carry them, the token is bound to the old certificate: all of no use now
+    removed = _forget(tpp, MADE_WITH_THE_KEYS)
+    old = tpp.config.pop("certificates", None) or {}
+    tpp.config.pop("token", None)
+    if old:
+        retired = tpp.config.setdefault("retired_certificates", [])
+        retired.extend({"type": t, **record} for t, record in old.items())
+    tpp.save()
+    if removed:
+        click.echo(f"removed (made for the old keys): {', '.join(removed)}")
+    active = [(t, r["kid"]) for t, r in old.items() if r.get("status") != "revoked"]
+    if active:
+        kids = ", ".join(f"{t} {kid}" for t, kid in active)
+        click.echo(
+            f"the Directory still publishes the old certificates ({kids}); if the old keys may"
+            f" have leaked: `{DIRECTORY_PROG} revoke --software-id {tpp.software_id} --kid KID`"
+        )
+    steps = [f"`{p} upload-csr`", f"`{p} download`"]
+    if tpp.path("registration.json").exists():
+        client_id = (read_json(tpp.path("registration.json")) or {}).get("client_id")
+        steps.append(f"`{p} token` (the registration {client_id} stays)")
+    else:
+        steps += [f"`{p} request`", f"`{p} register`", f"`{p} token`"]
+    click.echo("run again: " + ", ".join(steps))
 
 
 @cli.command("upload-csr")
@@ -287,21 +1039,39 @@ def keys(tpp: TPP, force: bool) -> None:
     default=CERT_TYPES,
     show_default=True,
 )
+@click.option(
+    "--eidas",
+    is_flag=True,
+    help="Ask for an eIDAS/OBWAC-shaped transport certificate (subject with the"
+    " organizationIdentifier PSDGB-OB-<registration id>) instead of the OB one.",
+)
 @pass_tpp
-def upload_csr(tpp: TPP, types: tuple[str, ...]) -> None:
+def upload_csr(tpp: TPP, types: tuple[str, ...], eidas: bool) -> None:
     """Upload the CSRs; the Directory issues the certificates and publishes the keys."""
     certificates = tpp.config.setdefault("certificates", {})
     for cert_type in types:
         csr = tpp.read(f"{cert_type}.csr", "keys")
         url = tpp.directory(f"/api/software/{tpp.software_id}/certificates/{cert_type}")
+        profile = "eidas" if eidas and cert_type == "transport" else "ob"
+        params = {"profile": profile} if profile != "ob" else None
         response = tpp.http(
-            "POST", url, mtls=False, data=csr, headers={"Content-Type": "application/pkcs10"}
+            "POST",
+            url,
+            mtls=False,
+            data=csr,
+            params=params,
+            headers={"Content-Type": "application/pkcs10"},
         )
-        click.echo(f"{cert_type} CSR -> POST {url}")
+        click.echo(f"{cert_type} CSR -> POST {url}" + (f"?profile={profile}" if params else ""))
         record = show_response(response)
-        expect(response, 201, what=f"uploading the {cert_type} CSR")
-        certificates[cert_type] = {"kid": record["kid"], "pem_url": record["pem_url"]}
+        expect(tpp, response, 201, what=f"uploading the {cert_type} CSR", step="directory")
+        certificates[cert_type] = {
+            "kid": record["kid"],
+            "pem_url": record["pem_url"],
+            "profile": profile,
+        }
         tpp.save()
+    click.echo(f"next: `{prog()} download`")
 
 
 @cli.command()
@@ -311,16 +1081,37 @@ def download(tpp: TPP) -> None:
     certificates = tpp.config.get("certificates", {})
     for cert_type in CERT_TYPES:
         if cert_type not in certificates:
-            raise Failed(f"no {cert_type} certificate issued yet: run `upload-csr` first")
+            raise tpp.fail(
+                f"no {cert_type} certificate issued yet",
+                cause=f"the {cert_type} CSR has not been sent to the Directory",
+                remedy=f"run `{prog()} upload-csr`",
+            )
         response = tpp.http("GET", certificates[cert_type]["pem_url"], mtls=False)
-        expect(response, 200, what=f"downloading the {cert_type} certificate")
-        write_file(tpp.path(f"{cert_type}.pem"), response.text)
+        expect(
+            tpp, response, 200, what=f"downloading the {cert_type} certificate", step="directory"
+        )
         certificate = x509.load_pem_x509_certificate(response.content)
+        key = serialization.load_pem_private_key(
+            tpp.read(f"{cert_type}.key", "keys").encode(), password=None
+        )
+        if certificate.public_key().public_numbers() != key.public_key().public_numbers():  # type: ignore[union-attr]
+            raise tpp.fail(
+                f"the {cert_type} certificate is not for {cert_type}.key",
+                cause=f"{cert_type}.key was replaced after its CSR was uploaded",
+                remedy=f"run `{prog()} upload-csr`, then `{prog()} download`",
+            )
+        write_file(tpp.path(f"{cert_type}.pem"), response.text)
         click.echo(f"{cert_type}.pem (kid {certificates[cert_type]['kid']})")
-        click.echo(f"  subject   {certificate.subject.rfc4514_string()}")
+        click.echo(f"  subject   {_dn(certificate.subject)}")
         click.echo(f"  issuer    {certificate.issuer.rfc4514_string()}")
         click.echo(f"  not after {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
         click.echo(f"  x5t#S256  {thumbprint(response.text)}")
+    click.echo(f"next: `{prog()} ssa`")
+
+
+def _dn(name: x509.Name) -> str:
+    """RFC 4514, with organizationIdentifier named (not 2.5.4.97)."""
+    return name.rfc4514_string({NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier"})
 
 
 @cli.command()
@@ -333,7 +1124,11 @@ def p12(tpp: TPP, password: str) -> None:
     key = serialization.load_pem_private_key(Path(key_path).read_bytes(), password=None)
     if not isinstance(key, rsa.RSAPrivateKey | ec.EllipticCurvePrivateKey):
         # the Directory certifies RSA and EC keys only (and pkcs12 takes those)
-        raise Failed(f"{key_path} holds a {type(key).__name__}, not an RSA or EC key")
+        raise tpp.fail(
+            f"{key_path} holds a {type(key).__name__}, not an RSA or EC key",
+            cause="transport.key was not made by `keys`",
+            remedy=f"`{prog()} keys --force`, then `{prog()} upload-csr`, `{prog()} download`",
+        )
     chain = x509.load_pem_x509_certificates(Path(tpp.ca_file).read_bytes())
     encryption = (
         serialization.BestAvailableEncryption(password.encode())
@@ -375,7 +1170,7 @@ def show_jwks(tpp: TPP) -> None:
     ):
         url = tpp.directory(path)
         response = tpp.http("GET", url, mtls=False)
-        expect(response, 200, what=f"fetching {url}")
+        expect(tpp, response, 200, what=f"fetching {url}", step="directory")
         keys = response.json()["keys"]
         click.echo(f"{label}: GET {url} -> {len(keys)} key(s)")
         for key in keys:
@@ -386,7 +1181,7 @@ def show_jwks(tpp: TPP) -> None:
                 "kty": key["kty"],
                 "x5t#S256": key.get("x5t#S256"),
                 "x5c": [abbreviate(c, 16) for c in key["x5c"]],
-                "(x5c[0] subject)": leaf.subject.rfc4514_string(),
+                "(x5c[0] subject)": _dn(leaf.subject),
             }
             click.echo(pretty(shown))
 
@@ -397,7 +1192,7 @@ def ssa(tpp: TPP) -> None:
     """Ask the Directory for a software statement (the "Generate" button) and decode it."""
     url = tpp.directory(f"/api/software/{tpp.software_id}/ssa")
     response = tpp.http("POST", url, mtls=False)
-    expect(response, 201, what="generating the SSA")
+    expect(tpp, response, 201, what="generating the SSA", step="directory")
     token = response.text.strip()
     write_file(tpp.path("ssa.jwt"), token + "\n")
     click.echo(f"POST {url} -> HTTP {response.status_code}, {response.headers['Content-Type']}")
@@ -408,7 +1203,7 @@ def ssa(tpp: TPP) -> None:
 def fetch_discovery(tpp: TPP) -> dict[str, Any]:
     url = tpp.need("bank_url") + "/.well-known/openid-configuration"
     response = tpp.http("GET", url, mtls=False)
-    expect(response, 200, what="reading the bank's discovery document")
+    expect(tpp, response, 200, what="reading the bank's discovery document", step="discover")
     document = response.json()
     write_json(tpp.path("discovery.json"), document)
     return document
@@ -428,12 +1223,12 @@ def registration_claims(tpp: TPP, options: dict[str, Any]) -> dict[str, Any]:
     software_statement = tpp.read("ssa.jwt", "ssa").strip()
     _, ssa_claims = decode_jwt(software_statement)
     transport = x509.load_pem_x509_certificate(tpp.read("transport.pem", "download").encode())
-    now = int(time.time())
+    now = _now()
     method = options["auth_method"]
     claims: dict[str, Any] = {
         "iss": tpp.software_id,
         "iat": now,
-        "exp": now + 300,
+        "exp": now + REQUEST_LIFETIME,
         "aud": tpp.discovery()["issuer"],
         "jti": str(uuid.uuid4()),
         "software_id": tpp.software_id,
@@ -482,16 +1277,106 @@ def build_request(tpp: TPP, auth_method: str, scope: str, redirect_uris: tuple[s
     write_file(tpp.path("request.jwt"), token + "\n")
     click.echo(f"request.jwt ({len(token)} characters), signed {ALG} with signing.key:")
     show_jwt(token, abbreviate_claims=("software_statement",))
+    click.echo(
+        f"valid until {_when(_now() + REQUEST_LIFETIME)}; next: `{prog()} register` (or"
+        f" `{prog()} explain` first)"
+    )
 
 
 def _registration_endpoint(tpp: TPP) -> str:
     return tpp.discovery()["registration_endpoint"]
 
 
+#: what to run when the bank's explain report says a policy failed (by the policy's name)
+POLICY_REMEDIES = {
+    "request_body": "`{p} request` makes a well-formed one",
+    "request_jwt": "`{p} request` makes a well-formed one",
+    "software_statement": "get a fresh software statement: `{p} ssa`, then `{p} request`",
+    "request_signature": "have the signing key published: `{p} upload-csr`, `{p} download`,"
+    " then `{p} request`",
+    "request_claims": "`{p} request` again (and `{p} discover` if the aud is wrong)",
+    "redirect_uris": "`{p} request --redirect-uri URI` with URIs of the software statement",
+    "token_endpoint_auth": "`{p} request --auth-method tls_client_auth|private_key_jwt`",
+    "grant_types": "`{p} request` again",
+    "scope": "`{p} request --scope ...` within the software's roles",
+    "application_type": "`{p} request` again",
+    "signing_algorithms": "`{p} request` again",
+    "transport_certificate": "present this software's certificate: `{p} download` (or new"
+    " ones: `{p} keys --force`, `{p} upload-csr`, `{p} download`)",
+    "key_revocation": "get new keys and certificates: `{p} keys --force`, `{p} upload-csr`,"
+    " `{p} download`, then `{p} request`",
+}
+
+
 @cli.command()
 @click.option("--no-cert", is_flag=True, help="Leave out the transport certificate.")
 @pass_tpp
-def register(tpp: TPP, no_cert: bool) -> None:
+def explain(tpp: TPP, no_cert: bool) -> dict[str, Any]:
+    """Ask the bank how it would judge request.jwt, policy by policy (POST
+    <registration_endpoint>/explain over mutual TLS): nothing is stored and the request's jti
+    stays unused, so `register` can send the same file afterwards. Exit status 1 when the bank
+    would refuse it."""
+    p = prog()
+    body = tpp.read("request.jwt", "request").strip()
+    url = _registration_endpoint(tpp).rstrip("/") + "/explain"
+    click.echo(
+        f"POST {url}  Content-Type: application/jwt"
+        + ("  (no client certificate)" if no_cert else "  (mutual TLS: transport.pem)")
+    )
+    response = tpp.http(
+        "POST", url, mtls=not no_cert, data=body, headers={"Content-Type": "application/jwt"}
+    )
+    if response.status_code in (404, 405):
+        click.echo(f"HTTP {response.status_code} {_phrase(response)}")
+        raise tpp.fail(
+            "the bank does not explain registrations",
+            cause=f"POST {url} answered HTTP {response.status_code}: the bank has not enabled"
+            " explain (OBDCR_EXPLAIN_ENDPOINT)",
+            remedy=f"send the request and read the bank's refusal: `{p} register` (a bank"
+            " turns explain on with OBDCR_EXPLAIN_ENDPOINT=True)",
+        )
+    if response.status_code != 200:
+        show_response(response)
+        expect(tpp, response, 200, what="explaining the request", step="explain", no_cert=no_cert)
+    click.echo(f"HTTP {response.status_code} {_phrase(response)}")
+    try:
+        answer = response.json()
+        report = answer["report"]
+    except (ValueError, KeyError, TypeError):
+        raise tpp.fail(
+            "the bank's explain answer is not a report",
+            cause=f"POST {url} answered {abbreviate(response.text, 60)!r}",
+            remedy=f"send the request and read the bank's answer: `{p} register`",
+        ) from None
+    width = max([len("policy"), *(len(str(row.get("policy", ""))) for row in report)])
+    click.echo(f"{'policy':<{width}}  {'verdict':<11}  detail")
+    for row in report:
+        line = f"{row.get('policy', '')!s:<{width}}  {row.get('verdict', '')!s:<11}"
+        if row.get("detail"):
+            line += f"  {row['detail']}"
+        click.echo(line.rstrip())
+        if row.get("clause") and row.get("verdict") == "failed":
+            click.echo(f"{'':<{width}}  {'':<11}  see: {row['clause']}")
+    if answer.get("registrable"):
+        click.echo(f"registrable: yes (the jti is unused: `{p} register` sends this request)")
+        return answer
+    failed: dict[str, Any] = next((r for r in report if r.get("verdict") == "failed"), {})
+    policy = str(failed.get("policy", ""))
+    click.echo("registrable: no")
+    raise tpp.fail(
+        "the bank would refuse request.jwt",
+        cause=f"{policy or 'a policy'}: {failed.get('detail') or 'failed'}",
+        remedy=POLICY_REMEDIES.get(policy, "fix it, then `{p} request` and `{p} explain`").format(
+            p=p
+        ),
+    )
+
+
+@cli.command()
+@click.option("--no-cert", is_flag=True, help="Leave out the transport certificate.")
+@click.option("--brief", is_flag=True, help="Leave out the software statement's claims.")
+@pass_tpp
+def register(tpp: TPP, no_cert: bool, brief: bool) -> None:
     """POST request.jwt to the bank's registration endpoint over mutual TLS."""
     body = tpp.read("request.jwt", "request").strip()
     url = _registration_endpoint(tpp)
@@ -502,15 +1387,26 @@ def register(tpp: TPP, no_cert: bool) -> None:
     response = tpp.http(
         "POST", url, mtls=not no_cert, data=body, headers={"Content-Type": "application/jwt"}
     )
-    registration = show_response(response)
-    expect(response, 201, what="registration")
+    registration = show_registration(response, brief=brief)
+    expect(tpp, response, 201, what="registration", step="register", no_cert=no_cert)
     write_json(tpp.path("registration.json"), registration, secret=True)
+    try:
+        tpp.config["registered_jti"] = decode_jwt(body)[1].get("jti")
+    except ValueError:
+        pass
+    tpp.save()
+    click.echo(f"client_id {registration['client_id']}; next: `{prog()} token`")
 
 
 def _registration(tpp: TPP) -> dict[str, Any]:
     registration = read_json(tpp.path("registration.json"))
     if registration is None:
-        raise Failed("not registered: run `register` first")
+        p = prog()
+        raise tpp.fail(
+            "not registered",
+            cause="there is no registration.json here: not registered yet, or deleted",
+            remedy=f"register: `{p} request`, then `{p} register`",
+        )
     return registration
 
 
@@ -525,7 +1421,7 @@ def token(tpp: TPP, scope: str, no_cert: bool) -> None:
     method = registration["token_endpoint_auth_method"]
     form = {"grant_type": "client_credentials", "scope": scope}
     if method == "private_key_jwt":
-        now = int(time.time())
+        now = _now()
         claims = {
             "iss": registration["client_id"],
             "sub": registration["client_id"],
@@ -544,18 +1440,38 @@ def token(tpp: TPP, scope: str, no_cert: bool) -> None:
     )
     response = tpp.http("POST", discovery["token_endpoint"], mtls=not no_cert, data=form)
     body = show_response(response)
-    expect(response, 200, what="the token request")
+    expect(tpp, response, 200, what="the token request", step="token", no_cert=no_cert, scope=scope)
     write_json(tpp.path("token.json"), body, secret=True)
-    click.echo(
-        "the bank binds the token to the transport certificate (RFC 8705): x5t#S256 "
-        + thumbprint(tpp.read("transport.pem", "download"))
-    )
+    granted = body.get("scope", "")
+    expires_in = body.get("expires_in")
+    tpp.config["token"] = {
+        "scope_asked": scope,
+        "scope_granted": granted,
+        "obtained_at": int(time.time()),
+        "expires_at": int(time.time()) + int(expires_in) if expires_in else None,
+    }
+    tpp.save()
+    if no_cert:
+        click.echo("the bank issued the token without a certificate: it is not bound")
+    else:
+        click.echo(
+            "the bank binds the token to the transport certificate (RFC 8705): x5t#S256 "
+            + thumbprint(tpp.read("transport.pem", "download"))
+        )
+    if set(granted.split()) != set(scope.split()):
+        click.echo(
+            f"warning: the bank granted scope {granted!r}, not the {scope!r} asked for"
+            f" (this client registered {registration.get('scope')!r})",
+            err=True,
+        )
+    if expires_in:
+        click.echo(f"expires {_when(time.time() + int(expires_in))}")
 
 
 def _access_token(tpp: TPP) -> str:
     saved = read_json(tpp.path("token.json"))
     if saved is None:
-        raise Failed("no access token: run `token` first")
+        raise tpp.missing("token.json", "token")
     return saved["access_token"]
 
 
@@ -578,7 +1494,7 @@ def accounts(tpp: TPP, no_cert: bool, account_id: str | None) -> None:
     }
     response = tpp.http("GET", url, mtls=not no_cert, headers=headers)
     show_response(response)
-    expect(response, 200, what="the accounts API")
+    expect(tpp, response, 200, what="the accounts API", step="accounts", no_cert=no_cert)
 
 
 @cli.group()
@@ -597,7 +1513,7 @@ def _management_headers(tpp: TPP, use_registration_token: bool) -> dict[str, str
 def show_registration(response: requests.Response, *, brief: bool) -> Any:
     """Print a registration response; ``brief`` leaves out the software statement's claims
     (which the bank returns flattened beside the registered metadata)."""
-    if not brief or response.status_code != 200:
+    if not brief or response.status_code not in (200, 201):
         return show_response(response)
     body = response.json()
     try:
@@ -636,7 +1552,7 @@ def registration_get(tpp: TPP, use_registration_token: bool, brief: bool) -> Non
     click.echo(f"GET {url}  (mutual TLS)")
     response = tpp.http("GET", url, headers=_management_headers(tpp, use_registration_token))
     show_registration(response, brief=brief)
-    expect(response, 200, what="reading the registration")
+    expect(tpp, response, 200, what="reading the registration", step="registration")
 
 
 @registration.command("update")
@@ -668,7 +1584,7 @@ def registration_update(
     }
     response = tpp.http("PUT", url, data=body, headers=headers)
     updated = show_registration(response, brief=brief)
-    expect(response, 200, what="updating the registration")
+    expect(tpp, response, 200, what="updating the registration", step="registration")
     tpp.config["request_options"] = options
     tpp.save()
     # the registration access token is returned once, at registration: keep it
@@ -681,13 +1597,16 @@ def registration_update(
 @pass_tpp
 def registration_delete(tpp: TPP, use_registration_token: bool) -> None:
     """DELETE the registration (the bank also revokes its tokens)."""
+    p = prog()
     url = _registration(tpp)["registration_client_uri"]
     click.echo(f"DELETE {url}  (mutual TLS)")
     response = tpp.http("DELETE", url, headers=_management_headers(tpp, use_registration_token))
     show_response(response)
-    expect(response, 204, what="deleting the registration")
+    expect(tpp, response, 204, what="deleting the registration", step="registration")
     tpp.path("registration.json").unlink(missing_ok=True)
     click.echo("removed registration.json (token.json is kept, to show the bank refusing it)")
+    # request.jwt was registered: its jti is used, so it cannot simply be sent again
+    click.echo(f"to register again: `{p} request` (a fresh request), then `{p} register`")
 
 
 @cli.command()
@@ -705,12 +1624,16 @@ def revoke(tpp: TPP, signing: bool, reason: str) -> dict[str, Any]:
     cert_type = "signing" if signing else "transport"
     issued = tpp.config.get("certificates", {}).get(cert_type)
     if not issued:
-        raise Failed(f"no {cert_type} certificate issued yet: run `upload-csr` first")
+        raise tpp.fail(
+            f"no {cert_type} certificate issued yet",
+            cause=f"the Directory has issued no {cert_type} certificate for this working folder",
+            remedy=f"nothing to revoke; `{prog()} status` shows what has been done",
+        )
     url = tpp.directory(f"/api/software/{tpp.software_id}/certificates/{issued['kid']}")
     click.echo(f"DELETE {url}?reason={reason}")
     response = tpp.http("DELETE", url, mtls=False, params={"reason": reason})
     record = show_response(response)
-    expect(response, 200, what=f"revoking the {cert_type} certificate")
+    expect(tpp, response, 200, what=f"revoking the {cert_type} certificate", step="directory")
     issued.update(status="revoked", revoked_at=record.get("revoked_at"))
     tpp.save()
     for line in revocation_consequences(record, tpp.need("directory_url")):
@@ -726,8 +1649,318 @@ def revoke(tpp: TPP, signing: bool, reason: str) -> dict[str, Any]:
     return record
 
 
+# -- reading the working folder's files -------------------------------------------------------
+
+
+@cli.command()
+@click.argument("name")
+@click.option("--password", default="", help="The password of a .p12.")
+@pass_tpp
+def decode(tpp: TPP, name: str, password: str) -> None:
+    """Print a file of the working folder readably: a JWT (ssa.jwt, request.jwt), a certificate
+    (transport.pem, signing.pem, the CA bundle), a CSR, a key (never its private part), a
+    .p12 or a JSON file. NAME is a file of the working folder, or a path."""
+    path = _find(tpp, name)
+    data = path.read_bytes()
+    click.echo(f"{path}")
+    if path.suffix == ".p12":
+        _show_p12(tpp, data, password)
+    elif data.lstrip().startswith(b"-----BEGIN"):
+        _show_pem(tpp, data)
+    elif path.suffix == ".json":
+        _show_json(data)
+    elif data.strip().count(b".") == 2 and b" " not in data.strip():
+        _show_jwt_file(tpp, data.decode().strip())
+    else:
+        try:
+            _show_certificate(tpp, x509.load_der_x509_certificate(data))
+        except ValueError:
+            raise tpp.fail(
+                f"{path.name} is not a JWT, PEM, DER certificate, .p12 or JSON file",
+                cause=f"{path} holds {len(data)} bytes of something else",
+                remedy=f"decode one of: {', '.join(_decodable(tpp)) or 'nothing here yet'}",
+            ) from None
+
+
+def _decodable(tpp: TPP) -> list[str]:
+    return sorted(n for n in ARTEFACTS if tpp.path(n).exists())
+
+
+def _find(tpp: TPP, name: str) -> Path:
+    for candidate in (tpp.path(name), Path(name)):
+        if candidate.is_file():
+            return candidate
+    there = _decodable(tpp)
+    step = ARTEFACTS.get(Path(name).name)
+    raise tpp.fail(
+        f"no {name} in {tpp.workdir}",
+        cause=f"`{step}` has not made it here yet" if step else f"no such file: {name}",
+        remedy=(f"run `{prog()} {step}`; " if step else "")
+        + f"files here to decode: {', '.join(there) or 'none yet'}",
+    )
+
+
+def _show_jwt_file(tpp: TPP, token: str) -> None:
+    header, claims = show_jwt(token, abbreviate_claims=("software_statement",))
+    if "software_statement" in claims:
+        click.echo("(software_statement: the SSA; `decode ssa.jwt` shows its claims)")
+    for claim in TIME_CLAIMS:
+        if isinstance(claims.get(claim), int | float):
+            expired = claim == "exp" and claims[claim] < time.time()
+            click.echo(f"{claim:<4} {_when(claims[claim])}" + ("  EXPIRED" if expired else ""))
+    if claims.get("jti") and claims.get("jti") == tpp.config.get("registered_jti"):
+        click.echo(
+            f"jti  {claims['jti']} was registered: the bank refuses it again (`{prog()} request`"
+            " makes a fresh one)"
+        )
+    kid = header.get("kid")
+    issued = tpp.config.get("certificates", {}).get("signing", {})
+    if kid and kid == issued.get("kid"):
+        click.echo(f"kid  {kid}: the signing certificate's (signing.pem)")
+
+
+def _show_pem(tpp: TPP, data: bytes) -> None:
+    blocks = re.findall(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", data, flags=re.S)
+    for match in re.finditer(rb"-----BEGIN ([A-Z0-9 ]+)-----.*?-----END \1-----", data, re.S):
+        kind, block = match.group(1).decode(), match.group(0)
+        if kind == "CERTIFICATE":
+            _show_certificate(tpp, x509.load_pem_x509_certificate(block))
+        elif kind in ("CERTIFICATE REQUEST", "NEW CERTIFICATE REQUEST"):
+            csr = x509.load_pem_x509_csr(block)
+            click.echo("certificate signing request")
+            click.echo(f"  subject    {_dn(csr.subject)}")
+            click.echo(f"  key        {_key_text(csr.public_key())}")
+            click.echo(f"  signature  {'valid' if csr.is_signature_valid else 'INVALID'}")
+        elif kind.endswith("PRIVATE KEY"):
+            key = serialization.load_pem_private_key(block, password=None)
+            click.echo(
+                f"private key: {_key_text(key.public_key())} (the private part is not shown)"
+            )
+            _key_matches(tpp, key.public_key())
+        elif kind == "PUBLIC KEY":
+            click.echo(f"public key: {_key_text(serialization.load_pem_public_key(block))}")
+        else:
+            click.echo(f"a PEM block of type {kind}")
+    if len(blocks) > 1:
+        click.echo(f"({len(blocks)} PEM blocks)")
+
+
+def _key_text(key: Any) -> str:
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size} bits"
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"EC {key.curve.name}"
+    return type(key).__name__
+
+
+def _key_matches(tpp: TPP, public_key: Any) -> None:
+    """Say which certificate of the working folder certifies this key, if any."""
+    for name in ("transport.pem", "signing.pem"):
+        try:
+            certificate = x509.load_pem_x509_certificate(tpp.path(name).read_bytes())
+        except (OSError, ValueError):
+            continue
+        if certificate.public_key() == public_key:
+            click.echo(f"  certified by {name}")
+            return
+
+
+def _show_certificate(tpp: TPP, certificate: x509.Certificate) -> None:
+    now = time.time()
+    after = certificate.not_valid_after_utc.timestamp()
+    before = certificate.not_valid_before_utc.timestamp()
+    state = "EXPIRED" if after < now else "NOT YET VALID" if before > now else "valid"
+    click.echo("certificate")
+    click.echo(f"  subject     {_dn(certificate.subject)}")
+    click.echo(f"  issuer      {_dn(certificate.issuer)}")
+    click.echo(f"  serial      {certificate.serial_number:x}")
+    click.echo(f"  not before  {_when(before)}")
+    click.echo(f"  not after   {_when(after)}  {state}")
+    click.echo(f"  key         {_key_text(certificate.public_key())}")
+    extensions = {e.oid: e.value for e in certificate.extensions}
+    constraints = extensions.get(ExtensionOID.BASIC_CONSTRAINTS)
+    if isinstance(constraints, x509.BasicConstraints) and constraints.ca:
+        click.echo("  CA          yes (issues certificates)")
+    usage = extensions.get(ExtensionOID.KEY_USAGE)
+    if isinstance(usage, x509.KeyUsage):
+        flags = [
+            label
+            for name, label in (
+                ("digital_signature", "digitalSignature"),
+                ("content_commitment", "nonRepudiation"),
+                ("key_encipherment", "keyEncipherment"),
+                ("key_cert_sign", "keyCertSign"),
+                ("crl_sign", "cRLSign"),
+            )
+            if getattr(usage, name)
+        ]
+        click.echo(f"  key usage   {', '.join(flags)}")
+    eku = extensions.get(ExtensionOID.EXTENDED_KEY_USAGE)
+    if isinstance(eku, x509.ExtendedKeyUsage):
+        names = {
+            ExtendedKeyUsageOID.CLIENT_AUTH: "clientAuth",
+            ExtendedKeyUsageOID.SERVER_AUTH: "serverAuth",
+            ExtendedKeyUsageOID.OCSP_SIGNING: "OCSPSigning",
+        }
+        shown = ", ".join(names.get(oid, oid.dotted_string) for oid in eku)
+        click.echo(f"  ext. usage  {shown}")
+    for attribute in certificate.subject.get_attributes_for_oid(NameOID.ORGANIZATION_IDENTIFIER):
+        click.echo(f"  organizationIdentifier {attribute.value!s} (eIDAS/OBWAC)")
+    san = extensions.get(ExtensionOID.SUBJECT_ALTERNATIVE_NAME)
+    if isinstance(san, x509.SubjectAlternativeName):
+        click.echo(f"  alt. names  {', '.join(str(n.value) for n in san)}")
+    points = extensions.get(ExtensionOID.CRL_DISTRIBUTION_POINTS)
+    if isinstance(points, x509.CRLDistributionPoints):
+        for point in points:
+            for name in point.full_name or []:
+                click.echo(f"  CRL         {name.value}")
+    access = extensions.get(ExtensionOID.AUTHORITY_INFORMATION_ACCESS)
+    if isinstance(access, x509.AuthorityInformationAccess):
+        for description in access:
+            click.echo(f"  OCSP        {description.access_location.value}")
+    click.echo(f"  x5t#S256    {thumbprint(pem(certificate))}")
+    for cert_type in CERT_TYPES:
+        try:
+            key = serialization.load_pem_private_key(
+                tpp.path(f"{cert_type}.key").read_bytes(), None
+            )
+        except (OSError, ValueError):
+            continue
+        if key.public_key() == certificate.public_key():
+            click.echo(f"  its key     {cert_type}.key")
+
+
+def _show_json(data: bytes) -> None:
+    try:
+        document = json.loads(data)
+    except ValueError:
+        click.echo(data.decode(errors="replace"))
+        return
+    secrets = ("access_token", "registration_access_token", "client_secret", "private_key")
+    if isinstance(document, dict):
+        document = {
+            k: abbreviate(v, 12)
+            if isinstance(v, str) and (k in secrets or k in SHORTENED or k == "ssa")
+            else v
+            for k, v in document.items()
+        }
+    click.echo(pretty(document))
+
+
+def _show_p12(tpp: TPP, data: bytes, password: str) -> None:
+    try:
+        bundle = pkcs12.load_pkcs12(data, password.encode() or None)
+    except ValueError:
+        raise tpp.fail(
+            "cannot open the .p12",
+            cause="it is protected by a password other than the one given",
+            remedy=f"`{prog()} decode transport.p12 --password ...` (the one given to `p12`)",
+        ) from None
+    click.echo(
+        f"PKCS#12 bundle: {'a key' if bundle.key else 'no key'}, "
+        f"{1 if bundle.cert else 0} certificate, {len(bundle.additional_certs)} CA certificate(s)"
+    )
+    if bundle.cert is not None:
+        _show_certificate(tpp, bundle.cert.certificate)
+
+
+# -- the official OB conformance tool ------------------------------------------------------------
+
+
+@cli.command("conformance-config")
+@click.option(
+    "--aud",
+    help="The aud of the tool's requests: the bank's issuer [default], or a value of its"
+    " OBDCR_AUDIENCES such as the bank's OB organisation id.",
+)
+@click.option(
+    "--out",
+    type=click.Path(dir_okay=False),
+    help="Where to write it [default: config.json in the working folder].",
+)
+@click.option("--environment", default="sandbox", show_default=True, help="For the report.")
+@click.option("--brand", default="AnyBank sandbox", show_default=True, help="For the report.")
+@click.option(
+    "--redirect-uri",
+    "redirect_uris",
+    multiple=True,
+    help="Default: the SSA's software_redirect_uris.",
+)
+@click.option("--spec-version", type=click.Choice(["3.2", "3.3"]), default="3.3", show_default=True)
+@pass_tpp
+def conformance_config(
+    tpp: TPP,
+    aud: str | None,
+    out: str | None,
+    environment: str,
+    brand: str,
+    redirect_uris: tuple[str, ...],
+    spec_version: str,
+) -> dict[str, Any]:
+    """Write the config.json of Open Banking's DCR conformance tool (conformance-dcr) from this
+    working folder: the SSA, the signing key and its kid, the transport certificate and key,
+    the sandbox CA bundle one certificate per entry."""
+    p = prog()
+    ssa_token = tpp.read("ssa.jwt", "ssa").strip()
+    _, ssa_claims = decode_jwt(ssa_token)
+    signing_pem = tpp.read("signing.key", "keys")
+    signing = serialization.load_pem_private_key(signing_pem.encode(), password=None)
+    if not isinstance(signing, rsa.RSAPrivateKey):
+        raise tpp.fail(
+            "the conformance tool signs with an RSA key only",
+            cause=f"signing.key holds {_key_text(signing.public_key())}",
+            remedy=f"`{p} keys --force` (RSA keys), `{p} upload-csr`, `{p} download`, `{p} ssa`",
+        )
+    kid = tpp.config.get("certificates", {}).get("signing", {}).get("kid")
+    if not kid:
+        raise tpp.missing("signing.pem", "upload-csr")
+    transport_cert, transport_key = tpp.transport_cert()
+    issuer = tpp.discovery()["issuer"]
+    bundle = Path(tpp.ca_file).read_text()
+    roots = [
+        match.group(0) + "\n"
+        for match in re.finditer(
+            r"-----BEGIN CERTIFICATE-----.*?-----END CERTIFICATE-----", bundle, flags=re.S
+        )
+    ]
+    config = {
+        "spec_version": spec_version,
+        "environment": environment,
+        "brand": brand,
+        "wellknown_endpoint": issuer + "/.well-known/openid-configuration",
+        "aud": aud or issuer,
+        "issuer": tpp.software_id,
+        "ssa": ssa_token,
+        "redirect_uris": list(redirect_uris) or ssa_claims.get("software_redirect_uris", []),
+        "kid": kid,
+        "private_key": signing_pem,
+        "transport_cert": Path(transport_cert).read_text(),
+        "transport_key": Path(transport_key).read_text(),
+        "transport_root_cas": roots,
+        "get_implemented": True,
+        "put_implemented": True,
+        "delete_implemented": True,
+    }
+    target = Path(out) if out else tpp.path("config.json")
+    write_file(target, json.dumps(config, indent=2) + "\n", secret=True)
+    click.echo(f"wrote {target.resolve()} (it holds private keys: owner-only)")
+    for key in ("spec_version", "wellknown_endpoint", "aud", "issuer", "kid", "redirect_uris"):
+        click.echo(f"  {key:<19} {config[key]}")
+    click.echo(f"  {'transport_root_cas':<19} {len(roots)} certificate(s) from {tpp.ca_file}")
+    mount = shlex.quote(f"{target.resolve()}:/config.json:ro")
+    cas = shlex.quote(f"{tpp.ca_file}:/sandbox-ca.pem:ro")
+    click.echo("run the tool (Linux, the bank on loopback):")
+    click.echo(
+        f"  docker run --rm -it --network host -v {mount} -v {cas}"
+        " -e SSL_CERT_FILE=/sandbox-ca.pem openbanking/conformance-dcr:v1.3.1"
+        " -config-path=/config.json"
+    )
+    return config
+
+
 def main(args: list[str] | None = None) -> Any:
-    return cli.main(args=args, prog_name="python -m example_app.tpp")
+    """The ``obdcr-tpp`` console script (and ``python -m example_app.tpp``)."""
+    return cli.main(args=args, prog_name=program_name(PROG, "python -m example_app.tpp"))
 
 
 if __name__ == "__main__":

@@ -1,5 +1,7 @@
 """The sandbox Directory's HTTP API and published documents (the routes are listed in
-:mod:`example_app.directory`)."""
+:mod:`example_app.directory`). ``POST /api/software/<software_id>/certificates/transport``
+takes ``?profile=eidas`` for an eIDAS/OBWAC-shaped transport certificate
+(:meth:`DirectoryState.sign_csr`)."""
 
 from __future__ import annotations
 
@@ -171,7 +173,8 @@ def create_directory_app(
     @app.post("/api/software/<software_id>/certificates/<cert_type>")
     def upload_csr(software_id: str, cert_type: str):
         base = public_base_url()  # the certificate names the CRL and OCSP URLs under it
-        record = state.sign_csr(software_id, cert_type, request.get_data())
+        profile = request.args.get("profile", "ob")
+        record = state.sign_csr(software_id, cert_type, request.get_data(), profile=profile)
         return jsonify(_public(record, base, software_id)), 201
 
     @app.get("/api/software/<software_id>/certificates/<kid>.pem")

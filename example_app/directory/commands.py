@@ -1,9 +1,12 @@
-"""The sandbox Directory's command line: ``python -m example_app.directory COMMAND``.
+"""The sandbox Directory's command line: ``obdcr-directory COMMAND`` (the same as ``python -m
+example_app.directory``).
 
 ``init``, ``server-cert`` and ``serve`` work on the state folder (``--state``); ``onboard``,
 ``revoke`` and ``org-status`` are what an operator or a TPP's technical contact does through
 the running service's HTTP API (``--url``, ``--ca``; by default the ``make serve`` layout), so
-that the service, which holds the registry, makes every change itself.
+that the service, which holds the registry, makes every change itself. ``onboard --workdir``
+also writes the new ids into a TPP working folder's ``tpp.json``, where ``obdcr-tpp`` reads
+them. A refusal prints its cause and what to do next, and exits with status 1.
 """
 
 from __future__ import annotations
@@ -12,13 +15,22 @@ import json
 import os
 import textwrap
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import click
 
+from .._util import (
+    Refusal,
+    connection_refusal,
+    program_name,
+    read_json,
+    refuse_placeholder,
+    write_json,
+)
 from .state import ORG_STATUSES, REVOCATION_REASONS, ROLES, DirectoryState
 
-__all__ = ["cli", "revocation_consequences"]
+__all__ = ["cli", "main", "revocation_consequences"]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_CA = os.path.join("instance", "directory", "ca-bundle.pem")
@@ -43,7 +55,7 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
         "ca_file",
         default=DEFAULT_CA,
         show_default=True,
-        type=click.Path(exists=True, dir_okay=False),
+        type=click.Path(dir_okay=False),
         help="The sandbox CA bundle, to verify the Directory's HTTPS certificate.",
     )(command)
     return click.option(
@@ -55,19 +67,56 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def prog() -> str:
+    """How the user started this command line, for the hints (``obdcr-directory`` unknown)."""
+    ctx = click.get_current_context(silent=True)
+    name = ctx.find_root().info_name if ctx is not None else None
+    return name if name and name != "cli" else "obdcr-directory"
+
+
 def _call(
     url: str, ca_file: str, method: str, path: str, *, ok: int = 200, **kwargs: Any
 ) -> dict[str, Any]:
+    """One call to the running Directory's API; any refusal is a :class:`Refusal` with its
+    cause and what to do next."""
     import requests
 
+    if not os.path.isfile(ca_file):
+        raise Refusal(
+            f"no sandbox CA bundle at {ca_file}",
+            cause=f"the Directory's state is not in {os.path.dirname(ca_file) or '.'} (looked"
+            f" from {os.getcwd()})",
+            remedy="run from the checkout where `make serve` runs, or pass --ca (`make serve`"
+            " prints the bundle's path)",
+        )
     target = url.rstrip("/") + path
     try:
         response = requests.request(method, target, verify=ca_file, timeout=10, **kwargs)
     except requests.exceptions.RequestException as exc:
-        raise click.ClickException(f"cannot reach the Directory at {url}: {exc}") from None
+        raise connection_refusal(
+            exc, target, server="the Directory", prog=prog(), ca=ca_file
+        ) from None
     if response.status_code != ok:
-        raise click.ClickException(
-            f"{method} {path}: HTTP {response.status_code} {response.text.strip()}"
+        try:
+            body = response.json()
+        except ValueError:
+            body = {}
+        error = body.get("error", "") if isinstance(body, dict) else ""
+        description = body.get("error_description", "") if isinstance(body, dict) else ""
+        said = description or response.text.strip()[:200]
+        if response.status_code == 404:
+            remedy = (
+                "check the id: the one `onboard` printed, at this Directory"
+                f" (GET {url.rstrip('/')}/api/software/<software_id> lists its certificates)"
+            )
+        elif response.status_code == 400:
+            remedy = f"see `{prog()} {click.get_current_context().info_name} --help`"
+        else:
+            remedy = "see the Directory's log (the `make serve` terminal)"
+        raise Refusal(
+            f"{method} {path}: HTTP {response.status_code} {error}".rstrip(),
+            cause=said,
+            remedy=remedy,
         )
     return response.json()
 
@@ -209,8 +258,18 @@ def serve(state_dir: str, host: str, port: int, url_file: str | None, exit_with_
     help="https redirect URI (repeat).",
 )
 @click.option("--description")
-def onboard(url, ca_file, org_id, org_name, client_name, roles, redirect_uris, description):
+@click.option(
+    "--workdir",
+    type=click.Path(file_okay=False),
+    help="A TPP working folder: write the new org_id and software_id (and the Directory's URL"
+    " and CA bundle) into its tpp.json, for obdcr-tpp.",
+)
+def onboard(
+    url, ca_file, org_id, org_name, client_name, roles, redirect_uris, description, workdir
+):
     """Onboard an organisation and a piece of software (the "Add new statement" form)."""
+    if org_id is not None:
+        _not_placeholder(org_id, "org_id")
     if org_id is None:
         organisation = _call(
             url, ca_file, "POST", "/api/organisations", ok=201, json={"org_name": org_name}
@@ -227,7 +286,26 @@ def onboard(url, ca_file, org_id, org_name, client_name, roles, redirect_uris, d
         url, ca_file, "POST", f"/api/organisations/{org_id}/software", ok=201, json=body
     )
     click.echo(json.dumps(software, indent=2))
+    if workdir is not None:
+        tpp_json = Path(workdir) / "tpp.json"
+        config = read_json(tpp_json, {}) or {}
+        config.update(
+            directory_url=url.rstrip("/"),
+            ca_file=os.path.abspath(ca_file),
+            org_id=software["org_id"],
+            software_id=software["software_id"],
+            client_name=software["client_name"],
+            roles=software["roles"],
+        )
+        write_json(tpp_json, config)
+        click.echo(f"wrote org_id and software_id to {tpp_json.resolve()}", err=True)
     return software
+
+
+def _not_placeholder(value: str, what: str) -> str:
+    return refuse_placeholder(
+        value, what, f"pass the {what} the Directory printed (`{prog()} onboard` prints it)"
+    )
 
 
 @cli.command()
@@ -248,6 +326,8 @@ def onboard(url, ca_file, org_id, org_name, client_name, roles, redirect_uris, d
 def revoke(url: str, ca_file: str, software_id: str, kid: str, reason: str) -> dict[str, Any]:
     """Revoke a certificate: its key moves to the software's revoked JWKS, the issuing CA's
     CRL lists its serial and the OCSP responder answers "revoked"."""
+    _not_placeholder(software_id, "software_id")
+    _not_placeholder(kid, "kid")
     record = _call(
         url,
         ca_file,
@@ -270,6 +350,7 @@ def org_status(url: str, ca_file: str, org_id: str, status: str | None) -> dict[
     The Directory reports it at GET /api/organisations/<org_id> and puts it in the SSAs it
     generates from now on; a bank re-validating its clients (flask obdcr revalidate) suspends
     the registrations of an organisation that is not Active."""
+    _not_placeholder(org_id, "org_id")
     path = f"/api/organisations/{org_id}"
     if status is None:
         organisation = _call(url, ca_file, "GET", path)
@@ -277,3 +358,10 @@ def org_status(url: str, ca_file: str, org_id: str, status: str | None) -> dict[
         organisation = _call(url, ca_file, "PATCH", path, json={"org_status": status})
     click.echo(json.dumps(organisation, indent=2))
     return organisation
+
+
+def main(args: list[str] | None = None) -> Any:
+    """The ``obdcr-directory`` console script (and ``python -m example_app.directory``)."""
+    return cli.main(
+        args=args, prog_name=program_name("obdcr-directory", "python -m example_app.directory")
+    )

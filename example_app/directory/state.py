@@ -33,15 +33,18 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.x509 import ocsp
+from cryptography.x509.oid import NameOID
 
 from flask_obdcr.certificates import dn_matches
+from flask_obdcr.certificates.binding import psd_identifier
 from flask_obdcr.testing import SandboxDirectory, Software, base62_id
 from flask_obdcr.testing.directory import jwk_from_certificate
-from flask_obdcr.testing.pki import Usage, generate_key, key_pem, ob_subject, pem
+from flask_obdcr.testing.pki import Usage, eidas_subject, generate_key, key_pem, ob_subject, pem
 
 from .._util import read_json, write_file, write_json
 
 __all__ = [
+    "CERTIFICATE_PROFILES",
     "CRL_PATH",
     "CRL_VALIDITY",
     "OCSP_PATH",
@@ -58,6 +61,10 @@ CERTIFICATE_TYPES: dict[str, tuple[str, Usage]] = {
     "transport": ("tls", "transport"),
     "signing": ("sig", "signing"),
 }
+#: the subject a transport certificate is issued with: ``"ob"`` (``CN=<software_id>,
+#: OU=<org_id>, O=OpenBanking, C=GB``) or ``"eidas"`` (OBWAC-shaped: ``CN=<org_id>,
+#: 2.5.4.97=PSDGB-OB-<registration_id>, O=<org_name>, C=GB``)
+CERTIFICATE_PROFILES = ("ob", "eidas")
 JWKS_MAX_AGE = 60
 #: an organisation's status, as the Directory reports it (and puts in its SSAs)
 ORG_STATUSES = ("Active", "Revoked", "Withdrawn")
@@ -335,24 +342,44 @@ class DirectoryState:
 
     # -- certificates --------------------------------------------------------------------
 
-    def sign_csr(self, software_id: str, cert_type: str, csr_data: bytes) -> dict[str, Any]:
+    def sign_csr(
+        self, software_id: str, cert_type: str, csr_data: bytes, *, profile: str = "ob"
+    ) -> dict[str, Any]:
         """Issue the transport or signing certificate for an uploaded CSR and publish its key.
 
         Once the service's URL is known (:attr:`base_url`), the certificate names the issuing
         CA's CRL (CRL distribution points) and OCSP responder (authorityInfoAccess), as the
-        real Open Banking certificates do."""
+        real Open Banking certificates do.
+
+        ``profile="eidas"`` (transport certificates only) issues an eIDAS/OBWAC-shaped one:
+        the subject ``CN=<org_id>, organizationIdentifier=PSDGB-OB-<registration_id>,
+        O=<org_name>, C=GB`` (the PSD2 identifier made from the organisation's competent
+        authority, as a bank derives it from the SSA), clientAuth and serverAuth. Its CSR may
+        carry that subject or the OB one (the Directory writes the subject it certifies)."""
         software = self.software(software_id)
         if cert_type not in CERTIFICATE_TYPES:
             raise DirectoryError(
                 404, "not_found", "certificate type must be 'transport' or 'signing'."
             )
+        if profile not in CERTIFICATE_PROFILES:
+            raise DirectoryError(
+                400, "invalid_request", f"profile must be one of {list(CERTIFICATE_PROFILES)}."
+            )
+        if profile == "eidas" and cert_type != "transport":
+            raise DirectoryError(
+                400, "invalid_request", "the eidas profile is for transport certificates only."
+            )
         csr = _load_csr(csr_data)
         expected = ob_subject(software_id, software["org_id"])
-        if not dn_matches(expected.rfc4514_string(), csr.subject):
+        accepted = [expected]
+        if profile == "eidas":
+            expected = self._eidas_subject(software)
+            accepted.append(expected)
+        if not any(dn_matches(name.rfc4514_string(), csr.subject) for name in accepted):
             raise DirectoryError(
                 400,
                 "invalid_csr",
-                f"the CSR subject must be {expected.rfc4514_string()} (openssl -subj"
+                f"the CSR subject must be {accepted[0].rfc4514_string()} (openssl -subj"
                 f' "/C=GB/O=OpenBanking/OU={software["org_id"]}/CN={software_id}");'
                 f" got {csr.subject.rfc4514_string() or 'an empty subject'}.",
             )
@@ -365,11 +392,11 @@ class DirectoryState:
                 raise DirectoryError(400, "invalid_csr", "EC keys must be on P-256.")
         else:
             raise DirectoryError(400, "invalid_csr", "the CSR key must be RSA or EC P-256.")
-        use, profile = CERTIFICATE_TYPES[cert_type]
+        use, usage = CERTIFICATE_TYPES[cert_type]
         crl_url, ocsp_url = self.crl_url, self.ocsp_url
         with self._lock:
             certificate = self.sandbox.issuing_ca.issue(
-                expected, public_key, usage=profile, crl_url=crl_url, ocsp_url=ocsp_url
+                expected, public_key, usage=usage, crl_url=crl_url, ocsp_url=ocsp_url
             )
         der = certificate.public_bytes(serialization.Encoding.DER)
         record: dict[str, Any] = {
@@ -377,7 +404,10 @@ class DirectoryState:
             "type": cert_type,
             "use": use,
             "status": "active",
-            "subject": certificate.subject.rfc4514_string(),
+            "profile": profile,
+            "subject": certificate.subject.rfc4514_string(
+                {NameOID.ORGANIZATION_IDENTIFIER: "organizationIdentifier"}
+            ),
             "issuer": certificate.issuer.rfc4514_string(),
             "serial_number": format(certificate.serial_number, "x"),
             "not_before": _iso(certificate.not_valid_before_utc),
@@ -391,6 +421,25 @@ class DirectoryState:
             software["certificates"].append(record)
             self._save()
         return record
+
+    def _eidas_subject(self, software: dict[str, Any]) -> x509.Name:
+        organisation = self.organisation(software["org_id"])
+        claims = {
+            "organisation_competent_authority_claims": {
+                "authority_id": organisation["authority_id"],
+                "registration_id": organisation["registration_id"],
+            }
+        }
+        identifier = psd_identifier(claims)
+        if identifier is None:
+            raise DirectoryError(
+                400,
+                "invalid_request",
+                f"organisation {organisation['org_id']} has no PSD2 authorisation an"
+                f" organizationIdentifier can be made of (authority_id"
+                f" {organisation['authority_id']!r}).",
+            )
+        return eidas_subject(organisation["org_id"], organisation["org_name"], identifier)
 
     def certificate(self, software_id: str, kid: str) -> dict[str, Any]:
         for record in self.software(software_id)["certificates"]:
