@@ -39,6 +39,10 @@ from .urls import PublishedURLs
 
 log = get_logger()
 
+#: the name refusals of :meth:`OpenBankingDCR.client_certificate` go by in the log: the
+#: pipeline's own certificate check
+CERTIFICATE_CHECK = "transport_certificate"
+
 #: the most a CRL download may be (a JWKS gets the fetcher's smaller default)
 CRL_MAX_BYTES = 8 * 1024 * 1024
 
@@ -295,12 +299,17 @@ class OpenBankingDCR:
         there is none or it is not trusted, ``revoked_error`` when it is revoked (pass
         :class:`~flask_obdcr.InvalidToken` in front of token-protected resources, as
         ``require_token`` answers). For a host app's own mTLS checks (the example bank's
-        before_request hook)."""
+        before_request hook). A refusal is named ``transport_certificate`` (``error.policy``),
+        the check it makes, in the log line of ``/register`` and ``/register/<id>``."""
         state = self._state()
-        certificate = state.certificates.from_environ(request.environ)
-        if certificate is None:
-            raise InvalidClient("A client certificate is required (mutual TLS).")
-        return state.certificates.verify(certificate, revoked_error=revoked_error)
+        try:
+            certificate = state.certificates.from_environ(request.environ)
+            if certificate is None:
+                raise InvalidClient("A client certificate is required (mutual TLS).")
+            return state.certificates.verify(certificate, revoked_error=revoked_error)
+        except RegistrationError as exc:
+            exc.policy = exc.policy or CERTIFICATE_CHECK
+            raise
 
     @property
     def registrar(self) -> Registrar:

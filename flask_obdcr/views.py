@@ -190,12 +190,13 @@ def http_error(error: HTTPException) -> Response:
     # a client-metadata problem like any other unreadable request
     body_error = status in (400, 413, 415)
     code = "invalid_client_metadata" if body_error else "invalid_request"
-    logger.warning(
-        "DCR %s %s refused by %s: %s (%s)",
-        request.method,
-        request.path,
-        BODY_CHECK if body_error else "http",
-        code,
-        f"{status} {error.name}",
-    )
+    if status < 500:  # a 500 is no refusal: Flask has logged the exception already
+        logger.warning(
+            "DCR %s %s refused by %s: %s (%s)",
+            request.method,
+            request.path,
+            BODY_CHECK if body_error else "http",
+            code,
+            f"{status} {error.name}",
+        )
     return json_response({"error": code, "error_description": error.name}, status)

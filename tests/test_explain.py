@@ -174,6 +174,34 @@ def test_the_first_failure_is_explained_and_the_rest_not_reached(
     assert len(store) == 0
 
 
+@pytest.mark.parametrize(
+    "content_type,encode",
+    [
+        pytest.param("application/json", json.dumps, id="json-string"),
+        pytest.param("application/jose", lambda body: body.encode(), id="jose-bytes"),
+    ],
+)
+def test_each_media_type_of_post_register_is_explained(
+    content_type, encode, dcr, ob_directory, ob_software, issuer
+):
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    report = dcr.explain(
+        encode(body), certificate=ob_software.transport_certificate, content_type=content_type
+    )
+    assert_report(report)
+
+
+def test_a_media_type_post_register_refuses_is_explained(dcr, ob_directory, ob_software, issuer):
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    report = dcr.explain(body, ob_software.transport_certificate, "text/plain")
+    assert_report(
+        report,
+        failed_at="request_body",
+        detail="415 invalid_client_metadata: The request body must be a signed JWT sent as"
+        " application/jwt, application/jose or application/json. (Content-Type 'text/plain')",
+    )
+
+
 def test_an_untrusted_certificate_is_explained(
     dcr, store, ob_directory, ob_software, foreign_software, issuer
 ):
@@ -437,4 +465,17 @@ def test_a_management_refusal_names_its_check(app, caplog):
     assert line == (
         "DCR GET /register/some-client refused by management: invalid_token (An access token"
         " is required (Authorization: Bearer).)"
+    )
+
+
+def test_a_refusal_at_the_host_apps_mtls_gate_names_its_check(app, dcr, caplog):
+    # the example bank's before_request hook: dcr.client_certificate() in front of everything
+    app.before_request(dcr.client_certificate)
+    with caplog.at_level(logging.WARNING, logger="flask_obdcr"), app.test_client() as client:
+        response = client.post("/register", data="x", content_type="application/jwt")
+    assert response.status_code == 401
+    [line] = refusal_lines(caplog)
+    assert line == (
+        "DCR POST /register refused by transport_certificate: invalid_client (A client"
+        " certificate is required (mutual TLS).)"
     )
