@@ -8,10 +8,11 @@ same body can be registered afterwards. Each policy gets one row::
      "detail": "..." or None, "clause": "OB DCR v3.3 ... ; RFC ... ; docs/architecture.md ..."}
 
 The first policy to refuse is "failed", with the detail the wire error withholds (the part
-``POST /register`` only logs); the policies after it are "not reached". A last row,
-``jti_replay``, is the registrar's replay check, which runs after the pipeline: here it only
-*looks* (``ReplayCache.seen``) and never remembers. docs/architecture.md, "Contract:
-explain".
+``POST /register`` only logs); the policies after it are "not reached". The report has exactly
+one row per policy (the contract): the registrar's replay check, which runs after the pipeline
+when a request is registered, is reported in the row of ``request_claims``, the policy whose
+rule it is ("jti missing or replayed"); here it only *looks* (``ReplayCache.seen``) and never
+remembers. docs/architecture.md, "Contract: explain".
 
 Core: no Flask. ``dcr.explain``, ``flask obdcr explain`` and the sandbox-only
 ``POST /register/explain`` are the glue over it.
@@ -30,8 +31,6 @@ from .errors import InvalidClient, RegistrationError, TemporarilyUnavailable
 from .log import get_logger
 from .policies import RegistrationContext
 from .registration import (
-    REPLAY_CHECK,
-    REPLAY_CLAUSE,
     CertificateLoader,
     Registrar,
     replayed,
@@ -92,7 +91,8 @@ def explain(
     *,
     existing: StoredClient | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per policy of ``registrar.pipeline``, in order, then the ``jti_replay`` row.
+    """One row per policy of ``registrar.pipeline``, in order (the replay check in the row of
+    ``request_claims``).
 
     ``certificate`` is a loader (:func:`certificate_loader`, or the certificate service's
     ``loader(environ)`` for a live request). Nothing is stored and no jti is remembered;
@@ -121,31 +121,34 @@ def explain(
             detail = f"500 (an error in the policy): {type(exc).__name__}: {exc}"
             rows.append(_row(item.name, FAILED, detail[:1000], clause))
         else:
-            rows.append(_row(item.name, PASSED, None, clause))
-    if refused:
-        rows.append(_row(REPLAY_CHECK, NOT_REACHED, None, REPLAY_CLAUSE))
-    else:
-        rows.append(_replay_row(registrar, context))
+            verdict, detail = PASSED, None
+            if item.name == REPLAY_HOST:
+                verdict, detail = _replay_verdict(registrar, context)
+                refused = verdict == FAILED
+            rows.append(_row(item.name, verdict, detail, clause))
     return rows
 
 
-def _replay_row(registrar: Registrar, context: RegistrationContext) -> dict[str, Any]:
+#: the policy whose rule the registrar's replay check enforces ("jti missing or replayed")
+REPLAY_HOST = "request_claims"
+
+
+def _replay_verdict(registrar: Registrar, context: RegistrationContext) -> tuple[str, str | None]:
     """Would the registrar's check-and-set let this jti through? Asked with ``seen``, which
     reads without remembering (the ReplayCache contract); a cache without it is not asked."""
     seen: Callable[[str], bool] | None = getattr(registrar.replay_cache, "seen", None)
     if seen is None:
-        detail = "not checked: this replay cache cannot be read without remembering (no seen())"
-        return _row(REPLAY_CHECK, NOT_REACHED, detail, REPLAY_CLAUSE)
+        return PASSED, "jti replay not checked: this cache cannot be read without remembering"
     try:
         hit = seen(context.jti_key)
     except Exception as exc:  # a shared cache that is down: registration would get a 503
         error = TemporarilyUnavailable(
             "The replay check cannot be made right now; retry later.", detail=repr(exc)
         )
-        return _row(REPLAY_CHECK, FAILED, describe(error), REPLAY_CLAUSE)
+        return FAILED, describe(error)
     if hit:
-        return _row(REPLAY_CHECK, FAILED, describe(replayed(context)), REPLAY_CLAUSE)
-    return _row(REPLAY_CHECK, PASSED, None, REPLAY_CLAUSE)
+        return FAILED, describe(replayed(context))
+    return PASSED, None
 
 
 def describe(error: RegistrationError) -> str:

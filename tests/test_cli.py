@@ -185,7 +185,6 @@ EXPLAINED = [
     "signing_algorithms",
     "transport_certificate",
     "key_revocation",
-    "jti_replay",
 ]
 
 

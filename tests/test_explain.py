@@ -16,7 +16,6 @@ import pytest
 from jwcrypto import jwk
 
 from flask_obdcr.explain import FAILED, NOT_REACHED, PASSED, format_report, registrable
-from flask_obdcr.registration import REPLAY_CHECK
 from flask_obdcr.signals import client_registered, registration_rejected
 from flask_obdcr.storage import MemoryStore
 from flask_obdcr.testing import SandboxDirectory
@@ -36,7 +35,6 @@ DEFAULT_CHECKS = [
     "signing_algorithms",
     "transport_certificate",
     "key_revocation",
-    REPLAY_CHECK,
 ]
 
 
@@ -241,7 +239,7 @@ def test_a_replayed_jti_fails_the_replay_check(
     report = dcr.explain(body, certificate=ob_software.transport_certificate)
     assert_report(
         report,
-        failed_at=REPLAY_CHECK,
+        failed_at="request_claims",  # the replay check is its rule
         detail="400 invalid_client_metadata: The request JWT has been used before (jti"
         f" replayed). (jti {jti!r} of software {ob_software.software_id!r} is in the replay"
         " cache)",
@@ -260,7 +258,7 @@ def test_a_replay_cache_that_is_down_fails_the_replay_check(
     report = dcr.explain(body, certificate=ob_software.transport_certificate)
     assert_report(
         report,
-        failed_at=REPLAY_CHECK,
+        failed_at="request_claims",  # the replay check is its rule
         detail="503 temporarily_unavailable: The replay check cannot be made right now; retry"
         " later. (ConnectionError('redis is down'))",
     )
@@ -479,3 +477,10 @@ def test_a_refusal_at_the_host_apps_mtls_gate_names_its_check(app, dcr, caplog):
         "DCR POST /register refused by transport_certificate: invalid_client (A client"
         " certificate is required (mutual TLS).)"
     )
+
+
+def test_one_row_per_policy_of_the_pipeline_in_order(dcr, ob_directory, ob_software, issuer):
+    # the contract: one row per policy of dcr.pipeline, nothing else
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    report = dcr.explain(body, certificate=ob_software.transport_certificate)
+    assert [row["policy"] for row in report] == dcr.pipeline.names
