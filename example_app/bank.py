@@ -130,7 +130,7 @@ ACCOUNTS: list[dict[str, Any]] = [
 def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str, Any]:
     """The ``OBDCR_*`` settings for a bank at ``issuer`` trusting the sandbox Directory at
     ``directory_url``, whose CA bundle ``ca_file`` verifies both its HTTPS certificate and
-    the TPPs' transport certificates."""
+    the TPPs' transport certificates; with the sandbox-only explain endpoint on."""
     directory_url = directory_url.rstrip("/")
     return {
         "OBDCR_ISSUER": issuer.rstrip("/"),
@@ -138,6 +138,9 @@ def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str
         "OBDCR_JWKS_ALLOWED_HOSTS": [urlsplit(directory_url).hostname],
         "OBDCR_HTTP_VERIFY": os.fspath(ca_file),
         "OBDCR_TRANSPORT_CA_FILE": os.fspath(ca_file),
+        # a sandbox: POST /register/explain tells a TPP why a request would be refused (the
+        # extension logs a warning at start that it is on; never in production)
+        "OBDCR_EXPLAIN_ENDPOINT": True,
         DIRECTORY_URL_KEY: directory_url,
     }
 

@@ -837,7 +837,7 @@ def test_explain_prints_the_banks_report_and_keeps_the_request_usable(
 
 
 def test_explain_at_a_bank_without_it_says_so(sandbox, tmp_path, bank_with):
-    bank = bank_with()  # OBDCR_EXPLAIN_ENDPOINT off, its default
+    bank = bank_with(OBDCR_EXPLAIN_ENDPOINT=False)  # a bank that does not explain
     workdir = walk(sandbox, tmp_path / "tpp", until="ssa")
     tpp(workdir, "init", "--bank", bank)
     tpp(workdir, "request")
