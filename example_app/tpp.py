@@ -1016,12 +1016,17 @@ def keys(tpp: TPP, force: bool) -> None:
         click.echo(f"removed (made for the old keys): {', '.join(removed)}")
     active = [(t, r["kid"]) for t, r in old.items() if r.get("status") != "revoked"]
     if active:
-        kids = ", ".join(f"{t} {kid}" for t, kid in active)
         click.echo(
-            f"the Directory still publishes the old certificates ({kids}); if the old keys may"
-            f" have leaked: `{DIRECTORY_PROG} revoke --software-id {tpp.software_id} --kid KID`"
+            "the Directory still publishes the old certificates; if the old keys may have"
+            " leaked, revoke them:"
         )
-    steps = [f"`{p} upload-csr`", f"`{p} download`"]
+        for cert_type, kid in active:
+            click.echo(
+                f"  {DIRECTORY_PROG} revoke --software-id {tpp.software_id} --kid {kid}"
+                f"   ({cert_type})"
+            )
+    eidas = (old.get("transport") or {}).get("profile") == "eidas"
+    steps = [f"`{p} upload-csr{' --eidas' if eidas else ''}`", f"`{p} download`"]
     if tpp.path("registration.json").exists():
         client_id = (read_json(tpp.path("registration.json")) or {}).get("client_id")
         steps.append(f"`{p} token` (the registration {client_id} stays)")

@@ -749,11 +749,15 @@ def test_keys_force_removes_what_the_old_keys_made_and_says_what_to_run(sandbox,
         "removed (made for the old keys): transport.pem, signing.pem, request.jwt, token.json"
         in (output)
     )
-    assert (
-        f"the Directory still publishes the old certificates (transport {old['transport']['kid']},"
-        f" signing {old['signing']['kid']}); if the old keys may have leaked: `obdcr-directory"
-        f" revoke --software-id {config['software_id']} --kid KID`"
-    ) in output
+    at = output.index(
+        "the Directory still publishes the old certificates; if the old keys may have leaked,"
+        " revoke them:"
+    )
+    assert output[at + 1 : at + 3] == [
+        f"  obdcr-directory revoke --software-id {config['software_id']} --kid"
+        f" {old[cert_type]['kid']}   ({cert_type})"
+        for cert_type in ("transport", "signing")
+    ]
     assert output[-1] == (
         "run again: `obdcr-tpp upload-csr`, `obdcr-tpp download`, `obdcr-tpp token` (the"
         f" registration {client_id} stays)"
@@ -943,6 +947,11 @@ def test_eidas_transport_certificate_registers_and_takes_a_token(sandbox, tmp_pa
         tpp(workdir, step)
     registration = json.loads((workdir / "registration.json").read_text())
     assert f"2.5.4.97={identifier}" in registration["tls_client_auth_subject_dn"]
+    # new keys: the hint keeps the profile
+    assert tpp(workdir, "keys", "--force").splitlines()[-1] == (
+        "run again: `obdcr-tpp upload-csr --eidas`, `obdcr-tpp download`, `obdcr-tpp token`"
+        f" (the registration {registration['client_id']} stays)"
+    )
 
 
 @pytest.mark.parametrize(
