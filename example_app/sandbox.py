@@ -8,6 +8,8 @@ Layout of the working folder (it is also the bank's Flask instance folder)::
     directory/        the Directory's state: pki/, registry.json, ca-bundle.pem, tls/
     tpp/              the TPP's files (python -m example_app.tpp --workdir <folder>/tpp)
     logs/             the servers' output, when they run as processes with log files
+    run/              while a sandbox runs: sandbox.lock (held by the process that started it),
+                      sandbox.json (its pid and URLs), the servers' *.url files
 
 The Directory serves its issuing CA's CRL and OCSP responder too (``/pki/issuing.crl``,
 ``/pki/ocsp``), and every certificate it issues to a TPP names them, so the bank checks each
@@ -19,10 +21,17 @@ Directory and the bank, as child processes (``mode="process"``: ``python -m
 example_app.directory serve`` and ``python -m example_app.bank serve``, each stopping if its
 parent dies) or as threads of this process (``mode="thread"``). ``stop()`` always stops both;
 use it as a context manager.
+
+One sandbox at a time per folder: ``start()`` takes ``run/sandbox.lock`` (an ``flock``, so it
+is released when its process ends, however it ends) and raises :class:`SandboxRunning`, with
+the running one's pid and URLs, if another process holds it; it then touches nothing in the
+folder. :func:`running` says whether (and where) a sandbox runs in a folder.
 """
 
 from __future__ import annotations
 
+import fcntl
+import json
 import os
 import subprocess
 import sys
@@ -33,13 +42,57 @@ from typing import IO, Any
 from ._util import write_json
 from .directory import DirectoryState
 
-__all__ = ["Sandbox", "SandboxError"]
+__all__ = ["Sandbox", "SandboxError", "SandboxRunning", "running"]
 
 LOOPBACK = "127.0.0.1"
 
 
 class SandboxError(RuntimeError):
     """A server did not start (its log is in the message)."""
+
+
+class SandboxRunning(SandboxError):
+    """Another process runs a sandbox in this folder: ``pid``, ``directory_url``, ``bank_url``
+    (each None while it is still starting)."""
+
+    def __init__(self, folder: Path, info: dict[str, Any]) -> None:
+        self.folder = folder
+        self.pid: int | None = info.get("pid")
+        self.directory_url: str | None = info.get("directory_url")
+        self.bank_url: str | None = info.get("bank_url")
+        super().__init__(
+            f"a sandbox already runs in {folder} (pid {self.pid or 'unknown'}): Directory"
+            f" {self.directory_url or '(starting)'}, AnyBank {self.bank_url or '(starting)'}"
+        )
+
+
+def _run_folder(folder: Path) -> Path:
+    return folder / "run"
+
+
+def running(folder: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """What runs in ``folder``: None if no sandbox does, else ``{"pid", "directory_url",
+    "bank_url", ...}`` as the running sandbox wrote them (values None while it starts)."""
+    folder = Path(folder).resolve()
+    lock = _run_folder(folder) / "sandbox.lock"
+    if not lock.exists():
+        return None
+    with open(lock, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _running_info(folder)
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return None
+
+
+def _running_info(folder: Path) -> dict[str, Any]:
+    info: dict[str, Any] = {"pid": None, "directory_url": None, "bank_url": None}
+    try:
+        info.update(json.loads((_run_folder(folder) / "sandbox.json").read_text()))
+    except (OSError, ValueError):
+        pass  # still starting: it writes sandbox.json once both servers answer
+    return info
 
 
 def _package_root() -> str:
@@ -77,6 +130,7 @@ class Sandbox:
         self.bank_app: Any = None
         self._processes: list[tuple[str, subprocess.Popen, IO | None]] = []
         self._servers: list[Any] = []
+        self._lock: IO | None = None
 
     # -- paths -----------------------------------------------------------------------------
 
@@ -96,24 +150,61 @@ class Sandbox:
     def logs_folder(self) -> Path:
         return self.folder / "logs"
 
+    @property
+    def run_folder(self) -> Path:
+        return _run_folder(self.folder)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Sandbox:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        state = DirectoryState.open(self.directory_folder)
-        self.directory_state = state
-        hosts = list(dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
-        directory_tls = state.issue_server_certificate(state.folder / "tls", hosts=hosts)
-        bank_tls = state.issue_server_certificate(self.folder / "tls", name="bank", hosts=hosts)
+        """Start both servers; :class:`SandboxRunning` (and nothing touched) if another
+        process runs a sandbox in this folder."""
+        self._acquire()
         try:
+            state = DirectoryState.open(self.directory_folder)
+            self.directory_state = state
+            hosts = list(dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
+            directory_tls = state.issue_server_certificate(state.folder / "tls", hosts=hosts)
+            bank_tls = state.issue_server_certificate(self.folder / "tls", name="bank", hosts=hosts)
             if self.mode == "thread":
                 self._start_threads(state, directory_tls, bank_tls)
             else:
                 self._start_processes()
+            write_json(
+                self.run_folder / "sandbox.json",
+                {
+                    "pid": os.getpid(),
+                    "directory_url": self.directory_url,
+                    "bank_url": self.bank_url,
+                    "ca_bundle": str(self.ca_bundle),
+                    "mode": self.mode,
+                },
+            )
         except BaseException:
             self.stop()
             raise
         return self
+
+    def _acquire(self) -> None:
+        """Take the folder's lock, or raise :class:`SandboxRunning`."""
+        if self._lock is not None:
+            return
+        self.run_folder.mkdir(parents=True, exist_ok=True)
+        handle = open(self.run_folder / "sandbox.lock", "a+")  # noqa: SIM115 - closed in stop()
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.close()
+            raise SandboxRunning(self.folder, _running_info(self.folder)) from None
+        self._lock = handle
+
+    def _release(self) -> None:
+        if self._lock is None:
+            return
+        (self.run_folder / "sandbox.json").unlink(missing_ok=True)
+        fcntl.flock(self._lock, fcntl.LOCK_UN)
+        self._lock.close()
+        self._lock = None
 
     def _start_threads(self, state: DirectoryState, directory_tls, bank_tls) -> None:
         from .bank import create_app, sandbox_config
@@ -152,7 +243,7 @@ class Sandbox:
         self.bank_url = bank.url
 
     def _start_processes(self) -> None:
-        run = self.folder / "run"
+        run = self.run_folder
         run.mkdir(exist_ok=True)
         directory_url_file = run / "directory.url"
         bank_url_file = run / "bank.url"
@@ -243,7 +334,9 @@ class Sandbox:
         return f"; its log ({path}):\n" + path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        """Stop whatever runs (bank first, then the Directory). Idempotent."""
+        """Stop whatever runs (bank first, then the Directory), then free the folder.
+        Idempotent."""
+        stopped_processes = bool(self._processes)
         while self._servers:
             self._servers.pop().stop()
         while self._processes:
@@ -257,6 +350,10 @@ class Sandbox:
                     process.wait(timeout=10)
             if log is not None:
                 log.close()
+        if stopped_processes:  # their URLs are stale now
+            for name in ("directory.url", "bank.url"):
+                (self.run_folder / name).unlink(missing_ok=True)
+        self._release()
 
     @property
     def pids(self) -> list[int]:

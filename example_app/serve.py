@@ -6,18 +6,45 @@ commands to try, and runs until Ctrl-C (or SIGTERM), then stops both. The bank t
 answer about a certificate's revocation for ``--revocation-cache-seconds`` (its
 ``OBDCR_REVOCATION_CACHE_SECONDS``, 300 s by default). State stays in the working folder (default
 ``./instance``, git-ignored): the PKI, the registry and the bank's clients survive a restart.
-Port 0 picks free ports.
+
+Ports (``make serve DIRECTORY_PORT=... BANK_PORT=...``): 8443 and 9443 by default; 0 picks
+free ports (the banner shows which). Several attendees on one machine each take their own pair
+(or 0) and, sharing a checkout, their own working folder (``make serve INSTANCE=...``).
+
+One instance per working folder: when one already runs there, this says so, with its URLs,
+and exits (status 0) without touching its files; a port another program holds is named, with
+how to pick another, and the exit status is 1.
+
+``--reset`` (``make reset``) removes the working folder, the whole workshop state, once no
+instance runs there; with ``--stop`` (``make reset STOP=1``) it first stops the one that does.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
+import shutil
+import signal
+import socket
 import sys
+import time
 from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
 
-from .sandbox import Sandbox
+from .sandbox import Sandbox, SandboxError, SandboxRunning, running
 from .serving import wait_for_signal
+
+#: what a sandbox working folder holds (see example_app.sandbox): ``--reset`` removes a
+#: folder only if it holds some of these and nothing that marks a project (a .git, a
+#: pyproject.toml)
+STATE_ENTRIES = ("anybank.json", "obdcr.db", "directory", "tls", "tpp", "logs", "run")
+NOT_STATE = (".git", "pyproject.toml", "setup.py", "Makefile")
+
+
+def _make_variable(option: str) -> str:
+    return {"directory": "DIRECTORY_PORT", "bank": "BANK_PORT"}[option]
 
 
 def banner(sandbox: Sandbox) -> str:
@@ -25,16 +52,23 @@ def banner(sandbox: Sandbox) -> str:
     ca = shlex.quote(str(sandbox.ca_bundle))
     directory = "python -m example_app.directory"
     instance = sandbox.folder
-    if instance == (Path.cwd() / "instance").resolve():
+    default_instance = instance == (Path.cwd() / "instance").resolve()
+    if default_instance:
         flask = "flask --app example_app"
+        reset = "make reset"
     else:
         flask = "flask --app " + shlex.quote(f'example_app:create_app(instance_path="{instance}")')
+        reset = f"make reset INSTANCE={shlex.quote(str(instance))}"
+    directory_port = urlsplit(sandbox.directory_url or "").port
+    bank_port = urlsplit(sandbox.bank_url or "").port
     return f"""
 Sandbox Open Banking Directory  {sandbox.directory_url}
 AnyBank                         {sandbox.bank_url}
   discovery                     {sandbox.bank_url}/.well-known/openid-configuration
 sandbox CA bundle               {sandbox.ca_bundle}
 state                           {sandbox.folder}
+ports                           DIRECTORY_PORT={directory_port} BANK_PORT={bank_port}
+  (taken? another pair: make serve DIRECTORY_PORT=8444 BANK_PORT=9444; 0: any free port)
 
 Try (each step prints what it sends and gets):
   {directory} onboard --url {sandbox.directory_url} --ca {ca} \\
@@ -51,25 +85,149 @@ Then take trust away (the Directory's CRL and OCSP responder: {sandbox.directory
   {directory} org-status --url {sandbox.directory_url} --ca {ca} <org_id> Revoked
   {flask} obdcr revalidate
 
+Start afresh: stop the servers, then `{reset}` removes {sandbox.folder}.
 Ctrl-C stops both servers.
 """
+
+
+def _answers(url: str | None) -> bool:
+    """Whether something accepts connections at the URL's host and port."""
+    if not url:
+        return False
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=2).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def already_running(folder: Path, info: dict[str, Any]) -> str:
+    """What to tell someone who starts a second instance on the same working folder."""
+    lines = [
+        f"The sandbox is already running from {folder} (pid {info.get('pid') or 'unknown'})"
+        " and stays as it is:"
+    ]
+    servers = (("Sandbox Open Banking Directory", "directory_url"), ("AnyBank", "bank_url"))
+    for label, key in servers:
+        url = info.get(key)
+        state = "answering" if _answers(url) else "not answering yet: still starting?"
+        lines.append(f"  {label:<31} {url or '(starting)'}  ({state})")
+    if info.get("ca_bundle"):
+        lines.append(f"  {'sandbox CA bundle':<31} {info['ca_bundle']}")
+    lines += [
+        "Use it (its terminal shows the requests; Ctrl-C there stops it), or run a second one",
+        "with a folder and ports of its own: make serve INSTANCE=instance2 DIRECTORY_PORT=0"
+        " BANK_PORT=0",
+    ]
+    return "\n".join(lines)
+
+
+def ports_in_use(host: str, ports: dict[str, int]) -> list[tuple[str, int]]:
+    """The (name, port) of ``ports`` that another program listens on (0 is never in use)."""
+    taken = []
+    for name, port in ports.items():
+        if not port:
+            continue
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            # as the servers bind (Werkzeug sets SO_REUSEADDR): a port in TIME_WAIT is free
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((host, port))
+            except OSError:
+                taken.append((name, port))
+    return taken
+
+
+def port_message(host: str, taken: list[tuple[str, int]]) -> str:
+    named = ", ".join(f"{port} ({_make_variable(name)})" for name, port in taken)
+    return (
+        f"Cannot start: another program already listens on {host} port(s) {named}.\n"
+        "Pick others: make serve DIRECTORY_PORT=8444 BANK_PORT=9444 (0: any free port; the"
+        " banner shows which)."
+    )
+
+
+def looks_like_state(folder: Path) -> bool:
+    names = {entry.name for entry in folder.iterdir()}
+    if names & set(NOT_STATE):
+        return False
+    return not names or bool(names & set(STATE_ENTRIES))
+
+
+def reset(folder: Path, *, stop: bool, timeout: float = 30.0) -> int:
+    """Remove the working folder once no instance runs there (``stop``: stop it first)."""
+    folder = folder.resolve()
+    info = running(folder)
+    if info is not None:
+        pid = info.get("pid")
+        if not stop or not pid:
+            print(
+                f"Not reset: the sandbox is running from {folder} (pid {pid or 'unknown'}).\n"
+                "Stop it first (Ctrl-C in its terminal), or let make stop it: make reset STOP=1",
+                file=sys.stderr,
+            )
+            return 1
+        print(f"stopping the sandbox running from {folder} (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while running(folder) is not None:
+            if time.monotonic() > deadline:
+                print(f"Not reset: pid {pid} did not stop in {timeout:.0f} s", file=sys.stderr)
+                return 1
+            time.sleep(0.1)
+    if not folder.exists():
+        print(f"nothing to reset: {folder} does not exist")
+        return 0
+    if not folder.is_dir() or not looks_like_state(folder):
+        print(
+            f"Not reset: {folder} does not look like a sandbox working folder (expected some of"
+            f" {', '.join(STATE_ENTRIES)}); remove it by hand if you mean it",
+            file=sys.stderr,
+        )
+        return 1
+    shutil.rmtree(folder)
+    print(
+        f"removed {folder}: the sandbox PKI and the Directory's registry, AnyBank's clients and"
+        " tokens, the TPP's files. The next `make serve` starts afresh."
+    )
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m example_app.serve", description=__doc__)
     parser.add_argument("--workdir", default="instance")
     parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--directory-port", type=int, default=8443)
-    parser.add_argument("--bank-port", type=int, default=9443)
+    parser.add_argument("--directory-port", type=int, default=8443, help="0: a free port")
+    parser.add_argument("--bank-port", type=int, default=9443, help="0: a free port")
     parser.add_argument(
         "--revocation-cache-seconds",
         type=int,
         default=None,
         help="the bank's OBDCR_REVOCATION_CACHE_SECONDS (default: 300)",
     )
+    parser.add_argument(
+        "--reset", action="store_true", help="remove the working folder instead (make reset)"
+    )
+    parser.add_argument(
+        "--stop", action="store_true", help="with --reset: stop a running instance first"
+    )
     args = parser.parse_args(argv)
+    folder = Path(args.workdir).resolve()
+    if args.reset:
+        return reset(folder, stop=args.stop)
+
+    info = running(folder)
+    if info is not None:
+        print(already_running(folder, info), flush=True)
+        return 0
+    taken = ports_in_use(args.host, {"directory": args.directory_port, "bank": args.bank_port})
+    if taken:
+        print(port_message(args.host, taken), file=sys.stderr, flush=True)
+        return 1
+
     sandbox = Sandbox(
-        args.workdir,
+        folder,
         host=args.host,
         directory_port=args.directory_port,
         bank_port=args.bank_port,
@@ -79,6 +237,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         sandbox.start()
+    except SandboxRunning as exc:  # started by someone else in the meantime
+        found = {"pid": exc.pid, "directory_url": exc.directory_url, "bank_url": exc.bank_url}
+        print(already_running(folder, found), flush=True)
+        return 0
+    except SandboxError as exc:
+        print(f"Cannot start the sandbox: {exc}", file=sys.stderr, flush=True)
+        return 1
+    try:
         print(banner(sandbox), flush=True)
         wait_for_signal()
     finally:

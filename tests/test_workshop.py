@@ -1,0 +1,538 @@
+"""Workshop-ready: what a newcomer meets first. `make demo` (quiet by default; VERBOSE, STEP,
+KEEP, AUTH_METHOD; its own small install), `make serve` run twice or on a taken port, `make
+reset`, `make help`, and the test summary without slapd (one line per skip reason).
+
+Each runs as a newcomer runs it, through make where there is a make target (the virtual
+environment taken as built: its stamps are not remade), with no standard input unless a
+terminal is the point.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import re
+import select
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from example_app.demo import GLOSSARY
+
+REPO = Path(__file__).resolve().parent.parent
+BIN = os.path.dirname(sys.executable)
+#: the virtual environment is there: neither install stamp is remade
+KEEP_STAMPS = ["-o", ".venv/.installed", "-o", ".venv/.installed-demo"]
+#: make variables a developer's environment might set, which would change what is tested
+MAKE_VARIABLES = (
+    "VERBOSE",
+    "STEP",
+    "KEEP",
+    "AUTH_METHOD",
+    "INSTANCE",
+    "STOP",
+    "DIRECTORY_PORT",
+    "BANK_PORT",
+    "VENV",
+)
+#: the acronyms make demo must explain, once, where each first appears
+ACRONYMS = ("SSA", "PTC", "TPP", "ASPSP", "JWKS", "mTLS")
+
+needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES and k != "CI"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra)
+    return env
+
+
+def _make(*args: str, timeout: float = 90, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["make", "-s", *KEEP_STAMPS, *args, f"BIN={BIN}"],
+        cwd=REPO,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        **kwargs,
+    )
+
+
+def _port_closed(url: str) -> bool:
+    host, port = url.removeprefix("https://").rsplit(":", 1)
+    try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+    except OSError:
+        return True
+    return False
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+def assert_acronyms_explained_once(out: str) -> None:
+    """Each acronym's meaning is printed once, where the acronym first appears."""
+    flat = _flat(out)
+    for acronym in ACRONYMS:
+        explained = f"{acronym} ({GLOSSARY[acronym]})"
+        assert flat.count(explained) == 1, f"{acronym}: explained {flat.count(explained)} times"
+        first = re.search(rf"(?<![\w#-]){re.escape(acronym)}(?![\w-])", flat)
+        assert first is not None and first.start() == flat.index(explained), (
+            f"{acronym} is used before it is explained"
+        )
+
+
+def _steps(out: str) -> dict[int, str]:
+    """The text of each step, by number."""
+    parts = re.split(r"^== (\d+)\. ", out, flags=re.M)
+    return {int(number): text for number, text in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+# -- make demo: what it installs ------------------------------------------------------------------
+
+
+@needs_make
+def test_make_demo_installs_the_demo_extra_only_and_make_test_the_test_extra(tmp_path):
+    venv = tmp_path / "venv"
+
+    def dry_run(target: str) -> str:
+        done = subprocess.run(
+            ["make", "-n", target, f"VENV={venv}"],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return done.stdout
+
+    first_demo = dry_run("demo")
+    assert "pip install --quiet -e '.[demo]'" in first_demo
+    assert ".[test]" not in first_demo
+    assert f"{venv}/bin/python -m example_app.demo" in first_demo.splitlines()
+    assert "pip install --quiet -e '.[test]'" in dry_run("test")
+    # the small install done, make demo installs nothing more
+    venv.mkdir()
+    later = time.time() + 60  # newer than pyproject.toml
+    (venv / ".installed-demo").touch()
+    os.utime(venv / ".installed-demo", (later, later))
+    assert "pip" not in dry_run("demo") and "pip" not in dry_run("serve")
+    assert "pip install --quiet -e '.[test]'" in dry_run("test")
+    # the full install done (make test), make demo uses it
+    (venv / ".installed-demo").unlink()
+    (venv / ".installed").touch()
+    os.utime(venv / ".installed", (later, later))
+    assert "pip" not in dry_run("demo")
+
+
+def test_the_demo_extra_is_small_and_the_test_extra_includes_it():
+    tomllib = pytest.importorskip("tomllib")
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    demo = " ".join(extras["demo"]).lower()
+    for heavy in ("postgres", "psycopg", "redis", "ldap", "pytest", "hypothesis", "ruff", "mypy"):
+        assert heavy not in demo
+    assert any(
+        "demo" in requirement for requirement in extras["test"] if "flask-obdcr[" in requirement
+    )
+
+
+def _requirement_closure(name: str, extras: frozenset[str]) -> set[str]:
+    """The distributions ``name[extras]`` needs, itself included (canonical names)."""
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    needed: set[str] = set()
+    seen: set[tuple[str, frozenset[str]]] = set()
+    todo = [(name, extras)]
+    while todo:
+        distribution, wanted = todo.pop()
+        key = (canonicalize_name(distribution), wanted)
+        if key in seen:
+            continue
+        seen.add(key)
+        needed.add(key[0])
+        try:
+            requirements = importlib.metadata.requires(distribution) or []
+        except importlib.metadata.PackageNotFoundError:
+            continue
+        for text in requirements:
+            requirement = Requirement(text)
+            marker = requirement.marker
+            if marker is not None and not any(
+                marker.evaluate({"extra": extra}) for extra in (wanted or {""})
+            ):
+                continue
+            todo.append((requirement.name, frozenset(requirement.extras)))
+    return needed
+
+
+def test_demo_needs_nothing_beyond_the_demo_extra_and_verbose_prints_everything(tmp_path):
+    """The whole demo in one process (servers as threads): every module it imported comes
+    from a distribution `pip install -e '.[demo]'` installs. VERBOSE prints each command's
+    output in full; --workdir keeps the folder."""
+    from packaging.utils import canonicalize_name
+
+    modules_file = tmp_path / "modules.json"
+    workdir = tmp_path / "demo"
+    code = (
+        "import json, sys\n"
+        "from example_app.demo import main\n"
+        "status = main(['--threads', '--verbose', '--workdir', sys.argv[1]])\n"
+        "json.dump(sorted({m.split('.')[0] for m in sys.modules}), open(sys.argv[2], 'w'))\n"
+        "sys.exit(status)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(workdir), str(modules_file)],
+        cwd=REPO,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    out = done.stdout
+    assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+
+    by_module = importlib.metadata.packages_distributions()
+    imported = {
+        canonicalize_name(distribution)
+        for module in json.loads(modules_file.read_text())
+        for distribution in by_module.get(module, [])
+    }
+    allowed = _requirement_closure("flask-obdcr", frozenset({"demo"}))
+    venv_tools = {"pip", "setuptools"}  # setuptools' _distutils_hack, loaded by a .pth file
+    assert imported - allowed - venv_tools == set()
+
+    # verbose: what each command prints, in full
+    assert '"organisation_competent_authority_claims"' in out  # the SSA's every claim
+    assert "Content-Type: application/json" in out  # the HTTP exchanges
+    assert "make demo VERBOSE=1 prints everything" not in out
+    assert sorted(_steps(out)) == list(range(1, 17))
+    assert_acronyms_explained_once(out)
+    assert f"working folder kept: {workdir}" in out
+    assert (workdir / "tpp" / "tpp.json").exists()
+
+
+# -- make demo: quiet, step by step, kept, private_key_jwt ----------------------------------------
+
+
+@needs_make
+def test_make_demo_is_quiet_and_shows_each_command_with_its_working_folder(tmp_path):
+    """STEP=1 KEEP=1 AUTH_METHOD=private_key_jwt, no standard input: quiet, every command
+    with the --workdir it uses, the client assertion decoded, no pause, the folder kept."""
+    done = _make("demo", "STEP=1", "KEEP=1", "AUTH_METHOD=private_key_jwt")
+    out = done.stdout
+    workdir = Path(re.search(r"^working folder: (\S+)", out, flags=re.M).group(1))
+    try:
+        assert done.returncode == 0, out[-3000:] + done.stderr[-3000:]
+        assert "(step mode: standard input is not a terminal, so the demo does not pause)" in out
+        assert "-- Enter:" not in out
+
+        # quiet: a title, the commands, what matters; the rest one VERBOSE=1 away
+        assert len(out.splitlines()) < 330, len(out.splitlines())
+        assert '"organisation_competent_authority_claims"' not in out
+        assert "Content-Type:" not in out
+        assert "make demo VERBOSE=1 prints everything" in out
+        steps = _steps(out)
+        assert sorted(steps) == list(range(1, 17))
+        for number, text in steps.items():
+            title = text.splitlines()[0].rstrip("= ")
+            assert title and "\n$ " in text, f"step {number}: no title or no command"
+        tpp = f"{workdir}/tpp"
+        commands = [
+            line for line in out.splitlines() if line.startswith("$ python -m example_app.tpp")
+        ]
+        assert len(commands) >= 20
+        assert all(
+            line.startswith(f"$ python -m example_app.tpp --workdir {tpp} ") for line in commands
+        )
+        assert "$ flask --app " in out and f'instance_path="{workdir}"' in out
+
+        # register: the client_id right below the status line, not under the SSA's claims
+        register = steps[11]
+        client_id = re.search(r'"client_id": "([0-9a-f-]{36})"', register).group(1)
+        after_status = register[register.index("HTTP 201 Created") :].splitlines()[:3]
+        assert any(client_id in line for line in after_status)
+
+        # private_key_jwt: the client assertion it signed, header and claims
+        token = steps[13]
+        assert "the client assertion it signed" in token
+        bank_url = re.search(r"AnyBank \(asks for client certificates\): (\S+)", out).group(1)
+        header = json.loads(
+            re.search(r"client assertion header:\n(\{.*?\n\})", token, re.S).group(1)
+        )
+        claims = json.loads(
+            re.search(r"client assertion claims:\n(\{.*?\n\})", token, re.S).group(1)
+        )
+        assert header["alg"] == "PS256" and header["kid"]
+        assert claims["iss"] == claims["sub"] == client_id
+        assert claims["aud"] == f"{bank_url}/token"
+        assert claims["jti"] and claims["exp"] > claims["iat"]
+        assert token.index("client assertion header:") < token.index("HTTP 200 OK")
+
+        assert_acronyms_explained_once(out)
+
+        # KEEP=1: the folder stays, and the demo says where and how to remove it
+        assert f"working folder kept: {workdir}" in out
+        assert f"rm -r {workdir}" in out
+        assert (workdir / "tpp" / "registration.json").exists()
+        assert out.rstrip().endswith("demo complete: every step behaved as expected")
+        directory_url = re.search(r"sandbox Open Banking Directory: (\S+)", out).group(1)
+        assert _port_closed(directory_url) and _port_closed(bank_url)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def test_demo_step_mode_waits_for_enter_on_a_terminal():
+    """On a terminal, --step (STEP=1) stops before each step until Enter; the working folder
+    is removed at the end, and the demo says how to keep it."""
+    import pty
+
+    master, slave = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "example_app.demo", "--step", "--threads"],
+        cwd=REPO,
+        env=_env(),
+        stdin=slave,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    os.close(slave)
+    assert process.stdout is not None
+    output = b""
+
+    def read_until(pattern: bytes, timeout: float) -> bool:
+        nonlocal output
+        deadline = time.monotonic() + timeout
+        while not re.search(pattern, output):
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            ready, _, _ = select.select([process.stdout], [], [], remaining)
+            if not ready:
+                return False
+            chunk = os.read(process.stdout.fileno(), 65536)
+            if not chunk:
+                return bool(re.search(pattern, output))
+            output += chunk
+        return True
+
+    try:
+        assert read_until(rb"-- Enter: step 2 of 16", 60), output.decode()[-2000:]
+        assert b"== 2. " not in output
+        assert not read_until(rb"== 2\. ", 1.0)  # it waits
+        for number in range(2, 17):
+            os.write(master, b"\n")
+            assert read_until(rf"== {number}\. ".encode(), 30), output.decode()[-2000:]
+            if number < 16:
+                assert read_until(rf"-- Enter: step {number + 1} of 16".encode(), 30)
+        assert read_until(rb"demo complete", 60), output.decode()[-2000:]
+        assert process.wait(timeout=30) == 0
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        os.close(master)
+    out = output.decode()
+    workdir = re.search(r"^working folder: (\S+)", out, flags=re.M).group(1)
+    assert f"working folder removed ({workdir}): make demo KEEP=1 keeps it" in out
+    assert not Path(workdir).exists()
+
+
+# -- make serve, make reset, make help ------------------------------------------------------------
+
+
+@needs_make
+def test_make_serve_twice_says_so_and_leaves_the_first_alone_then_make_reset(tmp_path):
+    instance = tmp_path / "instance"
+    variables = [f"INSTANCE={instance}", "DIRECTORY_PORT=0", "BANK_PORT=0"]
+    first = subprocess.Popen(
+        ["make", "-s", *KEEP_STAMPS, "serve", *variables, f"BIN={BIN}"],
+        cwd=REPO,
+        env=_env(),
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    assert first.stdout is not None
+    lines: list[str] = []
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            line = first.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            if "Ctrl-C stops both servers" in line:
+                break
+        banner = "".join(lines)
+        bank_url = re.search(r"^AnyBank\s+(https://\S+)", banner, flags=re.M).group(1)
+        directory_url = re.search(
+            r"^Sandbox Open Banking Directory\s+(https://\S+)", banner, flags=re.M
+        ).group(1)
+        # the banner names the ports' variables, and how to start afresh
+        ports = re.search(r"^ports\s+DIRECTORY_PORT=(\d+) BANK_PORT=(\d+)", banner, flags=re.M)
+        assert ports and bank_url.endswith(f":{ports.group(2)}")
+        assert "0: any free port" in banner
+        assert f"make reset INSTANCE={instance}" in banner
+        ca = str(instance / "directory" / "ca-bundle.pem")
+        url_files = {p.name: p.read_text() for p in (instance / "run").glob("*.url")}
+        assert sorted(url_files) == ["bank.url", "directory.url"]
+
+        # a second make serve on the same state: the URLs of the first, no traceback
+        second = _make("serve", *variables, timeout=60)
+        said = second.stdout + second.stderr
+        assert second.returncode == 0, said
+        assert "already running" in said and "Traceback" not in said
+        assert bank_url in said and directory_url in said
+        assert {p.name: p.read_text() for p in (instance / "run").glob("*.url")} == url_files
+        discovery = requests.get(
+            f"{bank_url}/.well-known/openid-configuration", verify=ca, timeout=10
+        )
+        assert discovery.json()["issuer"] == bank_url
+
+        # make reset refuses while it runs
+        refused = _make("reset", f"INSTANCE={instance}", timeout=60)
+        assert refused.returncode != 0
+        assert "Not reset" in refused.stderr and "make reset STOP=1" in refused.stderr
+        assert (instance / "directory").is_dir()
+        assert requests.get(f"{directory_url}/openbanking.jwks", verify=ca, timeout=10).ok
+
+        # STOP=1: stopped, then removed
+        reset = _make("reset", f"INSTANCE={instance}", "STOP=1", timeout=90)
+        assert reset.returncode == 0, reset.stdout + reset.stderr
+        assert f"removed {instance}" in reset.stdout
+        assert not instance.exists()
+        assert first.wait(timeout=30) == 0
+        assert _port_closed(bank_url) and _port_closed(directory_url)
+    finally:
+        if first.poll() is None:
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+
+
+@needs_make
+def test_make_serve_names_a_port_another_program_holds(tmp_path):
+    instance = tmp_path / "instance"
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        done = _make(
+            "serve", f"INSTANCE={instance}", f"DIRECTORY_PORT={port}", "BANK_PORT=0", timeout=60
+        )
+    said = done.stdout + done.stderr
+    assert done.returncode != 0
+    assert f"{port} (DIRECTORY_PORT)" in said
+    assert "make serve DIRECTORY_PORT=8444 BANK_PORT=9444" in said
+    assert "Traceback" not in said
+    assert not instance.exists()
+
+
+@needs_make
+def test_make_reset_removes_only_workshop_state(tmp_path):
+    missing = _make("reset", f"INSTANCE={tmp_path / 'nothing'}")
+    assert missing.returncode == 0 and "nothing to reset" in missing.stdout
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "pyproject.toml").write_text("[project]\n")
+    refused = _make("reset", f"INSTANCE={project}")
+    assert refused.returncode != 0 and "does not look like a sandbox" in refused.stderr
+    assert (project / "pyproject.toml").exists()
+
+
+@needs_make
+def test_make_help_documents_the_targets_and_their_variables():
+    for goal in ([], ["help"]):
+        done = subprocess.run(
+            ["make", "-s", *goal],
+            cwd=REPO,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        text = done.stdout
+        for target in ("make demo", "make serve", "make reset", "make test"):
+            assert target in text, target
+        for variable in (
+            "VERBOSE=1",
+            "STEP=1",
+            "KEEP=1",
+            "AUTH_METHOD=private_key_jwt",
+            "DIRECTORY_PORT=8443",
+            "BANK_PORT=9443",
+            "INSTANCE=instance",
+            "STOP=1",
+        ):
+            assert variable in text, variable
+        assert "0: any free port" in text
+
+
+# -- the test summary without slapd ---------------------------------------------------------------
+
+
+def test_skips_collapse_to_one_line_per_reason_with_the_fix(tmp_path):
+    """Without slapd, the ~130 LDAP tests skip: one summary line says so and what to install;
+    other reasons keep a line each (counted), failures and xfails are reported as before."""
+    other = tmp_path / "test_other_reasons.py"
+    other.write_text(
+        "import pytest\n\n"
+        "@pytest.mark.parametrize('n', [1, 2])\n"
+        "def test_skips(n):\n"
+        "    pytest.skip('some other reason')\n\n"
+        "def test_fails():\n"
+        "    assert False\n\n"
+        "@pytest.mark.xfail(reason='known')\n"
+        "def test_xfails():\n"
+        "    assert False\n"
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "tests/test_storage_ldap.py",
+            str(other),
+        ],
+        cwd=REPO,
+        env=_env(OBDCR_TEST_SLAPD=str(tmp_path / "no-slapd")),
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    out = done.stdout
+    assert done.returncode == 1, out[-3000:]
+    skipped_lines = [line for line in out.splitlines() if line.startswith("SKIPPED")]
+    ldap = [line for line in skipped_lines if "slapd" in line]
+    assert len(ldap) == 1, skipped_lines
+    count = int(re.search(r"SKIPPED \[(\d+)\]", ldap[0]).group(1))
+    assert count > 50
+    assert "install slapd and ldap-utils" in ldap[0] and ".ci/run" in ldap[0]
+    assert "SKIPPED [2] some other reason" in skipped_lines
+    assert len(skipped_lines) == 2
+    assert re.search(rf"\b{count + 2} skipped\b", out)
+    assert re.search(r"^FAILED .*test_fails", out, flags=re.M)
+    assert re.search(r"^XFAIL .*test_xfails - known", out, flags=re.M)
