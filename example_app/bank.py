@@ -189,6 +189,7 @@ def create_app(
     if config:
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
+    _sandbox_directory_if_missing(app)
 
     # SQLite in the instance folder: obdcr.db; organisations' status from the sandbox Directory
     dcr = OpenBankingDCR(app, directory_status=directory_status(app.config))
@@ -247,6 +248,19 @@ def create_app(
         return _ob_response({"Account": copy.deepcopy(found)})
 
     return app
+
+
+def _sandbox_directory_if_missing(app: Flask) -> None:
+    """In a fresh checkout (``make serve`` never run), the default layout names a sandbox CA
+    bundle that is not there yet: make the sandbox Directory's PKI in the instance folder, as
+    ``make serve`` would, so that ``flask obdcr ...`` works from the first command."""
+    default_bundle = os.path.join(app.instance_path, "directory", "ca-bundle.pem")
+    if app.config.get("OBDCR_TRANSPORT_CA_FILE") == default_bundle and not os.path.exists(
+        default_bundle
+    ):
+        from .directory import DirectoryState
+
+        DirectoryState.open(os.path.dirname(default_bundle), create=True)
 
 
 def _require_client_certificate():

@@ -1413,3 +1413,14 @@ def test_make_serve_runs_until_interrupted(tmp_path):
     assert process.returncode == 0, "".join(lines) + rest
     assert "servers stopped" in rest
     assert _port_closed(bank_url) and _port_closed(directory_url)
+
+
+def test_the_bank_starts_in_a_fresh_checkout(tmp_path):
+    # `flask obdcr clients list` before `make serve` ever ran: no sandbox CA bundle yet
+    from example_app.bank import create_app as fresh_bank
+
+    app = fresh_bank(instance_path=tmp_path / "instance")
+    assert (tmp_path / "instance" / "directory" / "ca-bundle.pem").is_file()
+    result = app.test_cli_runner().invoke(args=["obdcr", "clients", "list"])
+    assert result.exit_code == 0, result.output
+    assert result.stderr == "0 client(s)\n"
