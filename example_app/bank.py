@@ -48,10 +48,11 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask, current_app, jsonify, request
 
 from flask_obdcr import InvalidClient, InvalidToken, OpenBankingDCR, RegistrationError
+from flask_obdcr.config import KNOWN_AUTH_METHODS
 from flask_obdcr.jwks import HTTPFetcher
 from flask_obdcr.revalidation import HTTPDirectoryStatus
 
-from ._util import write_json
+from ._util import read_json, write_json
 
 __all__ = [
     "ACCOUNTS",
@@ -72,6 +73,8 @@ DIRECTORY_ISSUER = "OpenBanking Ltd"
 DIRECTORY_URL_KEY = "ANYBANK_DIRECTORY_URL"
 #: read from the instance folder, if present, between the defaults and ``config``
 CONFIG_FILE = "anybank.json"
+#: the settings ``serve --audience/--auth-method`` chose, kept across restarts
+KEPT = ("OBDCR_AUDIENCES", "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS")
 #: endpoints reachable without a client certificate
 PUBLIC_ENDPOINTS = frozenset({"index", "discovery", "static"})
 #: endpoints that judge an access token: a revoked certificate there is invalid_token
@@ -366,6 +369,21 @@ def cli() -> None:
     type=click.IntRange(1, 86400),
     help="OBDCR_REVOCATION_CACHE_SECONDS [default: the extension's, 300].",
 )
+@click.option(
+    "--audience",
+    "audiences",
+    multiple=True,
+    help="OBDCR_AUDIENCES: another aud the bank accepts, e.g. its OB organisation id (repeat;"
+    " kept in <instance>/anybank.json for later starts).",
+)
+@click.option(
+    "--auth-method",
+    "auth_methods",
+    multiple=True,
+    type=click.Choice(KNOWN_AUTH_METHODS),
+    help="OBDCR_TOKEN_ENDPOINT_AUTH_METHODS: what a TPP may register (repeat; kept for later"
+    " starts) [default: all four].",
+)
 @click.option("--exit-with-parent", is_flag=True, help="Stop when the parent process ends.")
 def serve(
     instance_path,
@@ -377,6 +395,8 @@ def serve(
     key_file,
     url_file,
     revocation_cache_seconds,
+    audiences,
+    auth_methods,
     exit_with_parent,
 ):
     """Serve AnyBank over HTTPS (client certificates asked for, not required) until stopped.
@@ -405,11 +425,22 @@ def serve(
             hosts=server_hosts(host),
         )
 
+    config_file = os.path.join(instance_path, CONFIG_FILE)
+    # what an operator chose at an earlier start stays chosen (the conformance set-up, say)
+    kept = {
+        key: value for key, value in (read_json(config_file, None) or {}).items() if key in KEPT
+    }
+    if audiences:
+        kept["OBDCR_AUDIENCES"] = list(audiences)
+    if auth_methods:
+        kept["OBDCR_TOKEN_ENDPOINT_AUTH_METHODS"] = list(auth_methods)
+
     def make_app(url: str):
         config = sandbox_config(issuer=url, directory_url=directory_url, ca_file=ca_file)
+        config.update(kept)
         if revocation_cache_seconds is not None:
             config["OBDCR_REVOCATION_CACHE_SECONDS"] = revocation_cache_seconds
-        write_json(os.path.join(instance_path, CONFIG_FILE), config)
+        write_json(config_file, config)
         return create_app(config, instance_path=instance_path)
 
     serve_until_stopped(

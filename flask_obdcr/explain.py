@@ -118,10 +118,11 @@ def explain(
         except Exception as exc:  # a broken policy: POST /register would answer 500
             logger.exception("policy %s raised while explaining a request", item.name)
             refused = True
-            detail = f"500 (an error in the policy): {type(exc).__name__}: {exc}"
-            rows.append(_row(item.name, FAILED, detail[:1000], clause))
+            broken = f"500 (an error in the policy): {type(exc).__name__}: {exc}"
+            rows.append(_row(item.name, FAILED, broken[:1000], clause))
         else:
-            verdict, detail = PASSED, None
+            verdict: str = PASSED
+            detail: str | None = None  # what request_claims' row says of the replay check
             if item.name == REPLAY_HOST:
                 verdict, detail = _replay_verdict(registrar, context)
                 refused = verdict == FAILED

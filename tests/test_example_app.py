@@ -1424,3 +1424,38 @@ def test_the_bank_starts_in_a_fresh_checkout(tmp_path):
     result = app.test_cli_runner().invoke(args=["obdcr", "clients", "list"])
     assert result.exit_code == 0, result.output
     assert result.stderr == "0 client(s)\n"
+
+
+def test_bank_serve_options_for_audiences_and_auth_methods_are_kept(tmp_path, monkeypatch):
+    # the conformance set-up: chosen once, kept when the bank is started again without them
+    from click.testing import CliRunner
+
+    from example_app import serving
+    from example_app.bank import cli as bank_cli
+    from example_app.directory import DirectoryState
+
+    instance = tmp_path / "instance"
+    DirectoryState.open(instance / "directory", create=True)
+    apps = []
+    monkeypatch.setattr(
+        serving,
+        "serve_until_stopped",
+        lambda **kw: apps.append(kw["make_app"]("https://127.0.0.1:9443")),
+    )
+    runner = CliRunner()
+    first = runner.invoke(
+        bank_cli,
+        ["serve", "--instance", str(instance), "--audience", "0015800001041RHAAY",
+         "--auth-method", "private_key_jwt", "--auth-method", "tls_client_auth"],
+    )  # fmt: skip
+    assert first.exit_code == 0, first.output
+    again = runner.invoke(bank_cli, ["serve", "--instance", str(instance)])
+    assert again.exit_code == 0, again.output
+    for app in apps:
+        settings = app.extensions["obdcr"].settings
+        assert settings.audiences == ("0015800001041RHAAY",)
+        assert settings.token_endpoint_auth_methods == ("private_key_jwt", "tls_client_auth")
+    refused = runner.invoke(
+        bank_cli, ["serve", "--instance", str(instance), "--auth-method", "none"]
+    )
+    assert refused.exit_code == 2
