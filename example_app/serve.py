@@ -47,17 +47,32 @@ def _make_variable(option: str) -> str:
     return {"directory": "DIRECTORY_PORT", "bank": "BANK_PORT"}[option]
 
 
+def _command(script: str, module: str) -> str:
+    """How to run one of the example's command lines from here: the virtual environment's
+    script (``.venv/bin/obdcr-tpp``) when it is installed, else ``python -m module``."""
+    folder = Path(sys.executable).parent
+    if (folder / script).exists():
+        try:
+            shown = folder.resolve().relative_to(Path.cwd().resolve())
+        except ValueError:
+            shown = folder
+        return str(shown / script)
+    return f"python -m {module}"
+
+
 def banner(sandbox: Sandbox) -> str:
-    tpp = f"python -m example_app.tpp --workdir {shlex.quote(str(sandbox.tpp_folder))}"
+    tpp = f"{_command('obdcr-tpp', 'example_app.tpp')} --workdir"
+    tpp += f" {shlex.quote(str(sandbox.tpp_folder))}"
     ca = shlex.quote(str(sandbox.ca_bundle))
-    directory = "python -m example_app.directory"
+    directory = _command("obdcr-directory", "example_app.directory")
+    flask = _command("flask", "flask")
     instance = sandbox.folder
     default_instance = instance == (Path.cwd() / "instance").resolve()
     if default_instance:
-        flask = "flask --app example_app"
+        flask += " --app example_app"
         reset = "make reset"
     else:
-        flask = "flask --app " + shlex.quote(f'example_app:create_app(instance_path="{instance}")')
+        flask += " --app " + shlex.quote(f'example_app:create_app(instance_path="{instance}")')
         reset = f"make reset INSTANCE={shlex.quote(str(instance))}"
     directory_port = urlsplit(sandbox.directory_url or "").port
     bank_port = urlsplit(sandbox.bank_url or "").port
@@ -70,13 +85,11 @@ state                           {sandbox.folder}
 ports                           DIRECTORY_PORT={directory_port} BANK_PORT={bank_port}
   (taken? another pair: make serve DIRECTORY_PORT=8444 BANK_PORT=9444; 0: any free port)
 
-Try (each step prints what it sends and gets):
-  {directory} onboard --url {sandbox.directory_url} --ca {ca} \\
-      --client-name "My TPP" --role AISP --redirect-uri https://tpp.example.com/cb
-  {tpp} init --directory {sandbox.directory_url} --bank {sandbox.bank_url} \\
-      --ca {ca} --org-id <org_id> --software-id <software_id>
-  {tpp} keys      (then: upload-csr, download, p12, jwks, ssa, discover, request,
-                   register, token, accounts, registration get|update|delete)
+Try, in another terminal (each step prints what it sends and gets; `status` says what is next):
+  {tpp} onboard \\
+      --directory {sandbox.directory_url} --bank {sandbox.bank_url} --ca {ca}
+  {tpp} keys      (then: upload-csr, download, jwks, ssa, discover,
+      request, explain, register, token, accounts, registration get|update|delete)
   {flask} obdcr clients list
   curl --cacert {ca} {sandbox.bank_url}/.well-known/openid-configuration
 
