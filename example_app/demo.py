@@ -44,8 +44,8 @@ from ._util import abbreviate, decode_jwt, pretty, read_json
 from .sandbox import Sandbox
 
 WIDTH = 92
-TPP_PROG = "python -m example_app.tpp"
-DIRECTORY_PROG = "python -m example_app.directory"
+TPP_PROG = ".venv/bin/obdcr-tpp"  # as typed in the checkout: works from a fresh shell
+DIRECTORY_PROG = ".venv/bin/obdcr-directory"
 #: the demo bank's OBDCR_REVOCATION_CACHE_SECONDS (a real bank's default is 300)
 REVOCATION_CACHE_SECONDS = 2
 #: a registration request lives 5 minutes: in step mode, one older than this is signed again
@@ -307,7 +307,7 @@ class Walkthrough:
             app_arg = "example_app"
         else:
             app_arg = f'example_app:create_app(instance_path="{folder}")'
-        self.command(["flask", "--app", app_arg, *args])
+        self.command([".venv/bin/flask", "--app", app_arg, *args])
         result = create_app(instance_path=folder).test_cli_runner().invoke(args=list(args))
         if result.exit_code != 0:
             raise StepFailed(f"flask {' '.join(args)}: {result.output}")

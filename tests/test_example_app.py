@@ -1337,8 +1337,12 @@ def test_make_demo(tmp_path):
     assert "HTTP 204 No Content" in out
     # the last step: the transport certificate revoked at the Directory, the bank refusing it
     last = out[out.index("== 16. ") :]
-    assert "$ python -m example_app.tpp register\nHTTP 201 Created (output left out" in last
-    assert "$ python -m example_app.tpp revoke --reason keyCompromise" in last
+    assert re.search(
+        r"\$ \.venv/bin/obdcr-tpp --workdir \S+ register\nHTTP 201 Created \(output", last
+    )
+    assert re.search(
+        r"\$ \.venv/bin/obdcr-tpp --workdir \S+ revoke\s+(\\\n\s+)?--reason keyCompromise", last
+    )
     assert '"status": "revoked"' in last and '"revocation_reason": "keyCompromise"' in last
     assert f'the OCSP responder ({directory_url}/pki/ocsp) answers "revoked"' in " ".join(
         last.split()

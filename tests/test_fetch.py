@@ -8,6 +8,7 @@ trickled body, a body read until the connection closes.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import ssl
@@ -295,12 +296,14 @@ def client_threads() -> list[str]:
 def test_no_thread_or_descriptor_outlives_its_fetch(server):
     fetch = fetch_with()
     fetch(f"{server.base}/ok")  # the pool's connection, kept alive between fetches
+    gc.collect()  # sockets earlier tests left to the collector close now, not mid-count
     threads = client_threads()
     descriptors = len(os.listdir("/proc/self/fd"))  # the server's side of it included
     for _ in range(200):
         assert fetch(f"{server.base}/ok").body == b"hello"
     assert client_threads() == threads
-    assert len(os.listdir("/proc/self/fd")) == descriptors
+    # none more (others of the process may close meanwhile: fewer is no leak)
+    assert len(os.listdir("/proc/self/fd")) <= descriptors
     assert server.connections == 1  # one kept-alive connection served them all
     with pytest.raises(UnexpectedStatus):
         fetch(f"{server.base}/error")  # the unread error body closes the connection

@@ -255,14 +255,10 @@ def test_make_demo_is_quiet_and_shows_each_command_with_its_working_folder(tmp_p
             title = text.splitlines()[0].rstrip("= ")
             assert title and "\n$ " in text, f"step {number}: no title or no command"
         tpp = f"{workdir}/tpp"
-        commands = [
-            line for line in out.splitlines() if line.startswith("$ python -m example_app.tpp")
-        ]
+        commands = [line for line in out.splitlines() if line.startswith("$ .venv/bin/obdcr-tpp")]
         assert len(commands) >= 20
-        assert all(
-            line.startswith(f"$ python -m example_app.tpp --workdir {tpp} ") for line in commands
-        )
-        assert "$ flask --app " in out and f'instance_path="{workdir}"' in out
+        assert all(line.startswith(f"$ .venv/bin/obdcr-tpp --workdir {tpp} ") for line in commands)
+        assert "$ .venv/bin/flask --app " in out and f'instance_path="{workdir}"' in out
 
         # register: the client_id right below the status line, not under the SSA's claims
         register = steps[11]
