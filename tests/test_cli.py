@@ -6,6 +6,7 @@ import json
 
 import pytest
 from flask import Flask
+from test_explain import DEFAULT_CHECKS
 
 from flask_obdcr import OpenBankingDCR
 from flask_obdcr.storage import MemoryStore, SQLiteStore, StoredClient
@@ -171,21 +172,7 @@ def test_commands_use_the_default_sqlite_store(tmp_path, ob_directory, issuer):
 
 # -- flask obdcr explain ------------------------------------------------------------------------
 
-EXPLAINED = [
-    "request_body",
-    "request_jwt",
-    "software_statement",
-    "request_signature",
-    "request_claims",
-    "redirect_uris",
-    "token_endpoint_auth",
-    "grant_types",
-    "scope",
-    "application_type",
-    "signing_algorithms",
-    "transport_certificate",
-    "key_revocation",
-]
+EXPLAINED = DEFAULT_CHECKS  # the default pipeline's policies, in order
 
 
 @pytest.fixture

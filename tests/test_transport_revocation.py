@@ -46,6 +46,17 @@ def accounts(http, token, software):
     )
 
 
+def post_register(http, ob_directory, software, issuer):
+    """POST /register with a fresh request of ``software``, over its certificate."""
+    return http.post(
+        "/register",
+        data=ob_directory.registration_request(software, aud=issuer),
+        content_type="application/jwt",
+        environ_base=software.environ(),
+        base_url=BASE,
+    )
+
+
 def assert_error(response, status: int, error: str) -> None:
     assert response.status_code == status, response.get_data(as_text=True)
     assert response.get_json()["error"] == error
@@ -79,14 +90,7 @@ def test_revoked_certificate_refused_everywhere_once_the_cache_is_due(
     assert_error(accounts(http, token, software), 401, "invalid_token")
     assert_error(get_token(http, software, registration), 401, "invalid_client")
     assert_error(manage(http, "GET", client_id, token, software), 401, "invalid_token")
-    body = ob_directory.registration_request(software, aud=issuer)
-    again = http.post(
-        "/register",
-        data=body,
-        content_type="application/jwt",
-        environ_base=software.environ(),
-        base_url=BASE,
-    )
+    again = post_register(http, ob_directory, software, issuer)
     assert_error(again, 401, "invalid_client")
     assert [c.client_id for c in bank.dcr.store.list()] == [client_id]
 
@@ -96,14 +100,7 @@ def test_revoked_by_crl_when_the_responder_is_down(
 ):
     ob_directory.issuing_ca.revoke(software.transport_certificate)
     responder.fail("error", routes=("ocsp",))
-    body = ob_directory.registration_request(software, aud=issuer)
-    response = http.post(
-        "/register",
-        data=body,
-        content_type="application/jwt",
-        environ_base=software.environ(),
-        base_url=BASE,
-    )
+    response = post_register(http, ob_directory, software, issuer)
     assert_error(response, 401, "invalid_client")
     assert responder.count(ob_directory.issuing_ca, "crl") >= 1
     assert len(bank.dcr.store) == 0
@@ -120,14 +117,7 @@ def test_revoked_by_crl_when_the_responder_is_down(
 )
 def test_status_unknown(http, bank, ob_directory, software, issuer, responder, expected):
     responder.fail("refuse")
-    body = ob_directory.registration_request(software, aud=issuer)
-    response = http.post(
-        "/register",
-        data=body,
-        content_type="application/jwt",
-        environ_base=software.environ(),
-        base_url=BASE,
-    )
+    response = post_register(http, ob_directory, software, issuer)
     assert response.status_code == expected, response.get_json()
     if expected == 503:
         assert response.get_json()["error"] == "temporarily_unavailable"
