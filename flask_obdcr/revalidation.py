@@ -243,6 +243,9 @@ class Revalidator:
             current = self._write(client, None)
             return self._finding(client, REINSTATED), current
         if was_suspended:
+            previous = suspension(client) or {}
+            if previous.get("reason") != reason:  # suspended for another reason now: say so
+                client = self._write(client, reason, since=previous.get("since"))
             return self._finding(client, STILL_SUSPENDED, reason), client
         current = self._write(client, reason)
         try:
@@ -332,10 +335,15 @@ class Revalidator:
 
     # -- writing ----------------------------------------------------------------------------
 
-    def _write(self, client: StoredClient, reason: str | None) -> StoredClient:
+    def _write(
+        self, client: StoredClient, reason: str | None, *, since: int | None = None
+    ) -> StoredClient:
         extra = {k: v for k, v in client.extra.items() if k != SUSPENDED}
         if reason is not None:
-            extra[SUSPENDED] = {"reason": reason, "since": int(self.clock())}
+            extra[SUSPENDED] = {
+                "reason": reason,
+                "since": int(self.clock()) if since is None else since,
+            }
         updated = client.with_changes(extra=extra)
         self.store.replace(updated)
         return updated

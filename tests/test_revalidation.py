@@ -228,3 +228,22 @@ def test_cli_revalidate_and_clients_list(http, bank, ob_fetcher, ob_directory, s
     listing = runner.invoke(args=["obdcr", "clients", "list"])
     line = next(line for line in listing.output.splitlines() if line.startswith(client_id))
     assert line.split("\t")[-1].startswith("suspended: the key that signed its registration")
+
+
+def test_a_still_suspended_client_shows_its_current_reason(
+    http, bank, ob_fetcher, ob_directory, software, issuer
+):
+    client_id = register(http, ob_directory, software, issuer)["client_id"]
+    status = StaticDirectoryStatus({software.org_id: "Revoked"})
+    assert outcome(revalidate(bank, directory_status=status), client_id).outcome == "suspended"
+    since = bank.dcr.store.get(client_id).extra["suspended"]["since"]
+    # the organisation is Active again, but meanwhile the software's key was revoked
+    status.statuses[software.org_id] = "Active"
+    ob_directory.revoke_key(software, software.signing_key)
+    ob_fetcher.documents.update(ob_directory.documents())
+    finding = outcome(revalidate(bank, directory_status=status), client_id)
+    assert finding.outcome == "still suspended"
+    stored = bank.dcr.store.get(client_id).extra["suspended"]
+    assert stored["reason"] == finding.reason
+    assert stored["reason"].startswith("the key that signed its registration was revoked")
+    assert stored["since"] == since
