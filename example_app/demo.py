@@ -2,8 +2,8 @@
 
 Starts the sandbox Open Banking Directory and AnyBank on free loopback ports (each in its own
 process, with certificates from the sandbox PKI), then plays the TPP with the same commands a
-workshop attendee types (``python -m example_app.tpp --workdir <folder>/tpp ...``), and stops
-both servers. Exit status 0 when every step did what it should (including the refusals).
+workshop attendee types (``.venv/bin/obdcr-tpp --workdir <folder>/tpp ...``), and stops both
+servers. Exit status 0 when every step did what it should (including the refusals).
 
 Each step prints its title, what it is about, each command as you would type it (the working
 folder included) and the two or three things in its answer that matter; ``--verbose``
@@ -648,7 +648,7 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
 INTRO = """A TPP registers its software with AnyBank, an ASPSP, by Open Banking dynamic client
 registration (DCR): an API call over mutual TLS that carries what the Open Banking Directory
 gave the TPP: certificates and a signed software statement. The commands are shown as you
-would type them, with the virtual environment active (source .venv/bin/activate)."""
+would type them in the checkout (the command lines are in .venv/bin: nothing to activate)."""
 
 
 def main(argv: list[str] | None = None) -> int:
