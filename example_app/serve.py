@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from .directory.commands import directory_command, installed_command, shown_path
 from .sandbox import Sandbox, SandboxError, SandboxRunning, running
 from .serving import wait_for_signal
 
@@ -41,41 +42,51 @@ from .serving import wait_for_signal
 #: pyproject.toml)
 STATE_ENTRIES = ("anybank.json", "obdcr.db", "directory", "tls", "tpp", "logs", "run")
 NOT_STATE = (".git", "pyproject.toml", "setup.py", "Makefile")
+#: where ``make serve`` listens by default (and where obdcr-tpp looks when not told)
+DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
+DEFAULT_BANK_URL = "https://127.0.0.1:9443"
 
 
 def _make_variable(option: str) -> str:
     return {"directory": "DIRECTORY_PORT", "bank": "BANK_PORT"}[option]
 
 
-def _command(script: str, module: str) -> str:
-    """How to run one of the example's command lines from here: the virtual environment's
-    script (``.venv/bin/obdcr-tpp``) when it is installed, else ``python -m module``."""
-    folder = Path(sys.executable).parent
-    if (folder / script).exists():
-        try:
-            shown = folder.resolve().relative_to(Path.cwd().resolve())
-        except ValueError:
-            shown = folder
-        return str(shown / script)
-    return f"python -m {module}"
+#: the README's first step, as a fresh shell runs it
+ONBOARD = '--client-name "My TPP" --role AISP --redirect-uri https://tpp.example.com/cb'
 
 
 def banner(sandbox: Sandbox) -> str:
-    tpp = f"{_command('obdcr-tpp', 'example_app.tpp')} --workdir"
-    tpp += f" {shlex.quote(str(sandbox.tpp_folder))}"
-    ca = shlex.quote(str(sandbox.ca_bundle))
-    directory = _command("obdcr-directory", "example_app.directory")
-    flask = _command("flask", "flask")
+    """The URLs, and the README's commands as they run from a fresh shell in this checkout
+    (``.venv/bin/...``, nothing to activate), with the options this instance needs beyond the
+    ``make serve`` defaults (another working folder, other ports)."""
     instance = sandbox.folder
     default_instance = instance == (Path.cwd() / "instance").resolve()
+    directory_url = str(sandbox.directory_url or "")
+    bank_url = str(sandbox.bank_url or "")
+    default_urls = (
+        directory_url.rstrip("/") == DEFAULT_DIRECTORY_URL
+        and bank_url.rstrip("/") == DEFAULT_BANK_URL
+    )
+    ca = shown_path(sandbox.ca_bundle)
+    tpp = installed_command("obdcr-tpp")
+    onboard = f"{tpp} onboard {ONBOARD}"
+    if not default_instance:
+        tpp += f" --workdir {shown_path(sandbox.tpp_folder)}"
+        onboard = f"{tpp} onboard {ONBOARD}"
+    if not (default_instance and default_urls):
+        onboard += f" \\\n      --directory {directory_url} --bank {bank_url} --ca {ca}"
+    directory = directory_command(
+        "org-status <org_id> Revoked", url=directory_url, ca_file=str(sandbox.ca_bundle)
+    )
     if default_instance:
-        flask += " --app example_app"
+        flask = installed_command("flask")  # the checkout's .flaskenv: FLASK_APP=example_app
         reset = "make reset"
     else:
-        flask += " --app " + shlex.quote(f'example_app:create_app(instance_path="{instance}")')
+        flask = installed_command("flask") + " --app "
+        flask += shlex.quote(f'example_app:create_app(instance_path="{instance}")')
         reset = f"make reset INSTANCE={shlex.quote(str(instance))}"
-    directory_port = urlsplit(sandbox.directory_url or "").port
-    bank_port = urlsplit(sandbox.bank_url or "").port
+    directory_port = urlsplit(directory_url).port
+    bank_port = urlsplit(bank_url).port
     return f"""
 Sandbox Open Banking Directory  {sandbox.directory_url}
 AnyBank                         {sandbox.bank_url}
@@ -85,17 +96,18 @@ state                           {sandbox.folder}
 ports                           DIRECTORY_PORT={directory_port} BANK_PORT={bank_port}
   (taken? another pair: make serve DIRECTORY_PORT=8444 BANK_PORT=9444; 0: any free port)
 
-Try, in another terminal (each step prints what it sends and gets; `status` says what is next):
-  {tpp} onboard \\
-      --directory {sandbox.directory_url} --bank {sandbox.bank_url} --ca {ca}
+Try, in another terminal, in this checkout (nothing to activate; each step prints what it
+sends and gets, and what to run next):
+  {onboard}
   {tpp} keys      (then: upload-csr, download, jwks, ssa, discover,
       request, explain, register, token, accounts, registration get|update|delete)
+  {tpp} status    (what is done, the org_id and software_id, what is next)
   {flask} obdcr clients list
   curl --cacert {ca} {sandbox.bank_url}/.well-known/openid-configuration
 
 Then take trust away (the Directory's CRL and OCSP responder: {sandbox.directory_url}/pki/):
   {tpp} revoke    (--signing: the signing certificate)
-  {directory} org-status --url {sandbox.directory_url} --ca {ca} <org_id> Revoked
+  {directory}   (the org_id: `{tpp} status`)
   {flask} obdcr revalidate
 
 Start afresh: stop the servers, then `{reset}` removes {sandbox.folder}.

@@ -50,6 +50,12 @@ FLOW = ("keys", "upload-csr", "download", "ssa", "discover", "request", "registe
 # -- helpers ---------------------------------------------------------------------------------
 
 
+@pytest.fixture(autouse=True)
+def _in_the_checkout(monkeypatch):
+    """Run from the checkout, as the README does: the hints name ``.venv/bin/...``."""
+    monkeypatch.chdir(REPO)
+
+
 @pytest.fixture(scope="module")
 def sandbox(tmp_path_factory):
     with Sandbox(tmp_path_factory.mktemp("workshop"), mode="thread") as running:
@@ -305,14 +311,15 @@ def test_directory_onboard_workdir_writes_the_ids_for_the_tpp(sandbox, tmp_path)
         ),
         pytest.param(
             ["directory", "org-status", "<org_id>", "Revoked"],
-            "`<org_id>` is a placeholder: pass the org_id the Directory printed"
-            " (`obdcr-directory onboard` prints it)",
+            "`<org_id>` is a placeholder: pass the real org_id: `.venv/bin/obdcr-tpp status`"
+            " shows the ids of a TPP working folder, `.venv/bin/obdcr-tpp onboard` makes new ones",
             id="directory-org-status",
         ),
         pytest.param(
             ["directory", "revoke", "--software-id", "SOFTWARE_ID", "--kid", "KID"],
-            "`SOFTWARE_ID` is a placeholder: pass the software_id the Directory printed"
-            " (`obdcr-directory onboard` prints it)",
+            "`SOFTWARE_ID` is a placeholder: pass the real software_id: `.venv/bin/obdcr-tpp"
+            " status` shows the ids of a TPP working folder, `.venv/bin/obdcr-tpp onboard` makes"
+            " new ones",
             id="directory-revoke-readme-placeholder",
         ),
     ],

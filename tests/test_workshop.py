@@ -426,6 +426,55 @@ def test_make_serve_twice_says_so_and_leaves_the_first_alone_then_make_reset(tmp
             first.wait()
 
 
+def test_make_serve_banner_prints_the_readme_commands_for_a_fresh_shell(monkeypatch):
+    """The default instance on the default ports: the README's lines, runnable with no
+    virtual environment activated (.venv/bin/..., the checkout's .flaskenv for flask)."""
+    from types import SimpleNamespace
+
+    from example_app.serve import banner
+
+    monkeypatch.chdir(REPO)
+    monkeypatch.setattr(sys, "argv", [str(REPO / "example_app" / "serve.py")])
+    instance = REPO / "instance"
+    sandbox = SimpleNamespace(
+        folder=instance,
+        tpp_folder=instance / "tpp",
+        ca_bundle=instance / "directory" / "ca-bundle.pem",
+        directory_url="https://127.0.0.1:8443",
+        bank_url="https://127.0.0.1:9443",
+    )
+    lines = [line.strip() for line in banner(sandbox).splitlines()]  # type: ignore[arg-type]
+    tpp = ".venv/bin/obdcr-tpp"
+    assert (
+        f'{tpp} onboard --client-name "My TPP" --role AISP --redirect-uri'
+        " https://tpp.example.com/cb"
+    ) in lines
+    assert any(line.startswith(f"{tpp} keys ") for line in lines)
+    assert any(line.startswith(f"{tpp} status ") for line in lines)
+    assert any(line.startswith(f"{tpp} revoke ") for line in lines)
+    assert ".venv/bin/flask obdcr clients list" in lines
+    assert ".venv/bin/flask obdcr revalidate" in lines
+    assert any(
+        line.startswith(".venv/bin/obdcr-directory org-status <org_id> Revoked") for line in lines
+    )
+    text = "\n".join(lines)
+    assert "python -m" not in text and " init " not in text and "--app" not in text
+    for line in lines:  # every command line names a program that exists from a fresh shell
+        if line.startswith(".venv/bin/"):
+            assert (REPO / line.split()[0]).exists(), line
+
+    # another folder and ports: the options that reach them
+    other = REPO / "instance2"
+    sandbox.folder, sandbox.tpp_folder = other, other / "tpp"
+    sandbox.ca_bundle = other / "directory" / "ca-bundle.pem"
+    sandbox.directory_url, sandbox.bank_url = "https://127.0.0.1:8444", "https://127.0.0.1:9444"
+    text = banner(sandbox)  # type: ignore[arg-type]
+    assert f"{tpp} --workdir instance2/tpp onboard" in text
+    assert "--directory https://127.0.0.1:8444 --bank https://127.0.0.1:9444" in text
+    assert "--url https://127.0.0.1:8444 --ca instance2/directory/ca-bundle.pem" in text
+    assert ".venv/bin/flask --app " in text
+
+
 @needs_make
 def test_make_serve_names_a_port_another_program_holds(tmp_path):
     instance = tmp_path / "instance"

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
@@ -30,7 +32,15 @@ from .._util import (
 )
 from .state import ORG_STATUSES, REVOCATION_REASONS, ROLES, DirectoryState
 
-__all__ = ["cli", "main", "revocation_consequences"]
+__all__ = [
+    "cli",
+    "directory_command",
+    "flask_command",
+    "installed_command",
+    "main",
+    "revocation_consequences",
+    "shown_path",
+]
 
 DEFAULT_URL = "https://127.0.0.1:8443"
 DEFAULT_CA = os.path.join("instance", "directory", "ca-bundle.pem")
@@ -67,11 +77,50 @@ def api_options(command: Callable[..., Any]) -> Callable[..., Any]:
     )(command)
 
 
+def shown_path(path: str | os.PathLike[str]) -> str:
+    """A path as it can be typed here: relative to the current folder when under it (symlinks
+    not followed), shell-quoted."""
+    absolute = Path(os.path.abspath(path))
+    try:
+        shown = str(absolute.relative_to(Path(os.path.abspath(os.getcwd()))))
+    except ValueError:
+        shown = str(absolute)
+    return shlex.quote(shown)
+
+
+def installed_command(script: str) -> str:
+    """How to run one of the checkout's command lines (``obdcr-tpp``, ``obdcr-directory``,
+    ``flask``) from a fresh shell, no virtual environment activated: the program as it was
+    invoked when that is the script (``sys.argv[0]``, a path), else the script next to this
+    Python (``.venv/bin/obdcr-tpp``), shown relative to the current folder when under it."""
+    started = sys.argv[0] if sys.argv else ""
+    if os.path.basename(started) == script and os.sep in started:
+        return shown_path(started)
+    beside = Path(sys.executable).parent / script
+    if beside.exists():
+        return shown_path(beside)
+    return os.path.join(".venv", "bin", script)
+
+
+def directory_command(args: str, *, url: str | None = None, ca_file: str | None = None) -> str:
+    """``.venv/bin/obdcr-directory ARGS``, with ``--url`` and ``--ca`` when they are not the
+    ``make serve`` layout's (the defaults)."""
+    command = f"{installed_command('obdcr-directory')} {args}"
+    if url and url.rstrip("/") != DEFAULT_URL:
+        command += f" --url {shlex.quote(url.rstrip('/'))}"
+    if ca_file and os.path.abspath(ca_file) != os.path.abspath(DEFAULT_CA):
+        command += f" --ca {shown_path(ca_file)}"
+    return command
+
+
+def flask_command(args: str) -> str:
+    """``.venv/bin/flask ARGS`` (the checkout's .flaskenv names the example bank)."""
+    return f"{installed_command('flask')} {args}"
+
+
 def prog() -> str:
-    """How the user started this command line, for the hints (``obdcr-directory`` unknown)."""
-    ctx = click.get_current_context(silent=True)
-    name = ctx.find_root().info_name if ctx is not None else None
-    return name if name and name != "cli" else "obdcr-directory"
+    """How to run this command line again, for the hints (``.venv/bin/obdcr-directory``)."""
+    return installed_command("obdcr-directory")
 
 
 def _call(
@@ -151,7 +200,9 @@ def revocation_consequences(record: dict[str, Any], directory_url: str) -> list[
             " by default); registrations and token requests as soon as the bank's copy of the"
             " revoked key set is refreshed (after at most 60 s), if that comes first;",
         ]
-    bank.append("`flask obdcr revalidate` at the bank suspends the registrations concerned.")
+    bank.append(
+        f"`{flask_command('obdcr revalidate')}` at the bank suspends the registrations concerned."
+    )
     lines = ["At the Directory, now:"]
     lines += [
         textwrap.fill(item, WIDTH, initial_indent="  - ", subsequent_indent="    ")
@@ -304,7 +355,10 @@ def onboard(
 
 def _not_placeholder(value: str, what: str) -> str:
     return refuse_placeholder(
-        value, what, f"pass the {what} the Directory printed (`{prog()} onboard` prints it)"
+        value,
+        what,
+        f"pass the real {what}: `{installed_command('obdcr-tpp')} status` shows the ids of a TPP"
+        f" working folder, `{installed_command('obdcr-tpp')} onboard` makes new ones",
     )
 
 
