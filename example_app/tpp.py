@@ -76,7 +76,13 @@ from ._util import (
     write_json,
 )
 from .directory import REVOCATION_REASONS
-from .directory.commands import revocation_consequences
+from .directory.commands import (
+    directory_command,
+    flask_command,
+    installed_command,
+    revocation_consequences,
+    shown_path,
+)
 from .directory.state import ROLES
 
 __all__ = ["TPP", "Failed", "cli", "main", "registration_claims", "sign_request"]
@@ -88,7 +94,8 @@ TIMEOUT = 10
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 #: the name the hints use when the command line was not started under a name of its own
 PROG = "obdcr-tpp"
-DIRECTORY_PROG = "obdcr-directory"
+#: the working folder when --workdir (or TPP_WORKDIR) does not name one
+DEFAULT_WORKDIR = "instance/tpp"
 #: the ``make serve`` layout, used when neither an option nor tpp.json says otherwise
 DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
 DEFAULT_BANK_URL = "https://127.0.0.1:9443"
@@ -121,17 +128,33 @@ MADE_WITH_THE_KEYS = (
 )
 
 
+def tpp_command(tpp: TPP | None, args: str = "") -> str:
+    """A command line of this TPP as it can be pasted into a fresh shell: the program as it
+    was invoked (``.venv/bin/obdcr-tpp``, never a bare name that is not on PATH), with
+    ``--workdir`` when the working folder is not the default ``instance/tpp``, then ARGS."""
+    command = installed_command(PROG)
+    if tpp is not None and tpp.workdir != Path(DEFAULT_WORKDIR).resolve():
+        command += f" --workdir {shown_path(tpp.workdir)}"
+    return f"{command} {args}".rstrip()
+
+
 def prog() -> str:
-    """How the user started this command line (``obdcr-tpp``, ``python -m example_app.tpp``),
-    for the hints; ``obdcr-tpp`` when that is not known."""
+    """The start of every hint: :func:`tpp_command` for the working folder in use."""
     ctx = click.get_current_context(silent=True)
-    name = ctx.find_root().info_name if ctx is not None else None
-    return name if name and name != "cli" else PROG
+    obj = ctx.find_root().obj if ctx is not None else None
+    return tpp_command(obj if isinstance(obj, TPP) else None)
 
 
 def _now() -> int:
     """The clock of the JWTs this TPP signs (a test moves it)."""
     return int(time.time())
+
+
+def _directory_command(tpp: TPP, args: str) -> str:
+    """``.venv/bin/obdcr-directory ARGS`` for the Directory this working folder uses."""
+    return directory_command(
+        args, url=tpp.config.get("directory_url"), ca_file=tpp.config.get("ca_file")
+    )
 
 
 class Failed(Refusal):
@@ -468,8 +491,9 @@ def diagnose(
         if "org" in lowered or "status" in lowered:
             return (
                 said,
-                f"ask the Directory: `{DIRECTORY_PROG} org-status {tpp.config.get('org_id')}`"
-                f" (Active restores it), then `{p} ssa` and {again}",
+                "ask the Directory: `"
+                + _directory_command(tpp, f"org-status {tpp.config.get('org_id')}")
+                + f"` (Active restores it), then `{p} ssa` and {again}",
             )
         return (
             said,
@@ -497,8 +521,9 @@ def diagnose(
         if "suspended" in lowered:
             return (
                 f"the bank has suspended this client ({said})",
-                f"see why at the bank (`flask obdcr clients list`); once the Directory vouches"
-                f" for it again, `flask obdcr revalidate` reinstates it; then `{p} token`",
+                f"see why at the bank (`{flask_command('obdcr clients list')}`); once the"
+                f" Directory vouches for it again, `{flask_command('obdcr revalidate')}`"
+                f" reinstates it; then `{p} token`",
             )
         client_id = (read_json(tpp.path("registration.json")) or {}).get("client_id", "?")
         return (
@@ -610,7 +635,7 @@ class _InOrder(click.Group):
 @click.option(
     "--workdir",
     envvar="TPP_WORKDIR",
-    default="instance/tpp",
+    default=DEFAULT_WORKDIR,
     show_default=True,
     type=click.Path(file_okay=False),
     help="The TPP's files.",
@@ -1021,10 +1046,8 @@ def keys(tpp: TPP, force: bool) -> None:
             " leaked, revoke them:"
         )
         for cert_type, kid in active:
-            click.echo(
-                f"  {DIRECTORY_PROG} revoke --software-id {tpp.software_id} --kid {kid}"
-                f"   ({cert_type})"
-            )
+            revoke = f"revoke --software-id {tpp.software_id} --kid {kid}"
+            click.echo(f"  {_directory_command(tpp, revoke)}   ({cert_type})")
     eidas = (old.get("transport") or {}).get("profile") == "eidas"
     steps = [f"`{p} upload-csr{' --eidas' if eidas else ''}`", f"`{p} download`"]
     if tpp.path("registration.json").exists():

@@ -62,12 +62,26 @@ def sandbox(tmp_path_factory):
         yield running
 
 
+#: what a hint must never name: a program that is not on PATH in a fresh shell
+NOT_ON_PATH = re.compile(
+    r"`(obdcr-tpp|obdcr-directory|flask|python -m)\b|^\s+obdcr-directory ", re.M
+)
+
+
+def typed(workdir: Path) -> str:
+    """How the hints start for this working folder: ``.venv/bin/obdcr-tpp --workdir DIR``."""
+    return f".venv/bin/obdcr-tpp --workdir {workdir.resolve()}"
+
+
 def tpp(workdir: Path, *args: str, status: int = 0) -> str:
     """``obdcr-tpp --workdir WORKDIR ARGS``: its output (stdout and stderr), the exit status
-    asserted."""
+    asserted. Every hint in it is asserted to be copy-pasteable (``.venv/bin/...``, the
+    ``--workdir``); the output is returned with that prefix shortened to ``obdcr-tpp`` so
+    that the assertions read as the README does."""
     result = CliRunner().invoke(tpp_cli, ["--workdir", str(workdir), *args])
     assert result.exit_code == status, result.output
-    return result.output
+    assert not NOT_ON_PATH.search(result.output), result.output
+    return result.output.replace(typed(workdir), "obdcr-tpp")
 
 
 def directory(*args: str, status: int = 0) -> str:
@@ -175,7 +189,8 @@ def test_obdcr_tpp_from_a_fresh_shell_says_where_to_start(tmp_path):
     assert done.returncode == 0, done.stderr
     lines = done.stdout.splitlines()
     assert lines[0] == f"working folder  {(tmp_path / 'tpp').resolve()}"
-    assert lines[-1] == "next: `obdcr-tpp onboard`"
+    # as typed: the script's path and the working folder
+    assert lines[-1] == f"next: `{BIN / 'obdcr-tpp'} --workdir tpp onboard`"
 
 
 @pytest.fixture
@@ -761,8 +776,9 @@ def test_keys_force_removes_what_the_old_keys_made_and_says_what_to_run(sandbox,
         " revoke them:"
     )
     assert output[at + 1 : at + 3] == [
-        f"  obdcr-directory revoke --software-id {config['software_id']} --kid"
-        f" {old[cert_type]['kid']}   ({cert_type})"
+        f"  .venv/bin/obdcr-directory revoke --software-id {config['software_id']} --kid"
+        f" {old[cert_type]['kid']} --url {sandbox.directory_url} --ca {sandbox.ca_bundle}"
+        f"   ({cert_type})"
         for cert_type in ("transport", "signing")
     ]
     assert output[-1] == (
@@ -1028,7 +1044,7 @@ def test_tpp_main_is_the_console_entry_point(tmp_path, monkeypatch, capsys):
     with pytest.raises(SystemExit) as exited:
         tpp_module.main()
     assert exited.value.code == 0
-    assert capsys.readouterr().out.splitlines()[-1] == "next: `obdcr-tpp onboard`"
+    assert capsys.readouterr().out.splitlines()[-1] == f"next: `{typed(tmp_path)} onboard`"
 
 
 def test_decode_of_a_p12_needs_its_password(sandbox, tmp_path):
@@ -1056,3 +1072,15 @@ def test_status_flags_a_revoked_certificate(sandbox, tmp_path):
     assert any(re.fullmatch(r"  \[ \] upload-csr  transport kid \w+ REVOKED, signing kid \w+", s)
                for s in shown), shown  # fmt: skip
     assert shown[-1] == "next: `obdcr-tpp keys --force` (the transport certificate is revoked)"
+
+
+def test_hints_name_the_program_and_the_working_folder_as_typed(tmp_path):
+    """One helper makes every hint: the default working folder needs no --workdir."""
+    assert tpp_module.tpp_command(tpp_module.TPP("instance/tpp"), "keys --force") == (
+        ".venv/bin/obdcr-tpp keys --force"
+    )
+    assert tpp_module.tpp_command(tpp_module.TPP(tmp_path / "my tpp"), "status") == (
+        f".venv/bin/obdcr-tpp --workdir '{tmp_path / 'my tpp'}' status"
+    )
+    output = CliRunner().invoke(tpp_cli, ["--workdir", str(tmp_path), "keys"]).output
+    assert f"run `{typed(tmp_path)} onboard` (the Directory creates them)" in output
