@@ -923,10 +923,11 @@ def status(tpp: TPP) -> list[tuple[str, bool, str]]:
         )
     else:
         rows.append(("register", False, "not registered"))
-    rows.append(_token_row(tpp))
+    rows.append(_token_row(tpp, registration))
     next_step = None
     for step, done, what in rows:
-        click.echo(f"  [{'x' if done else ' '}] {step:<11} {what}".rstrip())
+        mark = "-" if done and what.startswith(NOT_NEEDED) else "x" if done else " "
+        click.echo(f"  [{mark}] {step:<11} {what}".rstrip())
         if not done and next_step is None:
             next_step = step
     if revoked:
@@ -967,11 +968,17 @@ def _jwt_row(tpp: TPP, step: str, name: str) -> tuple[str, bool, str]:
     return (step, True, note)
 
 
+#: how a row that needs nothing done starts (shown ``[-]``: no file, none needed)
+NOT_NEEDED = "not needed"
+
+
 def _request_row(tpp: TPP, *, registered: bool) -> tuple[str, bool, str]:
     try:
         _, claims = decode_jwt(tpp.path("request.jwt").read_text())
     except (OSError, ValueError):
-        return ("request", registered, "")
+        if registered:  # removed by `keys --force`: the registration stands without it
+            return ("request", True, f"{NOT_NEEDED}: no request.jwt, the registration stands")
+        return ("request", False, "no request.jwt")
     if claims.get("jti") == tpp.config.get("registered_jti"):
         # used: fine while registered; to register again it must be made again
         return ("request", registered, "request.jwt was registered (its jti is used)")
@@ -980,10 +987,24 @@ def _request_row(tpp: TPP, *, registered: bool) -> tuple[str, bool, str]:
     return ("request", registered or not expired, note)
 
 
-def _token_row(tpp: TPP) -> tuple[str, bool, str]:
+def _token_row(tpp: TPP, registration: dict[str, Any] | None) -> tuple[str, bool, str]:
     saved = tpp.config.get("token") or {}
     if not tpp.path("token.json").exists():
         return ("token", False, "no access token")
+    if registration is None:
+        return (
+            "token",
+            False,
+            "token.json belongs to a deleted registration: not usable (request, register, then"
+            " token)",
+        )
+    if saved.get("client_id") and saved["client_id"] != registration.get("client_id"):
+        return (
+            "token",
+            False,
+            f"token.json belongs to client {saved['client_id']}, not"
+            f" {registration.get('client_id')}: not usable",
+        )
     expires_at = saved.get("expires_at")
     if expires_at is None:
         return ("token", True, "token.json")
@@ -1477,6 +1498,7 @@ def token(tpp: TPP, scope: str, no_cert: bool) -> None:
         "scope_granted": granted,
         "obtained_at": int(time.time()),
         "expires_at": int(time.time()) + int(expires_in) if expires_in else None,
+        "client_id": registration["client_id"],
     }
     tpp.save()
     if no_cert:

@@ -1084,3 +1084,29 @@ def test_hints_name_the_program_and_the_working_folder_as_typed(tmp_path):
     )
     output = CliRunner().invoke(tpp_cli, ["--workdir", str(tmp_path), "keys"]).output
     assert f"run `{typed(tmp_path)} onboard` (the Directory creates them)" in output
+
+
+def test_status_shows_what_the_files_and_the_registration_allow(sandbox, tmp_path):
+    """No stale [x]: a token of a deleted registration is not usable, and a request.jwt that
+    `keys --force` removed is not shown as made."""
+    workdir = walk(sandbox, tmp_path / "tpp")
+    tpp(workdir, "registration", "delete")
+    shown = tpp(workdir, "status").splitlines()
+    rows = {line[6:].split()[0]: line for line in shown if re.match(r"  \[[-x ]\] ", line)}
+    assert rows["token"].startswith("  [ ] token "), shown
+    assert "deleted registration: not usable" in rows["token"]
+    assert rows["register"].startswith("  [ ] register "), shown
+    assert rows["request"].startswith("  [ ] request "), shown
+    assert shown[-1] == "next: `obdcr-tpp request`"
+
+    other = walk(sandbox, tmp_path / "rekeyed")
+    tpp(other, "keys", "--force")
+    shown = tpp(other, "status").splitlines()
+    rows = {line[6:].split()[0]: line for line in shown if re.match(r"  \[[-x ]\] ", line)}
+    assert not (other / "request.jwt").exists()
+    assert rows["request"].startswith("  [-] request     not needed: no request.jwt"), shown
+    assert rows["token"] == "  [ ] token       no access token", shown
+    assert shown[-1] == "next: `obdcr-tpp upload-csr`"
+    for step in ("upload-csr", "download", "ssa"):
+        tpp(other, step)
+    assert tpp(other, "status").splitlines()[-1] == "next: `obdcr-tpp token`"
