@@ -328,6 +328,15 @@ class Walkthrough:
         return header, claims
 
 
+def _print_answer(result: Result) -> None:
+    """What a ``--brief`` command printed from its status line on, as a reader who types it
+    sees it (the request line, already shown as the command, left out)."""
+    lines = result.text.rstrip().splitlines()
+    at = next((i for i, line in enumerate(lines) if line.startswith("HTTP ")), 0)
+    print("\n".join(lines[at:]))
+    sys.stdout.flush()
+
+
 def run(walk: Walkthrough, *, auth_method: str) -> None:
     sandbox = walk.sandbox
     ca = str(sandbox.ca_bundle)
@@ -512,18 +521,12 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
             auth_method,
             left_out=f"signed again, as in step {request_step}: a request lives 5 minutes",
         )
-    registered = walk.tpp("register")
+    registered = walk.tpp("register", "--brief")
     register_step = walk.number
     registration = read_json(tpp_folder / "registration.json")
     client_id = registration["client_id"]
     if quiet:
-        print(registered.status)
-        walk.show(
-            _pick(
-                registration, "client_id", "token_endpoint_auth_method", "registration_client_uri"
-            )
-        )
-        walk.more(len(registration) - 3, "fields, most of them the SSA's claims")
+        _print_answer(registered)
 
     walk.step(
         "What the bank stored",
@@ -598,12 +601,12 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     )
     read = walk.tpp("registration", "get", "--brief")
     if quiet:
-        print(read.status, json.dumps(_pick(read.body, "client_id", "redirect_uris")))
+        _print_answer(read)
     updated = walk.tpp(
         "registration", "update", "--brief", "--redirect-uri", "https://tpp.example.com/callback"
     )
     if quiet:
-        print(updated.status, json.dumps(_pick(updated.body, "redirect_uris")))
+        _print_answer(updated)
     deleted = walk.tpp("registration", "delete")
     if quiet:
         print(deleted.status)

@@ -1423,7 +1423,11 @@ def explain(tpp: TPP, no_cert: bool) -> dict[str, Any]:
 
 @cli.command()
 @click.option("--no-cert", is_flag=True, help="Leave out the transport certificate.")
-@click.option("--brief", is_flag=True, help="Leave out the software statement's claims.")
+@click.option(
+    "--brief",
+    is_flag=True,
+    help="Only client_id, the auth method, scope and redirect_uris, on one line.",
+)
 @pass_tpp
 def register(tpp: TPP, no_cert: bool, brief: bool) -> None:
     """POST request.jwt to the bank's registration endpoint over mutual TLS."""
@@ -1560,9 +1564,14 @@ def _management_headers(tpp: TPP, use_registration_token: bool) -> dict[str, str
     return {"Authorization": f"Bearer {token_value}"}
 
 
+#: what ``--brief`` shows of a registration, on one line (never its registration_access_token)
+BRIEF_FIELDS = ("client_id", "token_endpoint_auth_method", "scope", "redirect_uris")
+
+
 def show_registration(response: requests.Response, *, brief: bool) -> Any:
-    """Print a registration response; ``brief`` leaves out the software statement's claims
-    (which the bank returns flattened beside the registered metadata)."""
+    """Print a registration response; ``brief``: the status line and, on one line, the
+    fields that matter (:data:`BRIEF_FIELDS`), the rest (the software statement's claims, the
+    registration_access_token...) counted, not shown."""
     if not brief or response.status_code not in (200, 201):
         return show_response(response)
     body = response.json()
@@ -1570,18 +1579,22 @@ def show_registration(response: requests.Response, *, brief: bool) -> Any:
         _, ssa_claims = decode_jwt(body.get("software_statement", ""))
     except ValueError:
         ssa_claims = {}
-    own = {"software_id"}
-    shown = {k: v for k, v in body.items() if k not in ssa_claims or k in own}
-    shown["software_statement"] = abbreviate(body.get("software_statement", ""))
-    folded = len(body) - len(shown) + 1
+    shown = {k: body[k] for k in BRIEF_FIELDS if k in body}
+    folded = sum(1 for k in body if k in ssa_claims and k not in shown)
+    others = len(body) - len(shown) - folded
     click.echo(f"HTTP {response.status_code} {HTTPStatus(response.status_code).phrase}")
-    click.echo(pretty(shown))
-    click.echo(f"(and {folded} claims of the software statement, left out: --brief)")
+    click.echo(json.dumps(shown))
+    click.echo(
+        f"(and {folded} claims of the software statement and {others} more fields, left out:"
+        " --brief)"
+    )
     return body
 
 
 _brief_option = click.option(
-    "--brief", is_flag=True, help="Leave out the software statement's claims."
+    "--brief",
+    is_flag=True,
+    help="Only client_id, the auth method, scope and redirect_uris, on one line.",
 )
 
 _token_option = click.option(

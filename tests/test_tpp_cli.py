@@ -469,17 +469,35 @@ def test_decode_prints_the_working_folders_files_readably(sandbox, tmp_path):
     )
 
 
-def test_register_brief_leaves_out_the_software_statement(sandbox, tmp_path):
+def test_register_brief_is_one_line_of_the_fields_that_matter(sandbox, tmp_path):
     workdir = walk(sandbox, tmp_path / "tpp", until="request")
     output = tpp(workdir, "register", "--brief")
     lines = output.splitlines()
-    assert "HTTP 201 Created" in lines
-    assert "(and 25 claims of the software statement, left out: --brief)" in lines
-    assert '"software_client_name"' not in output and '"org_jwks_endpoint"' not in output
-    client_id = json.loads((workdir / "registration.json").read_text())["client_id"]
+    saved = json.loads((workdir / "registration.json").read_text())
+    client_id = saved["client_id"]
+    # what the demo shows: the status line, then one line with the fields that matter
+    at = lines.index("HTTP 201 Created")
+    assert json.loads(lines[at + 1]) == {
+        "client_id": client_id,
+        "token_endpoint_auth_method": "tls_client_auth",
+        "scope": "openid accounts",
+        "redirect_uris": ["https://tpp.example.com/cb"],
+    }
+    assert re.fullmatch(
+        r"\(and 25 claims of the software statement and \d+ more fields, left out: --brief\)",
+        lines[at + 2],
+    )
     assert lines[-1] == f"client_id {client_id}; next: `obdcr-tpp token`"
+    assert len(lines) <= 6, output
+    for left_out in ("software_statement", "registration_access_token", '"exp"', '"aud"'):
+        assert left_out not in output
+    assert saved["registration_access_token"] not in output
     # the saved registration is whole
-    assert "software_client_name" in json.loads((workdir / "registration.json").read_text())
+    assert "software_client_name" in saved
+    got = tpp(workdir, "registration", "get", "--brief", "--registration-token").splitlines()
+    assert len(got) == 4, got  # GET ..., the status line, the fields, the count
+    assert json.loads(got[2])["client_id"] == client_id
+    assert "registration_access_token" not in "\n".join(got)
 
 
 # -- refusals: a cause, what to run next, the working folder ----------------------------------
