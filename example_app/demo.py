@@ -714,8 +714,14 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.stop()
         print(f"\nservers stopped; {time.monotonic() - started:.1f} s in all")
         if keep:
+            kept = f"{TPP_PROG} --workdir {sandbox.tpp_folder}"
             print(f"working folder kept: {folder}")
-            print(f"  the TPP's files: {sandbox.tpp_folder}; remove it all with: rm -r {folder}")
+            print(
+                f"  the TPP's files: {sandbox.tpp_folder}; remove it all with: rm -r {folder}\n"
+                f"  the demo's servers are stopped (and `make serve` listens elsewhere), so only"
+                f" the offline commands work on it: status, decode, p12, request, e.g.\n"
+                f"    {kept} status"
+            )
         else:
             shutil.rmtree(folder, ignore_errors=True)
             print(f"working folder removed ({folder}): make demo KEEP=1 keeps it")

@@ -255,18 +255,42 @@ class TPP:
         ca_file = self.ca_file
         try:
             return requests.request(method, url, verify=ca_file, timeout=TIMEOUT, **kwargs)
+        except requests.exceptions.ConnectionError as exc:
+            refusal = self._refusal(exc, url, mtls=mtls, ca_file=ca_file)
+            if "make serve` running" in refusal.remedy and not self._make_serve_layout():
+                refusal.remedy += (
+                    f"; this working folder's servers ({self.config.get('directory_url')},"
+                    f" {self.config.get('bank_url')}) are not `make serve`'s"
+                    f" ({DEFAULT_DIRECTORY_URL}, {DEFAULT_BANK_URL}): a `make demo KEEP=1`"
+                    " folder's servers are gone (offline commands still work: status, decode,"
+                    f" p12, request), or point it at make serve: `{prog()} init --directory"
+                    f" {DEFAULT_DIRECTORY_URL} --bank {DEFAULT_BANK_URL}`"
+                )
+            raise refusal from None
         except requests.exceptions.RequestException as exc:
-            raise connection_refusal(
-                exc,
-                url,
-                server=self.server_name(url),
-                prog=prog(),
-                ca=ca_file,
-                ca_option=f"`{prog()} init --ca BUNDLE`",
-                cert="transport.pem" if mtls else None,
-                eof_means=self._certificate_problem(ca_file) if mtls else None,
-                folder=self.workdir,
-            ) from None
+            raise self._refusal(exc, url, mtls=mtls, ca_file=ca_file) from None
+
+    def _make_serve_layout(self) -> bool:
+        """Whether this folder's Directory and bank are where ``make serve`` listens."""
+        return (self.config.get("directory_url"), self.config.get("bank_url")) == (
+            DEFAULT_DIRECTORY_URL,
+            DEFAULT_BANK_URL,
+        )
+
+    def _refusal(
+        self, exc: requests.exceptions.RequestException, url: str, *, mtls: bool, ca_file: str
+    ) -> Refusal:
+        return connection_refusal(
+            exc,
+            url,
+            server=self.server_name(url),
+            prog=prog(),
+            ca=ca_file,
+            ca_option=f"`{prog()} init --ca BUNDLE`",
+            cert="transport.pem" if mtls else None,
+            eof_means=self._certificate_problem(ca_file) if mtls else None,
+            folder=self.workdir,
+        )
 
     def _certificate_problem(self, ca_file: str) -> str | None:
         """What is visibly wrong with transport.pem (a key of ``TLS_FAILURES``), if anything:
@@ -1155,7 +1179,13 @@ def download(tpp: TPP) -> None:
         click.echo(f"  issuer    {certificate.issuer.rfc4514_string()}")
         click.echo(f"  not after {certificate.not_valid_after_utc:%Y-%m-%d %H:%M} UTC")
         click.echo(f"  x5t#S256  {thumbprint(response.text)}")
-    click.echo(f"next: `{prog()} ssa`")
+    registration = read_json(tpp.path("registration.json"))
+    if registration is not None:  # new keys (keys --force): the registration stands
+        click.echo(
+            f"next: `{prog()} token` (the registration {registration.get('client_id')} stays)"
+        )
+    else:
+        click.echo(f"next: `{prog()} ssa`")
 
 
 def _dn(name: x509.Name) -> str:

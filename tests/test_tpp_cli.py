@@ -676,7 +676,15 @@ def test_a_refused_connection_asks_whether_make_serve_runs(sandbox, tmp_path):
         workdir,
         error=re.escape(f"cannot reach the bank at {bank}"),
         cause=re.escape(f"nothing answers at {bank} (connection refused)"),
-        remedy=re.escape(f"is `make serve` running? (the bank expected at {bank})"),
+        remedy=re.escape(f"is `make serve` running? (the bank expected at {bank})")
+        # the folder's servers are not make serve's (a make demo KEEP=1 folder): said so
+        + re.escape(
+            f"; this working folder's servers ({sandbox.directory_url}, {bank}) are not `make"
+            " serve`'s (https://127.0.0.1:8443, https://127.0.0.1:9443): a `make demo KEEP=1`"
+            " folder's servers are gone (offline commands still work: status, decode, p12,"
+            " request), or point it at make serve: `obdcr-tpp init --directory"
+            " https://127.0.0.1:8443 --bank https://127.0.0.1:9443`"
+        ),
     )
 
 
@@ -1125,6 +1133,10 @@ def test_status_shows_what_the_files_and_the_registration_allow(sandbox, tmp_pat
     assert rows["request"].startswith("  [-] request     not needed: no request.jwt"), shown
     assert rows["token"] == "  [ ] token       no access token", shown
     assert shown[-1] == "next: `obdcr-tpp upload-csr`"
-    for step in ("upload-csr", "download", "ssa"):
-        tpp(other, step)
+    tpp(other, "upload-csr")
+    # the hints agree with keys --force's "upload-csr, download, token"
+    client_id = json.loads((other / "registration.json").read_text())["client_id"]
+    assert tpp(other, "download").splitlines()[-1] == (
+        f"next: `obdcr-tpp token` (the registration {client_id} stays)"
+    )
     assert tpp(other, "status").splitlines()[-1] == "next: `obdcr-tpp token`"

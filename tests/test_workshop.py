@@ -287,6 +287,10 @@ def test_make_demo_is_quiet_and_shows_each_command_with_its_working_folder(tmp_p
         # KEEP=1: the folder stays, and the demo says where and how to remove it
         assert f"working folder kept: {workdir}" in out
         assert f"rm -r {workdir}" in out
+        # its servers are gone: only the offline commands work on it, and it says so
+        flat = _flat(out)
+        assert "only the offline commands work on it: status, decode, p12, request" in flat
+        assert f".venv/bin/obdcr-tpp --workdir {workdir / 'tpp'} status" in flat
         assert (workdir / "tpp" / "registration.json").exists()
         assert out.rstrip().endswith("demo complete: every step behaved as expected")
         directory_url = re.search(r"sandbox Open Banking Directory: (\S+)", out).group(1)
