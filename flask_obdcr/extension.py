@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import Any
 
 from cryptography import x509
-from flask import Flask, current_app, g, has_app_context, request
+from flask import Blueprint, Flask, current_app, g, has_app_context, request
 
 from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
@@ -410,6 +410,20 @@ class OpenBankingDCR:
             max_workers=max_workers,
             on_finding=on_finding,
         )
+
+    def console_blueprint(self, *, authorize: Callable[[], bool]) -> Blueprint:
+        """The operator console (docs/architecture.md, "Console pages")::
+
+            bp = dcr.console_blueprint(authorize=can_see_console)  # before every page -> bool
+            app.register_blueprint(bp, url_prefix="/console")
+
+        ``authorize`` is required and called before every request of the blueprint, pages and
+        actions alike; a false answer is a 403. The actions (suspend, reinstate, delete) are
+        POST forms with a CSRF token kept in the session: set the app's ``SECRET_KEY``, or
+        they answer 400 (the pages still show)."""
+        from .console import console_blueprint
+
+        return console_blueprint(authorize)
 
     def require_token(self, scope: str | None = None) -> Callable:
         """Protect a resource view: a valid access token, bound to the certificate presented

@@ -1,0 +1,287 @@
+"""The console's blueprint: a list of clients, a page per client, and the operator's actions.
+
+Nothing secret is ever rendered: no client secret, registration access token or access token,
+nor any hash of one (:func:`shown_metadata` drops them by name and drops every ``sha256:``
+value). Every value goes through Jinja's autoescaping; a URL becomes a link only when it is
+``https``.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import secrets
+from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime, timezone
+from typing import Any
+
+from flask import (
+    Blueprint,
+    Response,
+    abort,
+    current_app,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+
+from ..registration import SUSPENDED, TRUST, suspension
+from ..state import EXTENSION_KEY, DCRState
+from ..storage import StoredClient
+
+#: the session key of the console's CSRF token
+CSRF_SESSION_KEY = "obdcr_console_csrf"
+#: the form field that carries it
+CSRF_FIELD = "csrf_token"
+#: the reason an operator's suspension records
+OPERATOR_REASON = "suspended by an operator"
+
+#: never shown, whatever a store or a future version puts in the metadata or the SSA
+HIDDEN_KEYS = frozenset(
+    {
+        "client_secret",
+        "client_secret_hash",
+        "registration_access_token",
+        "registration_access_token_hash",
+        "access_token",
+        "access_token_hash",
+        "refresh_token",
+        "software_statement",  # the SSA itself: its claims are shown one by one
+    }
+)
+#: shown as links when their value is an https URL
+LINK_KEYS = frozenset(
+    {
+        "logo_uri",
+        "policy_uri",
+        "tos_uri",
+        "client_uri",
+        "jwks_uri",
+        "software_logo_uri",
+        "software_policy_uri",
+        "software_tos_uri",
+        "software_client_uri",
+        "software_jwks_endpoint",
+        "software_on_behalf_of_org",
+    }
+)
+
+NO_SECRET_KEY = (
+    "The console's actions need sessions for their CSRF protection: set the app's SECRET_KEY."
+)
+BAD_CSRF = "The form's CSRF token is missing or wrong: reload the page and try again."
+
+
+def _state() -> DCRState:
+    return current_app.extensions[EXTENSION_KEY]
+
+
+def _hidden(key: str, value: Any) -> bool:
+    if key in HIDDEN_KEYS or key.endswith("_hash"):
+        return True
+    return isinstance(value, str) and value.lower().startswith("sha256:")
+
+
+def _display(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (list, tuple)) and all(isinstance(v, str) for v in value):
+        return ", ".join(value)
+    return json.dumps(value, sort_keys=True, default=str)
+
+
+def is_https(value: Any) -> bool:
+    return isinstance(value, str) and value.lower().startswith("https://")
+
+
+def shown_metadata(values: Mapping[str, Any]) -> list[dict[str, Any]]:
+    """Rows ``{"key", "text", "link"}`` of ``values`` with every secret left out; ``link`` is
+    the value when it is an https URL under a key of :data:`LINK_KEYS`, else None."""
+    rows = []
+    for key in sorted(values):
+        value = values[key]
+        if _hidden(key, value):
+            continue
+        link = value if key in LINK_KEYS and is_https(value) else None
+        rows.append({"key": key, "text": _display(value), "link": link})
+    return rows
+
+
+def _when(epoch: Any) -> str:
+    try:
+        return datetime.fromtimestamp(float(epoch), tz=timezone.utc).strftime(
+            "%Y-%m-%d %H:%M:%S UTC"
+        )
+    except (TypeError, ValueError, OverflowError, OSError):
+        return str(epoch)
+
+
+def summary(client: StoredClient) -> dict[str, Any]:
+    """What the list shows of ``client``."""
+    ssa = client.ssa_claims
+    held = suspension(client)
+    return {
+        "client_id": client.client_id,
+        "software_name": ssa.get("software_client_name") or client.metadata.get("client_name"),
+        "org_name": ssa.get("org_name"),
+        "auth_method": client.token_endpoint_auth_method,
+        "status": "suspended" if held is not None else "active",
+        "reason": None if held is None else held.get("reason"),
+        "since": None if held is None else _when(held.get("since")),
+    }
+
+
+def matches(client: StoredClient, query: str) -> bool:
+    """Whether ``query`` (case-insensitive) is in the client_id, software or org name."""
+    if not query:
+        return True
+    row = summary(client)
+    needle = query.casefold()
+    return any(
+        needle in str(row[key]).casefold()
+        for key in ("client_id", "software_name", "org_name")
+        if row[key]
+    )
+
+
+def trust_rows(client: StoredClient) -> dict[str, Any]:
+    """The certificate binding registration established (``extra["trust"]``)."""
+    trust = client.extra.get(TRUST)
+    if not isinstance(trust, Mapping):
+        return {"binding": None, "x5t": None}
+    binding = trust.get("certificate_binding")
+    return {
+        "binding": None if binding is None else _display(binding),
+        "x5t": trust.get("x5t#S256"),
+    }
+
+
+# -- CSRF -----------------------------------------------------------------------------------
+
+
+def _sessions_available() -> bool:
+    return bool(current_app.secret_key)
+
+
+def csrf_token() -> str | None:
+    """The session's CSRF token, made on first use; None when the app has no SECRET_KEY."""
+    if not _sessions_available():
+        return None
+    token = session.get(CSRF_SESSION_KEY)
+    if not isinstance(token, str) or not token:
+        token = secrets.token_urlsafe(32)
+        session[CSRF_SESSION_KEY] = token
+    return token
+
+
+def _plain(message: str, status: int) -> Response:
+    return Response(message + "\n", status=status, mimetype="text/plain")
+
+
+def _check_csrf() -> Response | None:
+    if not _sessions_available():
+        return _plain(NO_SECRET_KEY, 400)
+    expected = session.get(CSRF_SESSION_KEY)
+    sent = request.form.get(CSRF_FIELD, "")
+    if not isinstance(expected, str) or not expected or not sent:
+        return _plain(BAD_CSRF, 400)
+    if not hmac.compare_digest(expected.encode(), sent.encode()):
+        return _plain(BAD_CSRF, 400)
+    return None
+
+
+# -- the blueprint ----------------------------------------------------------------------------
+
+
+def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_console") -> Blueprint:
+    """A new console blueprint; ``authorize()`` is called before every request of it (pages
+    and actions) and a false answer is a 403 that says nothing of any client."""
+    if not callable(authorize):
+        raise TypeError("console_blueprint(authorize=...) needs a callable returning a bool.")
+    bp = Blueprint(name, __name__, template_folder="templates")
+
+    @bp.before_request
+    def check_operator() -> Response | None:
+        if not authorize():
+            return _plain("Forbidden: you may not see the console.", 403)
+        if request.method == "POST":
+            return _check_csrf()
+        return None
+
+    @bp.after_request
+    def no_store(response: Response) -> Response:
+        response.headers["Cache-Control"] = "no-store"
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+        response.headers.setdefault("X-Frame-Options", "DENY")
+        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        return response
+
+    @bp.context_processor
+    def common() -> dict[str, Any]:
+        return {
+            "csrf_token": csrf_token,
+            "csrf_field": CSRF_FIELD,
+            "sessions": _sessions_available(),
+            "console": name,
+        }
+
+    def client_or_404(client_id: str) -> StoredClient:
+        client = _state().store.get(client_id)
+        if client is None:
+            abort(404)
+        return client
+
+    @bp.get("/")
+    def index() -> str:
+        query = request.args.get("q", "").strip()
+        clients: Iterable[StoredClient] = _state().store.list()
+        rows = [summary(c) for c in clients if matches(c, query)]
+        rows.sort(key=lambda r: (str(r["org_name"] or ""), str(r["software_name"] or "")))
+        return render_template("obdcr_console/index.html", rows=rows, query=query)
+
+    @bp.get("/clients/<client_id>")
+    def client_page(client_id: str) -> str:
+        client = client_or_404(client_id)
+        return render_template(
+            "obdcr_console/client.html",
+            client=summary(client),
+            issued_at=_when(client.client_id_issued_at),
+            updated_at=None if client.updated_at is None else _when(client.updated_at),
+            metadata=shown_metadata(client.metadata),
+            ssa=shown_metadata(client.ssa_claims),
+            trust=trust_rows(client),
+        )
+
+    @bp.post("/clients/<client_id>/suspend")
+    def suspend(client_id: str) -> Any:
+        state = _state()
+        client = client_or_404(client_id)
+        extra = dict(client.extra)
+        extra[SUSPENDED] = {"reason": OPERATOR_REASON, "since": int(state.clock())}
+        state.store.replace(client.with_changes(extra=extra))
+        state.tokens.revoke_client(client.client_id)
+        return redirect(url_for(".client_page", client_id=client.client_id), 303)
+
+    @bp.post("/clients/<client_id>/reinstate")
+    def reinstate(client_id: str) -> Any:
+        state = _state()
+        client = client_or_404(client_id)
+        extra = {k: v for k, v in client.extra.items() if k != SUSPENDED}
+        state.store.replace(client.with_changes(extra=extra))
+        return redirect(url_for(".client_page", client_id=client.client_id), 303)
+
+    @bp.get("/clients/<client_id>/delete")
+    def confirm_delete(client_id: str) -> str:
+        client = client_or_404(client_id)
+        return render_template("obdcr_console/delete.html", client=summary(client))
+
+    @bp.post("/clients/<client_id>/delete")
+    def delete(client_id: str) -> Any:
+        state = _state()
+        client = client_or_404(client_id)
+        state.registrar.delete(client)  # its tokens first, then the client
+        return redirect(url_for(".index"), 303)
+
+    return bp
