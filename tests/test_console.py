@@ -283,3 +283,27 @@ def test_delete_asks_for_confirmation_then_deletes(console_app, registered, stor
     assert revoked == [client_id]
     assert client_id not in http.get("/console/").get_data(as_text=True)
     assert http.get(f"/console/clients/{client_id}").status_code == 404
+
+
+@pytest.mark.parametrize("action", ["suspend", "reinstate", "delete"])
+def test_a_store_that_is_down_is_a_503_page_not_a_500(
+    console_app, registered, store, monkeypatch, action
+):
+    state = console_app.extensions["obdcr"]
+    http = console_app.test_client()
+    client_id = registered["client_id"]
+    page = http.get(f"/console/clients/{client_id}").get_data(as_text=True)
+    before = store.get(client_id)
+
+    def down(*args, **kwargs):
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr(state.tokens, "revoke_client", down)
+    monkeypatch.setattr(store, "replace", down)
+    response = http.post(
+        f"/console/clients/{client_id}/{action}", data={"csrf_token": csrf_of(page)}
+    )
+    assert response.status_code == 503
+    assert "retry later" in response.get_data(as_text=True)
+    assert response.headers["Retry-After"]
+    assert store.get(client_id) == before

@@ -8,10 +8,11 @@ value). Every value goes through Jinja's autoescaping; a URL becomes a link only
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import json
 import secrets
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import datetime, timezone
 from typing import Any
 
@@ -27,6 +28,7 @@ from flask import (
     url_for,
 )
 
+from ..errors import RegistrationError, TemporarilyUnavailable
 from ..registration import SUSPENDED, TRUST, suspension
 from ..state import EXTENSION_KEY, DCRState
 from ..storage import StoredClient
@@ -195,12 +197,30 @@ def _check_csrf() -> Response | None:
 # -- the blueprint ----------------------------------------------------------------------------
 
 
+@contextlib.contextmanager
+def _store_failures_as_503(what: str) -> Iterator[None]:
+    try:
+        yield
+    except RegistrationError:
+        raise
+    except Exception as exc:  # the store or token store is down: nothing half done is claimed
+        raise TemporarilyUnavailable(
+            f"The client could not be {what}; retry later.", detail=repr(exc)
+        ) from exc
+
+
 def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_console") -> Blueprint:
     """A new console blueprint; ``authorize()`` is called before every request of it (pages
     and actions) and a false answer is a 403 that says nothing of any client."""
     if not callable(authorize):
         raise TypeError("console_blueprint(authorize=...) needs a callable returning a bool.")
     bp = Blueprint(name, __name__, template_folder="templates")
+
+    @bp.errorhandler(RegistrationError)
+    def unavailable(error: RegistrationError) -> Any:
+        # e.g. the store is down: a plain page that says so, never a 500
+        headers = {"Content-Type": "text/plain; charset=utf-8", **error.headers}
+        return f"{error.description}\n", error.status, headers
 
     @bp.before_request
     def check_operator() -> Response | None:
@@ -260,8 +280,9 @@ def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_conso
         client = client_or_404(client_id)
         extra = dict(client.extra)
         extra[SUSPENDED] = {"reason": OPERATOR_REASON, "since": int(state.clock())}
-        state.store.replace(client.with_changes(extra=extra))
-        state.tokens.revoke_client(client.client_id)
+        with _store_failures_as_503("suspended"):
+            state.store.replace(client.with_changes(extra=extra))
+            state.tokens.revoke_client(client.client_id)
         return redirect(url_for(".client_page", client_id=client.client_id), 303)
 
     @bp.post("/clients/<client_id>/reinstate")
@@ -269,7 +290,8 @@ def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_conso
         state = _state()
         client = client_or_404(client_id)
         extra = {k: v for k, v in client.extra.items() if k != SUSPENDED}
-        state.store.replace(client.with_changes(extra=extra))
+        with _store_failures_as_503("reinstated"):
+            state.store.replace(client.with_changes(extra=extra))
         return redirect(url_for(".client_page", client_id=client.client_id), 303)
 
     @bp.get("/clients/<client_id>/delete")
