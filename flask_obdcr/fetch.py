@@ -378,6 +378,9 @@ def _watch_reused(conn: Any) -> None:
 
 
 class _HTTPConnection(urllib3.connection.HTTPConnection):
+    """A connection whose socket the current fetch's watchdog cuts at the deadline, whether
+    it connects now or was kept alive by an earlier fetch."""
+
     def _new_conn(self) -> socket.socket:
         watchdog = _current()
         if watchdog is None:
@@ -389,16 +392,8 @@ class _HTTPConnection(urllib3.connection.HTTPConnection):
         super().request(*args, **kwargs)
 
 
-class _HTTPSConnection(urllib3.connection.HTTPSConnection):
-    def _new_conn(self) -> socket.socket:
-        watchdog = _current()
-        if watchdog is None:
-            return super()._new_conn()
-        return _bounded_connect(self, watchdog)
-
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        _watch_reused(self)
-        super().request(*args, **kwargs)
+class _HTTPSConnection(_HTTPConnection, urllib3.connection.HTTPSConnection):
+    """The same, over TLS (the handshake included in the deadline)."""
 
 
 class _HTTPConnectionPool(urllib3.connectionpool.HTTPConnectionPool):
