@@ -1277,6 +1277,26 @@ def _python_env() -> dict[str, str]:
     return env
 
 
+def read_serve_banner(process: subprocess.Popen, *, seconds: float) -> tuple[str, str, str]:
+    """What ``make serve`` / ``example_app.serve`` prints up to its last banner line, and the
+    Directory's and the bank's URLs from it."""
+    assert process.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        if "Ctrl-C stops both servers" in line:
+            break
+    banner = "".join(lines)
+    directory = re.search(r"^Sandbox Open Banking Directory\s+(https://\S+)", banner, flags=re.M)
+    bank = re.search(r"^AnyBank\s+(https://\S+)", banner, flags=re.M)
+    assert directory and bank, banner
+    return banner, directory.group(1), bank.group(1)
+
+
 def _port_closed(url: str) -> bool:
     host, port = url.removeprefix("https://").rsplit(":", 1)
     try:
@@ -1387,21 +1407,8 @@ def test_make_serve_runs_until_interrupted(tmp_path):
         stderr=subprocess.STDOUT,
         text=True,
     )
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 40
-        while time.monotonic() < deadline:
-            line = process.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops both servers" in line:
-                break
-        banner = "".join(lines)
-        bank_url = re.search(r"^AnyBank\s+(https://\S+)", banner, flags=re.M).group(1)
-        directory_url = re.search(
-            r"^Sandbox Open Banking Directory\s+(https://\S+)", banner, flags=re.M
-        ).group(1)
+        banner, directory_url, bank_url = read_serve_banner(process, seconds=40)
         ca = str(tmp_path / "directory" / "ca-bundle.pem")
         discovery = requests.get(
             f"{bank_url}/.well-known/openid-configuration", verify=ca, timeout=10
@@ -1414,7 +1421,7 @@ def test_make_serve_runs_until_interrupted(tmp_path):
         if process.poll() is None:
             process.kill()
             process.wait()
-    assert process.returncode == 0, "".join(lines) + rest
+    assert process.returncode == 0, banner + rest
     assert "servers stopped" in rest
     assert _port_closed(bank_url) and _port_closed(directory_url)
 

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from test_example_app import read_serve_banner
 
 from example_app.demo import GLOSSARY
 
@@ -373,22 +374,8 @@ def test_make_serve_twice_says_so_and_leaves_the_first_alone_then_make_reset(tmp
         text=True,
         start_new_session=True,
     )
-    assert first.stdout is not None
-    lines: list[str] = []
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = first.stdout.readline()
-            if not line:
-                break
-            lines.append(line)
-            if "Ctrl-C stops both servers" in line:
-                break
-        banner = "".join(lines)
-        bank_url = re.search(r"^AnyBank\s+(https://\S+)", banner, flags=re.M).group(1)
-        directory_url = re.search(
-            r"^Sandbox Open Banking Directory\s+(https://\S+)", banner, flags=re.M
-        ).group(1)
+        banner, directory_url, bank_url = read_serve_banner(first, seconds=60)
         # the banner names the ports' variables, and how to start afresh
         ports = re.search(r"^ports\s+DIRECTORY_PORT=(\d+) BANK_PORT=(\d+)", banner, flags=re.M)
         assert ports and bank_url.endswith(f":{ports.group(2)}")
