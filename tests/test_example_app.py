@@ -367,53 +367,46 @@ def test_unknown_paths_stay_404(bank):
     assert bank("GET", "/nowhere").status_code == 404
 
 
-def test_tpp_command_line_writes_usable_files(sandbox, tmp_path):
+def onboard_with_the_command_lines(sandbox, workdir, client_name):
+    """A TPP onboarded with the Directory's command line; returns the software it made and a
+    runner of the TPP command line in ``workdir`` (``run(*args, ok=True) -> output``)."""
     from click.testing import CliRunner
-    from cryptography.hazmat.primitives.serialization import pkcs12
 
     from example_app.directory import cli as directory_cli
     from example_app.tpp import cli as tpp_cli
 
     runner = CliRunner()
-    ca = str(sandbox.ca_bundle)
     onboarded = runner.invoke(
         directory_cli,
-        [
-            "onboard",
-            "--url",
-            sandbox.directory_url,
-            "--ca",
-            ca,
-            "--client-name",
-            "CLI TPP",
-            "--role",
-            "AISP",
-            "--redirect-uri",
-            "https://tpp.example.com/cb",
-        ],
-    )
+        ["onboard", "--url", sandbox.directory_url, "--ca", str(sandbox.ca_bundle),
+         "--client-name", client_name, "--role", "AISP",
+         "--redirect-uri", "https://tpp.example.com/cb"],
+    )  # fmt: skip
     assert onboarded.exit_code == 0, onboarded.output
-    software = json.loads(onboarded.output)
-    org, sid = software["org_id"], software["software_id"]
 
-    def tpp_run(*args, ok=True):
-        result = runner.invoke(tpp_cli, ["--workdir", str(tmp_path), *args])
+    def run(*args, ok=True):
+        result = runner.invoke(tpp_cli, ["--workdir", str(workdir), *args])
         assert (result.exit_code == 0) is ok, result.output
         return result.output
 
-    tpp_run(
-        "init",
-        "--directory",
-        sandbox.directory_url,
-        "--bank",
-        sandbox.bank_url,
-        "--ca",
-        ca,
-        "--org-id",
-        org,
-        "--software-id",
-        sid,
-    )
+    return json.loads(onboarded.output), run
+
+
+def init_arguments(sandbox, software) -> list[str]:
+    """``tpp init``'s options for ``software`` at ``sandbox``."""
+    return [
+        "init", "--directory", sandbox.directory_url, "--bank", sandbox.bank_url,
+        "--ca", str(sandbox.ca_bundle), "--org-id", software["org_id"],
+        "--software-id", software["software_id"],
+    ]  # fmt: skip
+
+
+def test_tpp_command_line_writes_usable_files(sandbox, tmp_path):
+    from cryptography.hazmat.primitives.serialization import pkcs12
+
+    software, tpp_run = onboard_with_the_command_lines(sandbox, tmp_path, "CLI TPP")
+    org, sid = software["org_id"], software["software_id"]
+    tpp_run(*init_arguments(sandbox, software))
     keys = tpp_run("keys")
     assert f'-subj "/C=GB/O=OpenBanking/OU={org}/CN={sid}" -keyout transport.key' in keys
     assert "keys exist" in tpp_run("keys", ok=False)  # never overwritten by accident
@@ -991,52 +984,10 @@ def test_directory_revoke_command(revoking_sandbox, tmp_path):
 
 
 def test_tpp_revoke_command(revoking_sandbox, tmp_path):
-    from click.testing import CliRunner
-
-    from example_app.directory import cli as directory_cli
-    from example_app.tpp import cli as tpp_cli
-
     sandbox = revoking_sandbox
-    runner = CliRunner()
-    ca = str(sandbox.ca_bundle)
-    onboarded = runner.invoke(
-        directory_cli,
-        [
-            "onboard",
-            "--url",
-            sandbox.directory_url,
-            "--ca",
-            ca,
-            "--client-name",
-            "Revoking TPP",
-            "--role",
-            "AISP",
-            "--redirect-uri",
-            "https://tpp.example.com/cb",
-        ],
-    )
-    assert onboarded.exit_code == 0, onboarded.output
-    software = json.loads(onboarded.output)
-
-    def tpp_run(*args, ok=True):
-        result = runner.invoke(tpp_cli, ["--workdir", str(tmp_path), *args])
-        assert (result.exit_code == 0) is ok, result.output
-        return result.output
-
+    software, tpp_run = onboard_with_the_command_lines(sandbox, tmp_path, "Revoking TPP")
     assert "no transport certificate issued yet" in tpp_run("revoke", ok=False)
-    tpp_run(
-        "init",
-        "--directory",
-        sandbox.directory_url,
-        "--bank",
-        sandbox.bank_url,
-        "--ca",
-        ca,
-        "--org-id",
-        software["org_id"],
-        "--software-id",
-        software["software_id"],
-    )
+    tpp_run(*init_arguments(sandbox, software))
     for step in (
         "keys",
         "upload-csr",
