@@ -38,6 +38,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -285,6 +286,11 @@ class Gunicorn:
         ]  # fmt: skip
         if self.preload:
             args.append("--preload")
+        return self._run(args, self._wait_until_serving)
+
+    def _run(self, args: list[str], wait: Callable[[subprocess.Popen], str]) -> str:
+        """Start gunicorn with ``args`` in its own process group, logging to :attr:`log`;
+        ``wait`` returns its URL once it serves (it is killed if that fails)."""
         if _gunicorn_accepts("control_socket_disable"):
             args.append("--no-control-socket")  # gunicorn 25+: no socket file in ~/.gunicorn
         env = dict(os.environ, PYTHONUNBUFFERED="1")
@@ -296,7 +302,7 @@ class Gunicorn:
                 cwd=self.instance, env=env, start_new_session=True,
             )  # fmt: skip
         try:
-            self.url = self._wait_until_serving(self.process)
+            self.url = wait(self.process)
         except BaseException:
             self.kill()
             raise

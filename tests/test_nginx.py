@@ -44,7 +44,7 @@ from urllib.parse import quote
 import pytest
 import requests
 from ldap_server import free_port
-from test_concurrency import REPO, Gunicorn, _gunicorn_accepts
+from test_concurrency import REPO, Gunicorn
 from test_example_app import (
     ACCOUNTS_PATH,
     TPP,
@@ -242,21 +242,7 @@ class BankBehindNginx(Gunicorn):
             "--graceful-timeout", "5",
             "--access-logfile", "-",
         ]  # fmt: skip
-        if _gunicorn_accepts("control_socket_disable"):
-            args.append("--no-control-socket")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-        with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(  # noqa: S603 - our interpreter, our module
-                args, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.instance, env=env, start_new_session=True,
-            )  # fmt: skip
-        try:
-            self.url = self._wait_listening(self.process)
-        except BaseException:
-            self.kill()
-            raise
-        return self.url
+        return self._run(args, self._wait_listening)
 
     def _wait_listening(self, process: subprocess.Popen) -> str:
         deadline = time.monotonic() + START_TIMEOUT
