@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Literal, Protocol
@@ -50,6 +51,33 @@ class Answer:
     revoked_at: float | None = None
     #: the CRLReason name (``key_compromise``, ``certificate_hold``, ...) of a revocation
     reason: str | None = None
+
+
+def current_window(
+    what: str,
+    this_update: datetime.datetime,
+    next_update: datetime.datetime | None,
+    *,
+    now: float,
+    skew: float,
+    max_age: float,
+) -> tuple[float, float | None]:
+    """The validity window (POSIX seconds) of a CRL or OCSP answer that is current at ``now``;
+    :class:`NoAnswer` naming ``what`` when it is not: thisUpdate in the future (beyond
+    ``skew``), nextUpdate passed, or no nextUpdate and thisUpdate older than ``max_age``. One
+    rule for both sources, so they can never judge freshness differently."""
+    start = this_update.timestamp()
+    end = next_update.timestamp() if next_update is not None else None
+    if start > now + skew:
+        raise NoAnswer(f"{what}'s thisUpdate {this_update} is in the future")
+    if end is not None and now >= end:
+        raise NoAnswer(f"{what} is past its nextUpdate {next_update}")
+    if end is None and now - start > max_age + skew:
+        raise NoAnswer(
+            f"{what} has no nextUpdate and its thisUpdate {this_update} is more than"
+            f" {max_age:g} s old"
+        )
+    return start, end
 
 
 def fetchable(urls: Iterable[str]) -> tuple[str, ...]:

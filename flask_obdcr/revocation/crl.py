@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from ..fetch import FetchError
-from .base import Answer, Fetch, NoAnswer, fetchable, uris
+from .base import Answer, Fetch, NoAnswer, current_window, fetchable, uris
 from .signature import SignatureRefused, verify_signature
 
 __all__ = ["VerifiedCRL", "crl_urls", "fetch_crl", "load_crl", "verify_crl"]
@@ -120,14 +120,9 @@ def verify_crl(
     except (ValueError, TypeError) as error:
         raise NoAnswer(f"CRL unreadable: {error}") from None
     only_ca = _scope(crl)
-    this_update = crl.last_update_utc.timestamp()
-    next_update = crl.next_update_utc.timestamp() if crl.next_update_utc else None
-    if this_update > now + skew:
-        raise NoAnswer(f"the CRL's thisUpdate {crl.last_update_utc} is in the future")
-    if next_update is not None and now >= next_update:
-        raise NoAnswer(f"the CRL is past its nextUpdate {crl.next_update_utc}")
-    if next_update is None and now - this_update > max_age + skew:
-        raise NoAnswer(f"the CRL has no nextUpdate and is more than {max_age:g} s old")
+    this_update, next_update = current_window(
+        "the CRL", crl.last_update_utc, crl.next_update_utc, now=now, skew=skew, max_age=max_age
+    )
     return VerifiedCRL(url, crl, this_update, next_update, fetched_at=now, only_ca=only_ca)
 
 

@@ -25,7 +25,7 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID
 
 from ..fetch import FetchError
-from .base import Answer, Fetch, NoAnswer, fetchable
+from .base import Answer, Fetch, NoAnswer, current_window, fetchable
 from .signature import SignatureRefused, verify_signature
 
 __all__ = ["CERT_ID_HASHES", "build_request", "ocsp_urls", "query", "verify_response"]
@@ -139,17 +139,14 @@ def verify_response(
         raise NoAnswer(f"response signature refused: {error}") from None
     except (ValueError, TypeError) as error:  # an odd encoding cryptography cannot read
         raise NoAnswer(f"response unreadable: {error}") from None
-    this_update = single.this_update_utc.timestamp()
-    next_update = single.next_update_utc.timestamp() if single.next_update_utc else None
-    if this_update > now + skew:
-        raise NoAnswer(f"the response's thisUpdate {single.this_update_utc} is in the future")
-    if next_update is not None and now >= next_update:
-        raise NoAnswer(f"the response is past its nextUpdate {single.next_update_utc}")
-    if next_update is None and now - this_update > max_age + skew:
-        raise NoAnswer(
-            f"the response has no nextUpdate and its thisUpdate {single.this_update_utc} is "
-            f"more than {max_age:g} s old"
-        )
+    this_update, next_update = current_window(
+        "the response",
+        single.this_update_utc,
+        single.next_update_utc,
+        now=now,
+        skew=skew,
+        max_age=max_age,
+    )
     status = single.certificate_status
     if status == ocsp.OCSPCertStatus.GOOD:
         return Answer("good", this_update, next_update)
