@@ -207,11 +207,13 @@ class Sandbox:
         self._lock = None
 
     def _start_threads(self, state: DirectoryState, directory_tls, bank_tls) -> None:
+        from flask_obdcr.testing.loopback import LoopbackServer
+
         from .bank import create_app, sandbox_config
         from .directory import create_directory_app
-        from .serving import TLSServer, tls_context
+        from .serving import tls_context
 
-        directory = TLSServer(
+        directory = LoopbackServer(
             None,
             host=self.host,
             port=self.directory_port,
@@ -223,7 +225,7 @@ class Sandbox:
         directory.start()
         self.directory_url = directory.url
 
-        bank = TLSServer(
+        bank = LoopbackServer(
             None,
             host=self.host,
             port=self.bank_port,

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .directory.commands import directory_command, installed_command, shown_path
+from .directory.cli import directory_command, installed_command, shown_path
 from .sandbox import Sandbox, SandboxError, SandboxRunning, running
 from .serving import wait_for_signal
 

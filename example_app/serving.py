@@ -21,8 +21,10 @@ it in a header, RFC 9440 ``Client-Cert: :<base64 DER>:`` (or nginx's URL-escaped
 (the proxy's address as the app sees it in ``REMOTE_ADDR``) and use :func:`behind_proxy`;
 the header is ignored from any other peer.
 
-:class:`TLSServer` runs Werkzeug's threaded server in a background thread on a port chosen by
-the OS (port 0) or given, and always stops: ``with TLSServer(app, ...) as server: ...``.
+:class:`~flask_obdcr.testing.loopback.LoopbackServer` (the sandbox's one loopback server,
+shared with the test servers) runs Werkzeug's threaded server in a background thread on a port
+chosen by the OS (port 0) or given, and always stops: ``with LoopbackServer(app, ...) as
+server: ...``.
 """
 
 from __future__ import annotations
@@ -36,15 +38,13 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 import click
-from werkzeug.serving import BaseWSGIServer, make_server
 
-from flask_obdcr.testing.server import ConnectionTracker, TrackedRequestHandler
+from flask_obdcr.testing.loopback import LoopbackServer
 
 from ._util import write_file
 
 __all__ = [
     "GunicornClientCertMiddleware",
-    "TLSServer",
     "behind_proxy",
     "tls_context",
     "wait_for_signal",
@@ -52,7 +52,6 @@ __all__ = [
 
 log = logging.getLogger("example_app.serving")
 
-LOOPBACK = "127.0.0.1"
 WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
 
 
@@ -75,97 +74,6 @@ def tls_context(
         context.verify_mode = ssl.CERT_OPTIONAL
         context.load_verify_locations(cafile=os.fspath(client_ca_file))
     return context
-
-
-# -- Werkzeug's server in a thread -------------------------------------------------------------
-
-
-class _Handler(TrackedRequestHandler):
-    """Werkzeug's handler with the request log as usual; idle keep-alive connections time
-    out, open ones are tracked so that ``stop()`` can cut them."""
-
-    timeout = 30
-
-
-class TLSServer:
-    """Werkzeug's threaded server on ``host:port`` (port 0: a free one), in a daemon thread.
-
-    The socket is bound in the constructor, so :attr:`url` is known before the application
-    is: ``server = TLSServer(None, ...)``, build the app with ``server.url``, set
-    ``server.app``, then ``start()``. ``stop()`` closes the port and open connections and is
-    idempotent; the context manager starts and stops.
-    """
-
-    def __init__(
-        self,
-        app: WSGIApp | None,
-        *,
-        host: str = LOOPBACK,
-        port: int = 0,
-        ssl_context: ssl.SSLContext | None = None,
-        name: str = "server",
-    ) -> None:
-        self.app = app
-        self.name = name
-        self.host = host
-        self._server: BaseWSGIServer | None = make_server(
-            host,
-            port,
-            self._wsgi,
-            threaded=True,
-            request_handler=_Handler,
-            ssl_context=ssl_context,
-        )
-        self._server.connection_tracker = ConnectionTracker()  # type: ignore[attr-defined]
-        self.port: int = self._server.port
-        self.scheme = "https" if ssl_context is not None else "http"
-        self._thread: threading.Thread | None = None
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}://{host}:{self.port}"
-
-    def _wsgi(self, environ: dict[str, Any], start_response: Callable[..., Any]):
-        if self.app is None:
-            start_response("503 Service Unavailable", [("Content-Type", "text/plain")])
-            return [b"starting\n"]
-        return self.app(environ, start_response)
-
-    def start(self) -> TLSServer:
-        if self._server is None:
-            raise RuntimeError(f"{self.name} has been stopped; make a new TLSServer")
-        if self._thread is None:
-            self._thread = threading.Thread(
-                target=self._server.serve_forever,
-                kwargs={"poll_interval": 0.1},
-                name=f"{self.name}:{self.port}",
-                daemon=True,
-            )
-            self._thread.start()
-            log.info("%s listening on %s", self.name, self.url)
-        return self
-
-    def stop(self) -> None:
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        if thread is not None:
-            server.shutdown()  # returns once serve_forever has returned
-            thread.join(timeout=5)
-        server.connection_tracker.shutdown_all()  # type: ignore[attr-defined]
-        server.server_close()
-
-    @property
-    def running(self) -> bool:
-        return self._thread is not None
-
-    def __enter__(self) -> TLSServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
 
 def wait_for_signal(*, parent_pid: int | None = None) -> None:
@@ -207,7 +115,7 @@ def serve_until_stopped(
     (``make_app(url)``: port 0 means any free port), say where it is (and write the URL to
     ``url_file``), serve until a signal or the parent's exit, stop."""
     try:
-        server = TLSServer(None, host=host, port=port, ssl_context=ssl_context, name=name)
+        server = LoopbackServer(None, host=host, port=port, ssl_context=ssl_context, name=name)
     except OSError as exc:
         raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror}") from None
     try:

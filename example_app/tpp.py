@@ -76,7 +76,7 @@ from ._util import (
     write_json,
 )
 from .directory import REVOCATION_REASONS
-from .directory.commands import (
+from .directory.cli import (
     directory_command,
     flask_command,
     installed_command,

@@ -7,6 +7,9 @@ from flask_obdcr.storage import MemoryStore
 
 pytest_plugins = ["flask_obdcr.testing.fixtures"]
 
+# the `browser` fixture (Debian's Chromium through Selenium) for the page tests
+from browser import browser  # noqa: E402, F401
+
 
 @pytest.fixture
 def issuer(ob_issuer) -> str:

@@ -61,9 +61,10 @@ if not hasattr(os, "killpg"):  # pragma: no cover
 
 from example_app.bank import sandbox_config  # noqa: E402
 from example_app.directory import DirectoryState, create_directory_app  # noqa: E402
-from example_app.serving import TLSServer, tls_context  # noqa: E402
+from example_app.serving import tls_context
 from flask_obdcr.storage import SQLiteStore, StoredClient, hash_secret  # noqa: E402
 from flask_obdcr.testing import sign_jwt  # noqa: E402
+from flask_obdcr.testing.loopback import LoopbackServer  # noqa: E402
 from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
@@ -113,7 +114,7 @@ def directory(tmp_path_factory):
     folder = tmp_path_factory.mktemp("directory")
     state = DirectoryState.open(folder / "state")
     hosts = ["127.0.0.1", "localhost"]
-    server = TLSServer(
+    server = LoopbackServer(
         None,
         ssl_context=tls_context(*state.issue_server_certificate(state.folder / "tls", hosts=hosts)),
         name="directory",

@@ -18,8 +18,8 @@ from jwcrypto import jwk
 
 from flask_obdcr.storage import MemoryStore, secret_matches
 from flask_obdcr.testing import REMOVE, SandboxDirectory, generate_key, ob_subject, sign_jwt
-from flask_obdcr.testing.directory import jwk_from_key
 from flask_obdcr.testing.fixtures import ISSUER
+from flask_obdcr.testing.jose import jwk_from_key
 from flask_obdcr.testing.pki import pem
 
 NOW = datetime.datetime.now(datetime.timezone.utc)

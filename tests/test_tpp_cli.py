@@ -33,15 +33,16 @@ import example_app.tpp as tpp_module
 from example_app.bank import create_app, sandbox_config
 from example_app.directory import cli as directory_cli
 from example_app.sandbox import Sandbox
-from example_app.serving import TLSServer, tls_context
+from example_app.serving import tls_context
 from example_app.tpp import cli as tpp_cli
+from flask_obdcr.testing.loopback import LoopbackServer
 from flask_obdcr.testing.pki import CertificateAuthority, generate_key, key_pem, ob_subject, pem
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 SCRIPTS = {
     "obdcr-tpp": "example_app.tpp:main",
-    "obdcr-directory": "example_app.directory.commands:main",
+    "obdcr-directory": "example_app.directory.cli:main",
     "obdcr-bank": "example_app.bank:cli",
 }
 FLOW = ("keys", "upload-csr", "download", "ssa", "discover", "request", "register", "token")
@@ -824,12 +825,12 @@ def test_keys_force_removes_what_the_old_keys_made_and_says_what_to_run(sandbox,
 @pytest.fixture
 def bank_with(sandbox, tmp_path):
     """Start another bank trusting the sandbox's Directory, with extra settings: its URL."""
-    servers: list[TLSServer] = []
+    servers: list[LoopbackServer] = []
 
     def start(**settings) -> str:
         folder = tmp_path / f"bank{len(servers)}"
         cert, key = sandbox.directory_state.issue_server_certificate(folder / "tls", name="bank")
-        server = TLSServer(
+        server = LoopbackServer(
             None,
             ssl_context=tls_context(cert, key, client_ca_file=sandbox.ca_bundle),
             name="bank",

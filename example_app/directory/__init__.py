@@ -47,13 +47,13 @@ State (PKI, SSA key, registry with the revoked certificates, TLS certificate) li
 folder, ``--state``; the same folder serves again after a restart. The modules:
 :mod:`~example_app.directory.state` (:class:`DirectoryState`),
 :mod:`~example_app.directory.api` (:func:`create_directory_app`) and
-:mod:`~example_app.directory.commands` (the command line, :data:`cli`).
+:mod:`~example_app.directory.cli` (the command line, :data:`cli`).
 """
 
 from __future__ import annotations
 
 from .api import create_directory_app
-from .commands import cli
+from .cli import cli
 from .state import (
     CRL_PATH,
     OCSP_PATH,

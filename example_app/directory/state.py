@@ -38,7 +38,7 @@ from cryptography.x509.oid import NameOID
 from flask_obdcr.certificates import dn_matches
 from flask_obdcr.certificates.binding import psd_identifier
 from flask_obdcr.testing import SandboxDirectory, Software, base62_id
-from flask_obdcr.testing.directory import jwk_from_certificate
+from flask_obdcr.testing.jose import jwk_from_certificate
 from flask_obdcr.testing.pki import Usage, eidas_subject, generate_key, key_pem, ob_subject, pem
 
 from .._util import read_json, write_file, write_json

@@ -1,4 +1,4 @@
-"""A sandbox Open Banking Directory: PKI, software statements, JWKS, signed requests.
+"""The Directory side of the sandbox: PKI, software statements, JWKS, signed requests.
 
 Everything a bank's tests need to exercise their registration endpoint the way a TPP and
 the real Directory would, offline::
@@ -7,6 +7,9 @@ the real Directory would, offline::
     software = directory.register_software(roles=["AISP"])
     body = directory.registration_request(software, aud="https://as.bank.example")
     environ = software.environ()        # the mutual-TLS certificate, as Werkzeug gives it
+
+The TPP's side is :mod:`~flask_obdcr.testing.software`, the JOSE helpers
+:mod:`~flask_obdcr.testing.jose`.
 """
 
 from __future__ import annotations
@@ -15,198 +18,31 @@ import base64
 import hashlib
 import json
 import os
-import secrets
-import string
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
-from jwcrypto import jwk, jws
+from jwcrypto import jwk
 
 from ..jwks import StaticFetcher
+from .jose import REMOVE, jwk_from_certificate, jwk_from_key, sign_jwt, with_overrides
 from .pki import (
     CertificateAuthority,
     KeyType,
-    PrivateKey,
     Usage,
     eidas_subject,
     generate_key,
     ob_subject,
     pem,
 )
+from .software import Software, base62_id, scopes_for
 
-#: pass as a claim override to remove the claim
-REMOVE: Any = object()
+__all__ = ["DEFAULT_HOST", "REMOVE", "SandboxDirectory", "jwk_from_certificate"]
 
-_BASE62 = string.ascii_letters + string.digits
 DEFAULT_HOST = "keystore.sandbox.openbanking.test"
-
-
-def base62_id(length: int = 22) -> str:
-    """An identifier shaped like the Directory's (Base62, 18 or 22 characters)."""
-    return "".join(secrets.choice(_BASE62) for _ in range(length))
-
-
-def jwk_from_key(key: PrivateKey, *, kid: str, use: str, certificate: x509.Certificate) -> jwk.JWK:
-    """A private JWK with the certificate chain in ``x5c`` (public exports keep it)."""
-    pem_bytes = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    der = certificate.public_bytes(serialization.Encoding.DER)
-    private_jwk = jwk.JWK.from_pem(pem_bytes)
-    params = json.loads(private_jwk.export(private_key=True))
-    params.update(
-        kid=kid,
-        use=use,
-        x5c=[base64.b64encode(der).decode()],
-        **{"x5t#S256": base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")},
-    )
-    return jwk.JWK(**params)
-
-
-def jwk_from_certificate(
-    certificate: x509.Certificate,
-    *,
-    kid: str,
-    use: str,
-    chain: Iterable[x509.Certificate] = (),
-) -> jwk.JWK:
-    """The public JWK of a certificate's key, as the Directory publishes it: ``kid``, ``use``,
-    ``x5c`` (the certificate, then ``chain``) and ``x5t#S256``."""
-    der = certificate.public_bytes(serialization.Encoding.DER)
-    public_pem = certificate.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    )
-    params = json.loads(jwk.JWK.from_pem(public_pem).export_public())
-    params.update(
-        kid=kid,
-        use=use,
-        x5c=[
-            base64.b64encode(c.public_bytes(serialization.Encoding.DER)).decode()
-            for c in (certificate, *chain)
-        ],
-        **{"x5t#S256": base64.urlsafe_b64encode(hashlib.sha256(der).digest()).decode().rstrip("=")},
-    )
-    return jwk.JWK(**params)
-
-
-def sign_jwt(
-    claims: Mapping[str, Any], key: jwk.JWK, *, alg: str, headers: Mapping | None = None
-) -> str:
-    header = {"alg": alg, "typ": "JWT"}
-    if key.get("kid"):
-        header["kid"] = key["kid"]
-    header.update(headers or {})
-    header = {k: v for k, v in header.items() if v is not REMOVE}
-    token = jws.JWS(json.dumps(dict(claims), separators=(",", ":")).encode())
-    token.allowed_algs = [alg]
-    token.add_signature(key, alg=alg, protected=json.dumps(header))
-    return token.serialize(compact=True)
-
-
-def _apply(claims: dict[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
-    claims.update(overrides)
-    return {k: v for k, v in claims.items() if v is not REMOVE}
-
-
-@dataclass
-class Software:
-    """A TPP's software as the Directory knows it, with its keys and certificates."""
-
-    directory: SandboxDirectory
-    software_id: str
-    org_id: str
-    org_name: str
-    client_name: str
-    roles: list[str]
-    redirect_uris: list[str]
-    signing_key: jwk.JWK
-    signing_certificate: x509.Certificate
-    transport_private_key: PrivateKey
-    transport_certificate: x509.Certificate
-    transport_jwk: jwk.JWK
-    authority_id: str = "OBGBR"
-    registration_id: str = field(default_factory=lambda: "Unknown" + base62_id(18))
-    extra_keys: list[jwk.JWK] = field(default_factory=list)
-    #: keys the Directory has revoked: in the revoked JWKS, out of the JWKS
-    revoked_keys: list[jwk.JWK] = field(default_factory=list)
-
-    @property
-    def jwks_url(self) -> str:
-        return f"{self.directory.base_url}/{self.org_id}/{self.software_id}.jwks"
-
-    @property
-    def revoked_jwks_url(self) -> str:
-        return f"{self.directory.base_url}/{self.org_id}/revoked/{self.software_id}.jwks"
-
-    @property
-    def org_revoked_jwks_url(self) -> str:
-        return f"{self.directory.base_url}/{self.org_id}/revoked/{self.org_id}.jwks"
-
-    def revoked_jwks(self) -> dict[str, Any]:
-        """The public JWKS of this software's revoked keys."""
-        return {"keys": [json.loads(k.export_public()) for k in self.revoked_keys]}
-
-    @property
-    def signing_alg(self) -> str:
-        return "ES256" if self.signing_key["kty"] == "EC" else "PS256"
-
-    def jwks(self) -> dict[str, Any]:
-        """The public JWKS the Directory publishes for this software (sig and tls keys)."""
-        revoked = {key.thumbprint() for key in self.revoked_keys}
-        keys = [self.signing_key, self.transport_jwk, *self.extra_keys]
-        keys = [key for key in keys if key.thumbprint() not in revoked]
-        return {"keys": [json.loads(k.export_public()) for k in keys]}
-
-    def transport_pem(self) -> str:
-        return pem(self.transport_certificate)
-
-    def environ(self) -> dict[str, str]:
-        """The WSGI environ entry Werkzeug's TLS server sets for this client certificate."""
-        return {"SSL_CLIENT_CERT": self.transport_pem()}
-
-    def client_assertion(
-        self,
-        client_id: str,
-        *,
-        aud: str,
-        key: jwk.JWK | None = None,
-        alg: str | None = None,
-        headers: Mapping[str, Any] | None = None,
-        **overrides: Any,
-    ) -> str:
-        """A private_key_jwt client assertion (RFC 7523) for the token endpoint."""
-        now = int(self.directory.clock())
-        claims = _apply(
-            {
-                "iss": client_id,
-                "sub": client_id,
-                "aud": aud,
-                "jti": str(uuid.uuid4()),
-                "iat": now,
-                "exp": now + 300,
-            },
-            overrides,
-        )
-        return sign_jwt(
-            claims, key or self.signing_key, alg=alg or self.signing_alg, headers=headers
-        )
-
-    @property
-    def subject_dn(self) -> str:
-        return self.transport_certificate.subject.rfc4514_string(
-            {x509.ObjectIdentifier("2.5.4.97"): "organizationIdentifier"}
-        )
-
-    @property
-    def psd_identifier(self) -> str:
-        return f"PSDGB-{self.authority_id[:-3]}-{self.registration_id}"
 
 
 class SandboxDirectory:
@@ -485,7 +321,7 @@ class SandboxDirectory:
             "software_policy_uri": "https://tpp.example.com/policy",
             "software_tos_uri": "https://tpp.example.com/tos",
         }
-        return _apply(claims, overrides)
+        return with_overrides(claims, overrides)
 
     def ssa(
         self,
@@ -525,7 +361,7 @@ class SandboxDirectory:
             "grant_types": ["authorization_code", "client_credentials", "refresh_token"],
             "response_types": ["code id_token"],
             "software_id": software.software_id,
-            "scope": " ".join(["openid", *_scopes_for(software.roles)]),
+            "scope": " ".join(["openid", *scopes_for(software.roles)]),
             "software_statement": ssa if ssa is not None else self.ssa(software),
             "application_type": "web",
             "id_token_signed_response_alg": software.signing_alg,
@@ -535,7 +371,7 @@ class SandboxDirectory:
             claims["token_endpoint_auth_signing_alg"] = software.signing_alg
         if token_endpoint_auth_method == "tls_client_auth":
             claims["tls_client_auth_subject_dn"] = software.subject_dn
-        return _apply(claims, overrides)
+        return with_overrides(claims, overrides)
 
     def registration_request(
         self,
@@ -554,10 +390,3 @@ class SandboxDirectory:
             alg=alg or software.signing_alg,
             headers=headers,
         )
-
-
-def _scopes_for(roles: Iterable[str]) -> list[str]:
-    from ..policies import ROLE_SCOPES
-
-    roles = set(roles)
-    return [scope for scope, role in ROLE_SCOPES.items() if role in roles]

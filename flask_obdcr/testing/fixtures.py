@@ -17,7 +17,8 @@ from ..extension import OpenBankingDCR
 from ..jwks import StaticFetcher
 from ..storage import ClientStore, MemoryStore
 from .clock import FrozenClock
-from .directory import SandboxDirectory, Software
+from .directory import SandboxDirectory
+from .software import Software
 
 ISSUER = "https://as.sandbox-bank.test"
 #: ``app.extensions[DCR_KEY]`` is the OpenBankingDCR of an ``ob_app_factory`` app

@@ -163,7 +163,7 @@ class RevocationServer(_LoopbackServer):
             connection = environ.get("werkzeug.socket")
             if connection is not None:
                 try:
-                    # the plain socket's shutdown (see server.ConnectionTracker): the client
+                    # the plain socket's shutdown (see loopback.ConnectionTracker): the client
                     # sees the connection end with no response at all
                     socket.socket.shutdown(connection, socket.SHUT_RDWR)
                 except OSError:

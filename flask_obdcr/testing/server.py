@@ -29,26 +29,23 @@ import json
 import logging
 import os
 import shutil
-import socket
 import ssl
 import tempfile
-import threading
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 from cryptography import x509
 from cryptography.x509.oid import NameOID
-from werkzeug.serving import BaseWSGIServer, WSGIRequestHandler, make_server
 
 from .directory import SandboxDirectory
+from .loopback import LOOPBACK, LoopbackServer
 from .pki import CertificateAuthority, generate_key, key_pem, pem
 
 __all__ = ["JWKSServer", "RecordedRequest", "RecordingHTTPServer"]
 
 log = logging.getLogger(__name__)
 
-LOOPBACK = "127.0.0.1"
 
 StartResponse = Callable[..., Any]
 _Server = TypeVar("_Server", bound="_LoopbackServer")
@@ -61,61 +58,6 @@ class RecordedRequest:
     method: str
     path: str
     headers: Mapping[str, str] = field(default_factory=dict)
-
-
-class ConnectionTracker:
-    """The connections a Werkzeug server has open, so that ``stop()`` can cut them (a
-    kept-alive connection would otherwise hold its handler thread past shutdown)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._connections: set[socket.socket] = set()
-
-    def add(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(connection)
-
-    def discard(self, connection: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(connection)
-
-    def shutdown_all(self) -> None:
-        with self._lock:
-            connections = list(self._connections)
-        for connection in connections:
-            try:
-                # The plain socket's shutdown, not SSLSocket's (which drops its SSL object
-                # under the feet of the handler thread): the blocked read sees EOF and the
-                # handler ends cleanly.
-                socket.socket.shutdown(connection, socket.SHUT_RDWR)
-            except OSError:
-                pass
-
-
-class TrackedRequestHandler(WSGIRequestHandler):
-    """Werkzeug's handler, registering its connection with the server's ``connection_tracker``
-    (a :class:`ConnectionTracker`, when the server has one)."""
-
-    def setup(self) -> None:
-        super().setup()
-        tracker = getattr(self.server, "connection_tracker", None)
-        if tracker is not None:
-            tracker.add(self.connection)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            tracker = getattr(self.server, "connection_tracker", None)
-            if tracker is not None:
-                tracker.discard(self.connection)
-
-
-class _Handler(TrackedRequestHandler):
-    """Logging quietly: test output stays readable."""
-
-    def log(self, type: str, message: str, *args: Any) -> None:
-        log.debug("%s: " + message, self.address_string(), *args)
 
 
 def server_ssl_context(
@@ -164,9 +106,7 @@ class _LoopbackServer:
     def __init__(self, *, host: str = LOOPBACK, ssl_context: ssl.SSLContext | None) -> None:
         self.host = host
         self._ssl_context = ssl_context
-        self._server: BaseWSGIServer | None = None
-        self._thread: threading.Thread | None = None
-        self._tracker = ConnectionTracker()
+        self._server: LoopbackServer | None = None
         self._port: int | None = None
         #: the raw path (with query) of every request received, in order
         self.requests: list[str] = []
@@ -181,24 +121,17 @@ class _LoopbackServer:
             raise RuntimeError(f"{type(self).__name__} is already running on {self.base_url}")
         if self._port is not None:
             raise RuntimeError(f"{type(self).__name__} cannot be restarted; make a new one")
-        server = make_server(
-            self.host,
-            0,
+        server = LoopbackServer(
             self._wsgi,
-            threaded=True,
-            request_handler=_Handler,
+            host=self.host,
             ssl_context=self._ssl_context,
+            name=type(self).__name__,
+            quiet=True,
+            poll_interval=0.05,
         )
-        server.connection_tracker = self._tracker  # type: ignore[attr-defined]
         self._server = server
         self._port = server.port
-        self._thread = threading.Thread(
-            target=server.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name=f"{type(self).__name__}:{server.port}",
-            daemon=True,
-        )
-        self._thread.start()
+        server.start()
         self._started()
         return self
 
@@ -207,15 +140,9 @@ class _LoopbackServer:
 
     def stop(self) -> None:
         """Stop serving: the port is closed and open connections are cut. Idempotent."""
-        server, thread = self._server, self._thread
-        if server is None:
-            return
-        self._server = self._thread = None
-        server.shutdown()  # waits for serve_forever to return; it closes the socket
-        self._tracker.shutdown_all()
-        if thread is not None:
-            thread.join(timeout=5)
-        server.server_close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
 
     def __enter__(self: _Server) -> _Server:
         return self.start()
