@@ -1,5 +1,6 @@
 """The sandbox Directory's HTTP API and published documents (the routes are listed in
-:mod:`example_app.directory`). ``POST /api/software/<software_id>/certificates/transport``
+:mod:`example_app.directory`), and its portal (:mod:`~example_app.directory.portal`): ``GET /``
+sends a browser there. ``POST /api/software/<software_id>/certificates/transport``
 takes ``?profile=eidas`` for an eIDAS/OBWAC-shaped transport certificate
 (:meth:`DirectoryState.sign_csr`)."""
 
@@ -10,9 +11,10 @@ import binascii
 import os
 from typing import Any
 
-from flask import Flask, Response, jsonify, request
+from flask import Flask, Response, jsonify, redirect, request, url_for
 from werkzeug.exceptions import HTTPException
 
+from .portal import portal_blueprint
 from .state import CRL_PATH, JWKS_MAX_AGE, OCSP_PATH, DirectoryError, DirectoryState
 
 __all__ = ["create_directory_app"]
@@ -22,6 +24,9 @@ MAX_OCSP_REQUEST_BYTES = 16 * 1024
 #: any request body (a CSR, a JSON form) is refused above this: 413
 MAX_BODY_BYTES = 1024 * 1024
 OCSP_RESPONSE_TYPE = "application/ocsp-response"
+#: the portal's session cookie: its own name, because cookies do not tell ports apart and the
+#: bank on the same loopback address has a session of its own
+SESSION_COOKIE = "obdcr_directory_portal"
 
 
 def create_directory_app(
@@ -41,6 +46,15 @@ def create_directory_app(
     app.extensions["sandbox_directory"] = state
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.config["MAX_CONTENT_LENGTH"] = MAX_BODY_BYTES
+    # the portal's CSRF tokens live in the session; the key is kept in the state folder, so a
+    # restart does not void the forms open in a browser
+    app.secret_key = state.portal_secret_key()
+    app.config.update(
+        SESSION_COOKIE_NAME=SESSION_COOKIE,
+        SESSION_COOKIE_SECURE=True,  # the Directory is served over HTTPS only
+        SESSION_COOKIE_SAMESITE="Lax",
+    )
+    app.register_blueprint(portal_blueprint())
 
     def public_base_url() -> str:
         url = state.base_url
@@ -70,7 +84,13 @@ def create_directory_app(
     @app.get("/")
     def index():
         url = public_base_url()
-        return jsonify(
+        # a browser (HTML preferred to JSON) is sent to the portal; API clients get JSON
+        wanted = request.accept_mimetypes.best_match(["application/json", "text/html"])
+        if wanted == "text/html":
+            response = redirect(url_for("portal.index"), 303)
+            response.headers["Vary"] = "Accept"
+            return response
+        response = jsonify(
             {
                 "service": "Sandbox Open Banking Directory",
                 "issuer": state.sandbox.issuer,
@@ -81,8 +101,11 @@ def create_directory_app(
                 "organisations": f"{url}/api/organisations",
                 "organisation_count": len(state.registry["organisations"]),
                 "software_count": len(state.registry["software"]),
+                "portal": f"{url}/portal/",
             }
         )
+        response.headers["Vary"] = "Accept"
+        return response
 
     @app.get("/ca.pem")
     def ca_bundle():
@@ -134,9 +157,7 @@ def create_directory_app(
 
     def organisation_view(org_id: str) -> dict[str, Any]:
         organisation = dict(state.organisation(org_id))
-        organisation["software"] = [
-            s["software_id"] for s in state.registry["software"].values() if s["org_id"] == org_id
-        ]
+        organisation["software"] = [s["software_id"] for s in state.software_of(org_id)]
         return organisation
 
     @app.get("/api/organisations/<org_id>")

@@ -7,7 +7,10 @@ same Directory again after a restart:
 * ``ca-bundle.pem``: issuing + root CA, what banks and TPPs trust;
 * ``registry.json``: organisations (with their ``org_status``), software and the certificates
   issued to it, each with its serial, its status and, once revoked, when and why;
-* ``tls/``: the service's own HTTPS certificate.
+* ``tls/``: the service's own HTTPS certificate;
+* ``portal-secret.key`` (owner-only): the key the portal signs its session cookie with (its
+  CSRF token), made on first use and kept, so a restart does not void the forms open in a
+  browser.
 
 The issuing CA's revocation register (what its CRL lists and its OCSP responder answers) is
 made from the registry's revoked certificates when the state is opened, and kept in step with
@@ -22,6 +25,7 @@ import hashlib
 import ipaddress
 import json
 import os
+import secrets
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -37,6 +41,7 @@ from cryptography.x509.oid import NameOID
 
 from flask_obdcr.certificates import dn_matches
 from flask_obdcr.certificates.binding import psd_identifier
+from flask_obdcr.revocation.ocsp import build_request as build_ocsp_request
 from flask_obdcr.testing import SandboxDirectory, Software, base62_id
 from flask_obdcr.testing.jose import jwk_from_certificate
 from flask_obdcr.testing.pki import Usage, eidas_subject, generate_key, key_pem, ob_subject, pem
@@ -85,6 +90,9 @@ OCSP_PATH = "/pki/ocsp"
 #: are made: every request gets a fresh one)
 CRL_VALIDITY = datetime.timedelta(days=1)
 OCSP_VALIDITY = datetime.timedelta(hours=1)
+#: the portal's session key, in the state folder; its length in random bytes
+PORTAL_SECRET_FILE = "portal-secret.key"
+PORTAL_SECRET_BYTES = 32
 
 
 class DirectoryError(Exception):
@@ -170,6 +178,20 @@ class DirectoryState:
 
     def _save(self) -> None:
         write_json(self.folder / "registry.json", self.registry)
+
+    def portal_secret_key(self) -> bytes:
+        """The key the portal signs its session cookie (the CSRF token) with: read from
+        ``portal-secret.key`` in the state folder, made there (owner-only) on first use."""
+        path = self.folder / PORTAL_SECRET_FILE
+        with self._lock:
+            try:
+                key = path.read_bytes().strip()
+            except FileNotFoundError:
+                key = b""
+            if len(key) < PORTAL_SECRET_BYTES:
+                key = secrets.token_hex(PORTAL_SECRET_BYTES).encode()
+                write_file(path, key + b"\n", secret=True)
+        return key
 
     def issue_server_certificate(
         self,
@@ -261,6 +283,20 @@ class DirectoryState:
         if organisation is None:
             raise DirectoryError(404, "not_found", f"no organisation {org_id}.")
         return organisation
+
+    def organisations(self) -> list[dict[str, Any]]:
+        """Every organisation, oldest first."""
+        with self._lock:  # another thread may be adding one
+            found = list(self.registry["organisations"].values())
+        return sorted(found, key=lambda o: (o.get("created_at", 0), o["org_name"]))
+
+    def software_of(self, org_id: str) -> list[dict[str, Any]]:
+        """The software of an organisation (404 if there is no such organisation), oldest
+        first."""
+        self.organisation(org_id)
+        with self._lock:
+            found = [s for s in self.registry["software"].values() if s["org_id"] == org_id]
+        return sorted(found, key=lambda s: (s.get("created_at", 0), s["client_name"]))
 
     def set_org_status(self, org_id: str, status: str) -> dict[str, Any]:
         """Change an organisation's status (``Active``, ``Revoked`` or ``Withdrawn``, in any
@@ -501,6 +537,35 @@ class DirectoryState:
                     )
         return found
 
+    def revocation_status(self, software_id: str) -> dict[str, dict[str, Any]]:
+        """What the issuing CA's CRL and OCSP responder say now of each certificate of the
+        software, by kid: ``{"ocsp": "good" | "revoked" | "unknown", "crl": "listed" | "not
+        listed", "revoked_at": ISO time or None, "reason": CRLReason name or None}``. Both are
+        asked as a bank asks them (the OCSP request and the CRL go through :meth:`ocsp_response`
+        and :meth:`crl`), so this is what a bank would be told."""
+        records = list(self.software(software_id)["certificates"])
+        crl = x509.load_der_x509_crl(self.crl())
+        issuer = self.sandbox.issuing_ca.certificate
+        statuses: dict[str, dict[str, Any]] = {}
+        for record in records:
+            certificate = x509.load_pem_x509_certificate(record["pem"].encode())
+            # the request the bank's revocation checker sends
+            answer = ocsp.load_der_ocsp_response(
+                self.ocsp_response(build_ocsp_request(certificate, issuer))
+            )
+            entry = crl.get_revoked_certificate_by_serial_number(certificate.serial_number)
+            status: dict[str, Any] = {
+                "ocsp": answer.certificate_status.name.lower(),
+                "crl": "listed" if entry is not None else "not listed",
+                "revoked_at": None,
+                "reason": None,
+            }
+            if answer.certificate_status == ocsp.OCSPCertStatus.REVOKED:
+                status["revoked_at"] = _iso(answer.revocation_time_utc)  # type: ignore[arg-type]
+                status["reason"] = _reason_name(answer.revocation_reason)
+            statuses[record["kid"]] = status
+        return statuses
+
     # -- the issuing CA's CRL and OCSP responder -------------------------------------------
 
     def crl(self) -> bytes:
@@ -578,6 +643,14 @@ class DirectoryState:
             org_status=organisation["org_status"],
             org_contacts=organisation["contacts"],
         )
+
+
+def _reason_name(flag: x509.ReasonFlags | None) -> str:
+    """The :data:`REVOCATION_REASONS` name of a CRLReason (none given: ``unspecified``)."""
+    for name, value in REVOCATION_REASONS.items():
+        if value == flag:
+            return name
+    return flag.value if flag is not None else "unspecified"
 
 
 def _b64url(data: bytes) -> str:
