@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, json, request
+from cryptography import x509
+from flask import Blueprint, Response, current_app, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from .errors import RegistrationError, RequestTooLarge
@@ -22,6 +23,8 @@ explain_blueprint = Blueprint("obdcr_explain", __name__)
 
 #: the name refusals of the body itself go by in the log, as the pipeline's first policy
 BODY_CHECK = "request_body"
+#: ``flask.g`` attribute holding the body read, so that a refusal's signal can carry it
+_BODY_READ = "_obdcr_body_read"
 
 
 def _state() -> DCRState:
@@ -43,7 +46,9 @@ def read_body(limit: int) -> bytes:
     without ever buffering an attacker's gigabyte."""
     if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(f"The request body is larger than {limit} bytes.", policy=BODY_CHECK)
-    return request.stream.read(limit + 1)
+    body = request.stream.read(limit + 1)
+    setattr(g, _BODY_READ, body)
+    return body
 
 
 @blueprint.post("/register")
@@ -155,8 +160,28 @@ def _method_not_allowed(allow: str) -> Response:
 def registration_error(error: RegistrationError) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     _log_refusal(error)
-    registration_rejected.send(app, error=error, code=error.error, policy=error.policy)
+    if registration_rejected.has_receivers_for(app):
+        # what the request carried, for receivers such as the console's refusal list: the
+        # body as already read (never read again, never more), the certificate only parsed
+        registration_rejected.send(
+            app,
+            error=error,
+            code=error.error,
+            policy=error.policy,
+            body=g.get(_BODY_READ),
+            content_type=request.content_type,
+            certificate=_presented_certificate(),
+        )
     return json_response(error.to_dict(), error.status, error.headers)
+
+
+def _presented_certificate() -> x509.Certificate | None:
+    """The client certificate the refused request presented, unverified; None when it
+    presented none or something that is not a certificate."""
+    try:
+        return _state().certificates.from_environ(request.environ)
+    except RegistrationError:
+        return None
 
 
 @explain_blueprint.errorhandler(RegistrationError)

@@ -4,7 +4,11 @@ import re
 
 import pytest
 
+from flask_obdcr.console import console_blueprint
+from flask_obdcr.console.refusals import LOG_KEY as REFUSALS_KEY
+from flask_obdcr.console.settings import redact_url
 from flask_obdcr.registration import SUSPENDED
+from flask_obdcr.signals import registration_rejected
 from flask_obdcr.storage import MemoryStore, StoredClient
 from flask_obdcr.testing.fixtures import DCR_KEY
 
@@ -307,3 +311,382 @@ def test_a_store_that_is_down_is_a_503_page_not_a_500(
     assert "retry later" in response.get_data(as_text=True)
     assert response.headers["Retry-After"]
     assert store.get(client_id) == before
+
+
+# -- refused registrations (GET /console/refused) ----------------------------------------------
+
+EVIL = '<script>alert("x")</script>'
+
+
+def refuse(app, body, *, software=None, environ=None, content_type="application/jwt"):
+    """POST ``body`` to /register of ``app``; asserts it is refused and returns the JSON."""
+    if environ is None:
+        environ = software.environ() if software is not None else {}
+    response = app.test_client().post(
+        "/register", data=body, content_type=content_type, environ_base=environ
+    )
+    assert response.status_code >= 400, response.get_json()
+    return response
+
+
+def refusals_of(app):
+    return app.extensions[REFUSALS_KEY].recent()
+
+
+def test_a_refused_registration_is_on_the_refused_page_with_its_explain_report(
+    console_app, ob_directory, ob_software, issuer
+):
+    other = "https://tpp.example.com/other"
+    body = ob_directory.registration_request(ob_software, aud=issuer, redirect_uris=[other])
+    response = refuse(console_app, body, software=ob_software)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_redirect_uri"
+
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "redirect_uris" and refusal.code == "invalid_redirect_uri"
+    assert refusal.software_id == ob_software.software_id and refusal.ssa_verified
+    assert refusal.certificate_subject == ob_software.transport_certificate.subject.rfc4514_string()
+    # the same rows dcr.explain gives for that request
+    dcr = console_app.extensions[DCR_KEY]
+    with console_app.app_context():
+        explained = dcr.explain(body, certificate=ob_software.transport_certificate)
+    assert [dict(row) for row in refusal.report] == explained
+
+    page = console_app.test_client().get("/console/refused")
+    assert page.status_code == 200
+    assert page.headers["Cache-Control"] == "no-store"
+    text = page.get_data(as_text=True)
+    for shown in (
+        "Refused registrations",
+        "memory",  # the page says where the list lives
+        "redirect_uris",
+        "invalid_redirect_uri",
+        "is not one of the software statement&#39;s redirect URIs",
+        ob_software.software_id,
+        ob_software.org_name,
+        ob_software.org_id,
+        ob_software.transport_certificate.subject.rfc4514_string(),
+        "Explain report",
+    ):
+        assert shown in text, shown
+    rows = re.findall(r'<tr class="verdict-([a-z-]+)">\s*<td>\d+</td>\s*<td><code>(\w+)', text)
+    assert rows == [(row["verdict"].replace(" ", "-"), row["policy"]) for row in explained]
+    assert rows.count(("failed", "redirect_uris")) == 1  # the failed row, highlighted
+
+
+def test_the_refused_list_is_bounded_and_newest_first(
+    ob_app_factory, ob_directory, ob_software, issuer
+):
+    app = ob_app_factory(SECRET_KEY="k")
+    app.register_blueprint(console_blueprint(lambda: True, keep_refused=3), url_prefix="/console")
+    auds = [f"https://bank-{n}.example" for n in range(5)]
+    for aud in auds:
+        refuse(app, ob_directory.registration_request(ob_software, aud=aud), software=ob_software)
+    kept = refusals_of(app)
+    assert len(kept) == 3
+    assert [auds[-1] in r.detail for r in kept] == [True, False, False]  # newest first
+    text = app.test_client().get("/console/refused").get_data(as_text=True)
+    assert "3 refusals kept" in text
+    assert all(aud in text for aud in auds[2:]) and not any(aud in text for aud in auds[:2])
+    assert text.index(auds[4]) < text.index(auds[3]) < text.index(auds[2])
+
+
+def test_keep_refused_must_be_a_positive_integer():
+    for wrong in (0, -1, True, "50"):
+        with pytest.raises(ValueError):
+            console_blueprint(lambda: True, keep_refused=wrong)
+
+
+def test_a_hostile_request_is_escaped_and_cut(console_app, ob_directory, ob_software, issuer):
+    # an SSA the Directory did not sign, naming a kid and claims of the attacker's choosing
+    long_name = "A" * 5000
+    ssa = ob_directory.ssa(
+        ob_software,
+        key=ob_software.signing_key,
+        headers={"kid": EVIL},
+        software_id=EVIL,
+        org_name=long_name,
+    )
+    body = ob_directory.registration_request(ob_software, aud=issuer, software_statement=ssa)
+    assert refuse(console_app, body, software=ob_software).status_code == 400
+
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "software_statement" and not refusal.ssa_verified
+    assert refusal.software_id == EVIL  # shown, as claimed, marked unverified
+    assert len(refusal.org) <= 200
+    text = console_app.test_client().get("/console/refused").get_data(as_text=True)
+    assert "<script>" not in text and EVIL not in text
+    assert "&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;" in text
+    assert "not verified" in text
+    assert "A" * 200 not in text and "A" * 199 + "…" in text  # cut, and said to be
+
+
+def test_control_characters_of_a_request_are_shown_escaped(console_app, ob_directory, ob_software):
+    aud = "https://bank.example/\r\nSet-Cookie: x=1"
+    body = ob_directory.registration_request(ob_software, aud=aud)
+    refuse(console_app, body, software=ob_software)
+    (refusal,) = refusals_of(console_app)
+    assert "\r" not in refusal.detail and "\\r\\n" in refusal.detail
+    assert all("\n" not in (row["detail"] or "") for row in refusal.report)
+
+
+def test_a_body_that_is_no_jwt_is_kept_with_an_unknown_software(console_app, ob_software):
+    refuse(console_app, b"not a JWT at all", software=ob_software)
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "request_jwt"
+    assert refusal.software_id == "unknown" and refusal.org == "unknown"
+    assert [row["verdict"] for row in refusal.report[:3]] == ["passed", "failed", "not reached"]
+
+
+def test_a_body_too_large_is_kept_without_being_read(console_app, ob_software):
+    state = console_app.extensions["obdcr"]
+    limit = state.settings.max_request_bytes
+    response = refuse(console_app, b"x" * (limit + 10), software=ob_software)
+    assert response.status_code == 413
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "request_body" and refusal.status == 413
+    assert refusal.report[0]["verdict"] == "failed"
+    assert all(row["verdict"] == "not reached" for row in refusal.report[1:])
+
+
+def test_no_certificate_is_said(console_app, ob_directory, ob_software, issuer):
+    refuse(console_app, ob_directory.registration_request(ob_software, aud=issuer))
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "transport_certificate" and refusal.certificate_subject is None
+    assert "none presented" in console_app.test_client().get("/console/refused").get_data(True)
+
+
+def test_a_replayed_request_fails_in_request_claims_row(
+    console_app, registered, ob_directory, ob_software, issuer, post_registration
+):
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    assert post_registration(body, software=ob_software, app=console_app).status_code == 201
+    refuse(console_app, body, software=ob_software)
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "jti_replay"
+    failed = [row for row in refusal.report if row["verdict"] == "failed"]
+    assert [row["policy"] for row in failed] == ["request_claims"]
+    assert "jti replayed" in failed[0]["detail"]
+
+
+def test_a_store_refusal_is_noted_below_every_check_passed(
+    console_app, store, ob_directory, ob_software, issuer, monkeypatch
+):
+    def down(client):
+        raise ConnectionError("database is down")
+
+    monkeypatch.setattr(store, "add", down)
+    body = ob_directory.registration_request(ob_software, aud=issuer)
+    assert refuse(console_app, body, software=ob_software).status_code == 503
+    (refusal,) = refusals_of(console_app)
+    assert refusal.policy == "client_store"
+    assert all(row["verdict"] == "passed" for row in refusal.report)
+    assert refusal.note and "client store refused" in refusal.note
+    text = console_app.test_client().get("/console/refused").get_data(as_text=True)
+    assert "client store refused" in text
+
+
+def test_updates_are_kept_but_reads_and_deletes_are_not(
+    console_app, registered, ob_directory, ob_software
+):
+    http = console_app.test_client()
+    uri = f"/register/{registered['client_id']}"
+    wrong = {"Authorization": "Bearer wrong-token"}
+    assert http.get(uri, headers=wrong, environ_base=ob_software.environ()).status_code == 401
+    assert http.delete(uri, headers=wrong, environ_base=ob_software.environ()).status_code == 401
+    assert refusals_of(console_app) == []
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    token = {"Authorization": f"Bearer {registered['registration_access_token']}"}
+    response = http.put(
+        uri,
+        data=body,
+        content_type="application/jwt",
+        headers=token,
+        environ_base=ob_software.environ(),
+    )
+    assert response.status_code == 400
+    (refusal,) = refusals_of(console_app)
+    assert refusal.kind == "update" and refusal.policy == "request_claims"
+    page = http.get("/console/refused").get_data(as_text=True)
+    assert registered["registration_access_token"] not in page
+
+
+def test_the_signal_carries_the_body_content_type_and_certificate(
+    console_app, ob_directory, ob_software
+):
+    seen = []
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    with registration_rejected.connected_to(lambda sender, **kw: seen.append(kw), console_app):
+        refuse(console_app, body, software=ob_software)
+    (kw,) = seen
+    assert kw["policy"] == "request_claims" and kw["code"] == "invalid_client_metadata"
+    assert kw["body"] == body.encode() and kw["content_type"] == "application/jwt"
+    assert kw["certificate"] == ob_software.transport_certificate
+
+
+def test_a_failing_console_receiver_never_turns_a_refusal_into_a_500(
+    console_app, ob_directory, ob_software, monkeypatch
+):
+    import flask_obdcr.console.refusals as refusals
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("a bug in the console")
+
+    monkeypatch.setattr(refusals, "_refusal", broken)
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    response = refuse(console_app, body, software=ob_software)
+    assert response.status_code == 400
+    assert response.get_json()["error"] == "invalid_client_metadata"
+    assert refusals_of(console_app) == []
+
+
+def test_refusals_are_per_app(ob_app_factory, ob_directory, ob_software):
+    first, second = ob_app_factory(SECRET_KEY="a"), ob_app_factory(SECRET_KEY="b")
+    for app in (first, second):
+        app.register_blueprint(console_blueprint(lambda: True), url_prefix="/console")
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    refuse(first, body, software=ob_software)
+    assert len(refusals_of(first)) == 1 and refusals_of(second) == []
+
+
+def test_authorize_false_shows_nothing_of_refusals_nor_settings(
+    console_app, registered, allowed, ob_directory, ob_software
+):
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    refuse(console_app, body, software=ob_software)
+    allowed["value"] = False
+    http = console_app.test_client()
+    for url in ("/console/refused", "/console/settings"):
+        response = http.get(url)
+        assert response.status_code == 403, url
+        text = response.get_data(as_text=True)
+        for secret in (
+            registered["client_id"],
+            ob_software.software_id,
+            "elsewhere.example",
+            "request_claims",
+            "OpenBanking Ltd",
+            ob_directory.jwks_url,
+        ):
+            assert secret not in text, (url, secret)
+
+
+def test_every_page_links_to_clients_refused_and_settings(console_app, registered):
+    http = console_app.test_client()
+    client_id = registered["client_id"]
+    for url in (
+        "/console/",
+        f"/console/clients/{client_id}",
+        f"/console/clients/{client_id}/delete",
+        "/console/refused",
+        "/console/settings",
+    ):
+        text = http.get(url).get_data(as_text=True)
+        for link in ('href="/console/"', 'href="/console/refused"', 'href="/console/settings"'):
+            assert link in text, (url, link)
+        assert text.count('aria-current="page">') == (0 if "/clients/" in url else 1), url
+
+
+# -- settings (GET /console/settings) -------------------------------------------------------
+
+
+def test_settings_show_the_configured_values(ob_app_factory, ob_directory, store, tmp_path):
+    app = ob_app_factory(
+        store=store,
+        SECRET_KEY="k",
+        OBDCR_AUDIENCES=["0015800001041RHAAY"],
+        OBDCR_SIGNING_ALGS=["PS256"],
+        OBDCR_TOKEN_ENDPOINT_AUTH_METHODS=["tls_client_auth", "private_key_jwt"],
+        OBDCR_MTLS_BASE_URL="https://mtls.anybank.example",
+        OBDCR_ACCESS_TOKEN_LIFETIME=600,
+        OBDCR_MAX_ASSERTION_LIFETIME=120,
+        OBDCR_REVOCATION="prefer",
+        OBDCR_REVOCATION_CACHE_SECONDS=90,
+        OBDCR_REPLAY_QUOTA_PER_SOFTWARE=500,
+        OBDCR_EXPLAIN_ENDPOINT=True,
+        OBDCR_CERTIFICATE_BOUND_TOKENS=False,
+        OBDCR_JWKS_ALLOWED_HOSTS=["keystore.example.org"],
+        OBDCR_DATABASE_URL="postgresql://obdcr:hunter2-secret@db.example:5432/obdcr",
+    )
+    app.register_blueprint(console_blueprint(lambda: True), url_prefix="/console")
+    page = app.test_client().get("/console/settings")
+    assert page.status_code == 200
+    assert page.headers["Cache-Control"] == "no-store"
+    text = page.get_data(as_text=True)
+    settings = app.extensions["obdcr"].settings
+    for shown in (
+        settings.issuer,
+        "https://mtls.anybank.example/register",
+        "https://mtls.anybank.example/token",
+        "mTLS alias: token_endpoint",
+        "OpenBanking Ltd",
+        ob_directory.jwks_url,
+        "keystore.example.org",
+        "0015800001041RHAAY",
+        "<td>PS256</td>",
+        "tls_client_auth, private_key_jwt",
+        "accounts: AISP",
+        "payments: PISP",
+        "fundsconfirmations: CBPII",
+        "600 s",
+        "120 s",
+        "prefer",
+        "90 s",
+        "500",
+        "MemoryStore",
+        "postgresql://***@db.example:5432/obdcr",
+    ):
+        assert shown in text, shown
+    assert re.search(r"Certificate-bound tokens</th><td>off<", text)
+    assert re.search(r"Explain endpoint \(/register/explain\)</th><td>on<", text)
+    assert "hunter2" not in text and "obdcr:" not in text.split("Storage", 1)[1].split("***")[0]
+
+
+def test_settings_never_show_a_password_of_the_store(ob_app_factory):
+    import sqlalchemy  # the test extra brings the postgres extra
+
+    from flask_obdcr.storage.sqlalchemy import SQLAlchemyStore
+
+    # an engine connects on first use only: the page must not need the database
+    engine = sqlalchemy.create_engine("postgresql+psycopg://obdcr:hunter2@127.0.0.1:1/obdcr")
+    app = ob_app_factory(store=SQLAlchemyStore(engine), SECRET_KEY="k")
+    app.register_blueprint(console_blueprint(lambda: True), url_prefix="/console")
+    page = app.test_client().get("/console/settings")
+    assert page.status_code == 200
+    text = page.get_data(as_text=True)
+    assert "SQLAlchemyStore" in text and "postgresql+psycopg://***@127.0.0.1:1/obdcr" in text
+    assert "hunter2" not in text and "obdcr:" not in text
+
+
+@pytest.mark.parametrize(
+    "url,shown",
+    [
+        ("postgresql://user:pw@db:5432/x", "postgresql://***@db:5432/x"),
+        ("postgresql://user@db/x", "postgresql://***@db/x"),
+        ("redis://:pw@[::1]:6379/0", "redis://***@[::1]:6379/0"),
+        (
+            "postgresql://db/x?sslkey=/k.pem&sslmode=require",
+            "postgresql://db/x?sslkey=***&sslmode=require",
+        ),
+        ("https://keystore.example/ob.jwks", "https://keystore.example/ob.jwks"),
+    ],
+)
+def test_redact_url(url, shown):
+    assert redact_url(url) == shown
+
+
+def test_settings_show_while_the_store_is_down(console_app, store, monkeypatch):
+    def down(*args, **kwargs):
+        raise ConnectionError("database is down")
+
+    for name in ("get", "list", "add", "replace", "delete"):
+        monkeypatch.setattr(store, name, down)
+    http = console_app.test_client()
+    for url in ("/console/", "/console/clients/c1"):
+        response = http.get(url)
+        assert response.status_code == 503, url
+        assert "retry later" in response.get_data(as_text=True)
+    for url in ("/console/settings", "/console/refused"):
+        response = http.get(url)
+        assert response.status_code == 200, url
+        assert "database is down" not in response.get_data(as_text=True)

@@ -1,4 +1,5 @@
-"""The console's blueprint: a list of clients, a page per client, and the operator's actions.
+"""The console's blueprint: a list of clients, a page per client, the operator's actions, the
+last registrations refused (with their explain report) and the validator's settings.
 
 Nothing secret is ever rendered: no client secret, registration access token or access token,
 nor any hash of one (:func:`shown_metadata` drops them by name and drops every ``sha256:``
@@ -32,6 +33,8 @@ from ..errors import RegistrationError, TemporarilyUnavailable
 from ..registration import SUSPENDED, TRUST, suspension
 from ..state import EXTENSION_KEY, DCRState
 from ..storage import StoredClient
+from .refusals import DEFAULT_LIMIT, refusal_log
+from .settings import settings_sections
 
 #: the session key of the console's CSRF token
 CSRF_SESSION_KEY = "obdcr_console_csrf"
@@ -198,23 +201,40 @@ def _check_csrf() -> Response | None:
 
 
 @contextlib.contextmanager
-def _store_failures_as_503(what: str) -> Iterator[None]:
+def _store_failures_as_503(what: str, *, many: bool = False) -> Iterator[None]:
     try:
         yield
     except RegistrationError:
         raise
     except Exception as exc:  # the store or token store is down: nothing half done is claimed
+        subject = "The clients" if many else "The client"
         raise TemporarilyUnavailable(
-            f"The client could not be {what}; retry later.", detail=repr(exc)
+            f"{subject} could not be {what}; retry later.", detail=repr(exc)
         ) from exc
 
 
-def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_console") -> Blueprint:
+def console_blueprint(
+    authorize: Callable[[], bool],
+    *,
+    name: str = "obdcr_console",
+    keep_refused: int = DEFAULT_LIMIT,
+) -> Blueprint:
     """A new console blueprint; ``authorize()`` is called before every request of it (pages
-    and actions) and a false answer is a 403 that says nothing of any client."""
+    and actions) and a false answer is a 403 that says nothing of any client.
+
+    Registering it on an app starts keeping that app's last ``keep_refused`` refused
+    registrations and updates (in this process's memory) for ``GET /refused``."""
     if not callable(authorize):
         raise TypeError("console_blueprint(authorize=...) needs a callable returning a bool.")
+    if isinstance(keep_refused, bool) or not isinstance(keep_refused, int) or keep_refused < 1:
+        raise ValueError(f"keep_refused must be a positive integer; got {keep_refused!r}")
     bp = Blueprint(name, __name__, template_folder="templates")
+
+    @bp.record_once
+    def listen(setup: Any) -> None:
+        # from the app's registration on, not from its first page: a refusal made before an
+        # operator opens the console is on the page
+        refusal_log(setup.app, keep_refused)
 
     @bp.errorhandler(RegistrationError)
     def unavailable(error: RegistrationError) -> Any:
@@ -248,7 +268,8 @@ def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_conso
         }
 
     def client_or_404(client_id: str) -> StoredClient:
-        client = _state().store.get(client_id)
+        with _store_failures_as_503("read"):
+            client = _state().store.get(client_id)
         if client is None:
             abort(404)
         return client
@@ -256,8 +277,9 @@ def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_conso
     @bp.get("/")
     def index() -> str:
         query = request.args.get("q", "").strip()
-        clients: Iterable[StoredClient] = _state().store.list()
-        rows = [summary(c) for c in clients if matches(c, query)]
+        with _store_failures_as_503("listed", many=True):
+            clients: Iterable[StoredClient] = _state().store.list()
+            rows = [summary(c) for c in clients if matches(c, query)]
         rows.sort(key=lambda r: (str(r["org_name"] or ""), str(r["software_name"] or "")))
         return render_template("obdcr_console/index.html", rows=rows, query=query)
 
@@ -293,6 +315,16 @@ def console_blueprint(authorize: Callable[[], bool], *, name: str = "obdcr_conso
         with _store_failures_as_503("reinstated"):
             state.store.replace(client.with_changes(extra=extra))
         return redirect(url_for(".client_page", client_id=client.client_id), 303)
+
+    @bp.get("/refused")
+    def refused() -> str:
+        app = current_app._get_current_object()  # type: ignore[attr-defined]
+        log = refusal_log(app, keep_refused)
+        return render_template("obdcr_console/refused.html", refusals=log.recent(), limit=log.limit)
+
+    @bp.get("/settings")
+    def settings_page() -> str:
+        return render_template("obdcr_console/settings.html", sections=settings_sections(_state()))
 
     @bp.get("/clients/<client_id>/delete")
     def confirm_delete(client_id: str) -> str:
