@@ -63,7 +63,9 @@ def get(client, path: str, status: int = 200, **kwargs):
 
 def token_of(client) -> str:
     """The session's CSRF token, as the forms carry it."""
-    return CSRF.search(get(client, "/portal/").get_data(as_text=True)).group(1)
+    found = CSRF.search(get(client, "/portal/").get_data(as_text=True))
+    assert found is not None
+    return found[1]
 
 
 def post(client, path: str, data: dict, *, csrf: str | None = "session", **kwargs):
@@ -597,8 +599,9 @@ def test_a_hostile_name_is_escaped_everywhere(client, state):
 def commands(response) -> list[str]:
     """The command lines of the software page's "next commands", as shown."""
     body = response.get_data(as_text=True)
-    listed = re.search(r'<ol class="commands" id="commands">(.*?)</ol>', body, re.S)[1]
-    return [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", listed)]
+    listed = re.search(r'<ol class="commands" id="commands">(.*?)</ol>', body, re.S)
+    assert listed is not None
+    return [html.unescape(c) for c in re.findall(r"<code>(.*?)</code>", listed[1])]
 
 
 def tpp(line: str) -> str:
