@@ -22,9 +22,9 @@ Hostile moduli are random odd 3072-bit numbers just below 2**3072 (generating hu
 real RSA-3072 keys would take minutes): a verification costs the same modular
 exponentiation, and the signature is always below the modulus so none is cut short.
 
-    .venv/bin/python benchmarks/jws_key_cap.py
-    .venv/bin/python benchmarks/jws_key_cap.py --repeat 9 --clock cpu
-    .venv/bin/python benchmarks/jws_key_cap.py --json     # also benchmarks/out/jws_key_cap.json
+    .venv/bin/python -m benchmarks.jws_key_cap
+    .venv/bin/python -m benchmarks.jws_key_cap --repeat 9 --clock cpu
+    .venv/bin/python -m benchmarks.jws_key_cap --json     # also benchmarks/out/jws_key_cap.json
 """
 
 from __future__ import annotations
@@ -45,11 +45,10 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from jwcrypto import jwk
 from jwcrypto.jwa import JWA
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from flask_obdcr import jose
+from flask_obdcr.jwks import JWKSClient, KeyNotFound, StaticFetcher, _parse_jwks
 
-from flask_obdcr import jose  # noqa: E402
-from flask_obdcr.jwks import JWKSClient, KeyNotFound, StaticFetcher, _parse_jwks  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 OUT_DIR = ROOT / "benchmarks" / "out"
 URL = "https://keystore.example/hostile/software.jwks"
@@ -132,7 +131,9 @@ def refused(call: Callable[[], Any]) -> Callable[[], None]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.jws_key_cap", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--repeat", type=int, default=5, help="interleaved repeats (median)")
     parser.add_argument("--clock", choices=["wall", "cpu"], default="wall")
     parser.add_argument("--max-keys", type=int, default=None, help="fewer keys (a quick run)")

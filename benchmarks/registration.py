@@ -20,10 +20,10 @@ and reports the ratio registration / floor (target: under 4x). Variants: ``PS256
 request PS256, RSA transport certificate) and ``PS256+ES256`` (SSA PS256 by the Directory,
 request ES256 by an EC software key, EC transport certificate; the CA signatures are RSA).
 
-    .venv/bin/python benchmarks/registration.py                  # table + PNG chart
-    .venv/bin/python benchmarks/registration.py --n 1000 --repeat 7
-    .venv/bin/python benchmarks/registration.py --profile        # + where the time goes
-    .venv/bin/python benchmarks/registration.py --json --baseline before.json
+    .venv/bin/python -m benchmarks.registration                  # table + PNG chart
+    .venv/bin/python -m benchmarks.registration --n 1000 --repeat 7
+    .venv/bin/python -m benchmarks.registration --profile        # + where the time goes
+    .venv/bin/python -m benchmarks.registration --json --baseline before.json
 
 The chart needs matplotlib (``pip install matplotlib``); without it the chart is skipped
 with a note. Output goes to ``benchmarks/out/`` (gitignored).
@@ -672,7 +672,8 @@ def profile(name: str, directory: SandboxDirectory, n: int, out_dir: Path, top: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        description="In-process registrations per second vs the cryptographic floor."
+        prog="python -m benchmarks.registration",
+        description="In-process registrations per second vs the cryptographic floor.",
     )
     parser.add_argument("--n", type=int, default=500, help="registrations per repeat (500)")
     parser.add_argument("--repeat", type=int, default=5, help="repeats; medians reported (5)")

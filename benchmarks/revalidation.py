@@ -38,10 +38,10 @@ than that, or judged a client other than "passed", stops the script with an erro
 (``--keep-going``: reported with the results instead). CPU time is the process's, so it
 includes the two servers' threads (which run in the process).
 
-    .venv/bin/python benchmarks/revalidation.py                   # 10,000 clients, 50 software
-    .venv/bin/python benchmarks/revalidation.py --clients 30000 --software 300 --repeat 1
-    .venv/bin/python benchmarks/revalidation.py --software 400 --repeat 1 --keep-going
-    .venv/bin/python benchmarks/revalidation.py --stores sqlite --json
+    .venv/bin/python -m benchmarks.revalidation                   # 10,000 clients, 50 software
+    .venv/bin/python -m benchmarks.revalidation --clients 30000 --software 300 --repeat 1
+    .venv/bin/python -m benchmarks.revalidation --software 400 --repeat 1 --keep-going
+    .venv/bin/python -m benchmarks.revalidation --stores sqlite --json
 
 ``--json`` writes ``benchmarks/out/revalidation.json`` (gitignored).
 """
@@ -65,16 +65,15 @@ from typing import Any
 
 from flask import Flask
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from flask_obdcr import OpenBankingDCR
+from flask_obdcr.registration import new_client_id
+from flask_obdcr.revalidation import Finding, RevalidationReport
+from flask_obdcr.storage import ClientStore, MemoryStore, SQLiteStore, StoredClient
+from flask_obdcr.testing import JWKSServer, SandboxDirectory, Software
+from flask_obdcr.testing.pki import KeyType
+from flask_obdcr.testing.revocation import RevocationServer
 
-from flask_obdcr import OpenBankingDCR  # noqa: E402
-from flask_obdcr.registration import new_client_id  # noqa: E402
-from flask_obdcr.revalidation import Finding, RevalidationReport  # noqa: E402
-from flask_obdcr.storage import ClientStore, MemoryStore, SQLiteStore, StoredClient  # noqa: E402
-from flask_obdcr.testing import JWKSServer, SandboxDirectory, Software  # noqa: E402
-from flask_obdcr.testing.pki import KeyType  # noqa: E402
-from flask_obdcr.testing.revocation import RevocationServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ISSUER = "https://as.bench-bank.test"
 OUT_DIR = ROOT / "benchmarks" / "out"
@@ -312,7 +311,9 @@ def table(passes: Sequence[Pass], expected: Expected) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.revalidation", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--clients", type=int, default=10000, help="stored clients (10,000)")
     parser.add_argument("--software", type=int, default=50, help="distinct software (50)")
     parser.add_argument(

@@ -18,9 +18,9 @@ ratio to the baseline measured in the same run, so the figures compare across ma
 * **verify + check, leaf + intermediate**: the issuing CA names the root's CRL too.
 * **check alone**: the leaf-only check without the verification, for its own cost.
 
-    .venv/bin/python benchmarks/revocation_hot_path.py
-    .venv/bin/python benchmarks/revocation_hot_path.py --repeat 9 --number 20000
-    .venv/bin/python benchmarks/revocation_hot_path.py --redis redis://127.0.0.1:6379/0
+    .venv/bin/python -m benchmarks.revocation_hot_path
+    .venv/bin/python -m benchmarks.revocation_hot_path --repeat 9 --number 20000
+    .venv/bin/python -m benchmarks.revocation_hot_path --redis redis://127.0.0.1:6379/0
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ import argparse
 import datetime
 import gc
 import statistics
-import sys
 import time
 import uuid
 from collections.abc import Callable
@@ -37,18 +36,17 @@ from pathlib import Path
 
 from cryptography import x509
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from flask_obdcr.certificates.verify import TransportCertificateVerifier  # noqa: E402
-from flask_obdcr.fetch import BoundedFetch  # noqa: E402
-from flask_obdcr.revocation import (  # noqa: E402
+from flask_obdcr.certificates.verify import TransportCertificateVerifier
+from flask_obdcr.fetch import BoundedFetch
+from flask_obdcr.revocation import (
     RedisRevocationCache,
     RevocationCache,
     RevocationChecker,
 )
-from flask_obdcr.testing.pki import CertificateAuthority, generate_key, ob_subject  # noqa: E402
-from flask_obdcr.testing.revocation import RevocationServer  # noqa: E402
+from flask_obdcr.testing.pki import CertificateAuthority, generate_key, ob_subject
+from flask_obdcr.testing.revocation import RevocationServer
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def timed(call: Callable[[], object], number: int) -> float:
@@ -64,7 +62,9 @@ def timed(call: Callable[[], object], number: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.revocation_hot_path", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--repeat", type=int, default=7, help="interleaved repeats (median)")
     parser.add_argument("--number", type=int, default=10000, help="calls per timing")
     parser.add_argument("--redis", default=None, help="also time a RedisRevocationCache")

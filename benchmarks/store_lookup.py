@@ -17,10 +17,10 @@ trip) and ``StoredClient.from_record`` alone (the JSON decoding every ``get`` pa
 ``--pg-tuned`` times a prototype engine on the same PostgreSQL data (no ``pool_pre_ping``,
 autocommit reads: one round trip instead of four).
 
-    .venv/bin/python benchmarks/store_lookup.py
-    .venv/bin/python benchmarks/store_lookup.py --sizes 1000,100000 --stores sqlite
-    .venv/bin/python benchmarks/store_lookup.py --record slim --lookups 50000
-    .venv/bin/python benchmarks/store_lookup.py --pg-tuned
+    .venv/bin/python -m benchmarks.store_lookup
+    .venv/bin/python -m benchmarks.store_lookup --sizes 1000,100000 --stores sqlite
+    .venv/bin/python -m benchmarks.store_lookup --record slim --lookups 50000
+    .venv/bin/python -m benchmarks.store_lookup --pg-tuned
 
 Full records take about 4.5 GB per backend at 1M clients (checked against the free space
 first); the databases are in the page cache while timed (cold-cache latency is not measured).
@@ -49,11 +49,9 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "benchmarks"))
-from http_registration import git_version, wait_for_quiet  # noqa: E402
+from .harness.common import OUT_DIR, ROOT
+from .harness.processes import git_version, wait_for_quiet
 
-OUT_DIR = ROOT / "benchmarks" / "out"
 DEFAULT_PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/obdcr_bench"
 TABLE_PREFIX = "bench_lookup_"
 TARGET_RATIO = 1.5
@@ -473,7 +471,9 @@ def chart(results: list[dict], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.store_lookup", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--sizes", default="1000,100000,1000000")
     parser.add_argument("--lookups", type=int, default=20000)
     parser.add_argument("--stores", default="sqlite,postgres")

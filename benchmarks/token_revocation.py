@@ -43,11 +43,11 @@ per request (``time.process_time``) on and off and its ratio: on a machine busy 
 work the CPU ratio is the steadier one. Target: every ratio at most 1.05. ``--control`` is an
 A/A run (the "on" bank gets ``"off"`` too): its ratios are the noise floor of the method.
 
-    .venv/bin/python benchmarks/token_revocation.py
-    .venv/bin/python benchmarks/token_revocation.py --n 400 --repeat 21 --json
-    .venv/bin/python benchmarks/token_revocation.py --control          # A/A: the noise floor
-    .venv/bin/python benchmarks/token_revocation.py --store sqlite
-    .venv/bin/python benchmarks/token_revocation.py --profile          # cProfile, on vs off
+    .venv/bin/python -m benchmarks.token_revocation
+    .venv/bin/python -m benchmarks.token_revocation --n 400 --repeat 21 --json
+    .venv/bin/python -m benchmarks.token_revocation --control          # A/A: the noise floor
+    .venv/bin/python -m benchmarks.token_revocation --store sqlite
+    .venv/bin/python -m benchmarks.token_revocation --profile          # cProfile, on vs off
 
 ``--json`` writes ``benchmarks/out/token_revocation.json`` (gitignored); ``--check`` exits 1
 when a ratio is above the target.
@@ -76,18 +76,17 @@ from authlib.integrations.flask_oauth2 import AuthorizationServer
 from flask import Flask
 from flask.testing import FlaskClient
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from flask_obdcr import OpenBankingDCR
+from flask_obdcr.jwks import StaticFetcher
+from flask_obdcr.revocation import RevocationChecker
+from flask_obdcr.revoked_keys import key_thumbprint
+from flask_obdcr.state import EXTENSION_KEY, DCRState
+from flask_obdcr.storage import ClientStore, MemoryStore, SQLiteStore
+from flask_obdcr.testing import SandboxDirectory, Software
+from flask_obdcr.testing.pki import KeyType
+from flask_obdcr.testing.revocation import RevocationServer
 
-from flask_obdcr import OpenBankingDCR  # noqa: E402
-from flask_obdcr.jwks import StaticFetcher  # noqa: E402
-from flask_obdcr.revocation import RevocationChecker  # noqa: E402
-from flask_obdcr.revoked_keys import key_thumbprint  # noqa: E402
-from flask_obdcr.state import EXTENSION_KEY, DCRState  # noqa: E402
-from flask_obdcr.storage import ClientStore, MemoryStore, SQLiteStore  # noqa: E402
-from flask_obdcr.testing import SandboxDirectory, Software  # noqa: E402
-from flask_obdcr.testing.pki import KeyType  # noqa: E402
-from flask_obdcr.testing.revocation import RevocationServer  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 ISSUER = "https://as.bench-bank.test"
 TOKEN_URL = f"{ISSUER}/token"
@@ -488,7 +487,9 @@ def profile(run: dict[str, dict[str, Callable[[int], None]]], n: int, top: int, 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.token_revocation", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("--n", type=int, default=300, help="token requests per series (300)")
     parser.add_argument("--repeat", type=int, default=15, help="interleaved repeats (15)")
     parser.add_argument(

@@ -1,15 +1,15 @@
 """Where one registration's time goes inside the bank: the WSGI app called in process.
 
-The example bank exactly as ``http_registration.py`` serves it (``behind_nginx``, the
+The example bank exactly as ``benchmarks.http_registration`` serves it (``behind_nginx``, the
 certificate in ``X-SSL-Client-Cert``, the sandbox Directory service over HTTPS for the JWKS),
 but called directly with a WSGI environ, as gunicorn would call it: no HTTP server, no
 network, one thread. Requests are signed beforehand, each with its own jti.
 
-    .venv/bin/python benchmarks/wsgi_breakdown.py                  # CPU per registration
-    .venv/bin/python benchmarks/wsgi_breakdown.py --steps          # time per policy and step
-    .venv/bin/python benchmarks/wsgi_breakdown.py --profile        # cProfile, top functions
-    .venv/bin/python benchmarks/wsgi_breakdown.py --store postgres # OBDCR_DATABASE_URL
-    .venv/bin/python benchmarks/wsgi_breakdown.py --redis-url redis://127.0.0.1:6379/0
+    .venv/bin/python -m benchmarks.wsgi_breakdown                  # CPU per registration
+    .venv/bin/python -m benchmarks.wsgi_breakdown --steps          # time per policy and step
+    .venv/bin/python -m benchmarks.wsgi_breakdown --profile        # cProfile, top functions
+    .venv/bin/python -m benchmarks.wsgi_breakdown --store postgres # OBDCR_DATABASE_URL
+    .venv/bin/python -m benchmarks.wsgi_breakdown --redis-url redis://127.0.0.1:6379/0
 
 ``--steps`` wraps each policy and a few functions in a timer (which adds about 1 µs each):
 read it for proportions, and the plain run for the total.
@@ -31,7 +31,11 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-import http_registration as bench
+from .harness.common import CERT_HEADER, DEFAULT_PG_URL
+from .harness.onboarding import onboard, start_directory
+from .harness.processes import Processes
+from .harness.servers import bank_config, pg_prepare
+from .harness.signing import write_registration_requests
 
 
 def environ(body: bytes, certificate_header: str) -> dict:
@@ -98,10 +102,12 @@ def timed_steps(totals: dict[str, float]) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.wsgi_breakdown", description=__doc__.split("\n\n")[0]
+    )
     parser.add_argument("-n", type=int, default=3000, help="measured registrations")
     parser.add_argument("--store", choices=["sqlite", "postgres"], default="sqlite")
-    parser.add_argument("--pg-url", default=bench.DEFAULT_PG_URL)
+    parser.add_argument("--pg-url", default=DEFAULT_PG_URL)
     parser.add_argument("--redis-url", default=None, help="the Redis caches, as OBDCR_REDIS_URL")
     mode = parser.add_mutually_exclusive_group()
     mode.add_argument("--steps", action="store_true")
@@ -111,23 +117,23 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(tempfile.mkdtemp(prefix="obdcr-wsgi-"))
     config: dict = {}
     try:
-        with bench.Processes() as procs:
-            directory_url, ca_file = bench.start_directory(procs, work)
-            tpp = bench.onboard(directory_url, ca_file)
+        with Processes() as procs:
+            directory_url, ca_file = start_directory(procs, work)
+            tpp = onboard(directory_url, ca_file)
             warm = 300
             requests_file = work / "requests.txt"
-            bench.write_registration_requests(tpp, requests_file, warm + args.n, 3600)
+            write_registration_requests(tpp, requests_file, warm + args.n, 3600)
             bodies = [line.encode() for line in requests_file.read_text().split()]
             instance = work / "instance"
             instance.mkdir()
             if args.store == "postgres":
-                bench.pg_prepare(args.pg_url)
-            config = bench.bank_config(tpp, args.store, args.pg_url, args.redis_url)
+                pg_prepare(args.pg_url)
+            config = bank_config(tpp, args.store, args.pg_url, args.redis_url)
             (instance / "anybank.json").write_text(json.dumps(config))
             from example_app.wsgi import behind_nginx
 
             app = behind_nginx(
-                header=bench.CERT_HEADER, trusted_proxies=["127.0.0.1"], instance_path=instance
+                header=CERT_HEADER, trusted_proxies=["127.0.0.1"], instance_path=instance
             )
             header = tpp.escaped_transport_pem
 

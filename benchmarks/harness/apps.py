@@ -1,0 +1,143 @@
+"""The WSGI apps the servers under test run, as factories without arguments.
+
+gunicorn calls ``'benchmarks.harness.apps:bank()'``; granian's ``--factory`` calls
+``benchmarks.harness.apps:bank`` with no arguments at all, so every factory reads its instance
+folder from the environment (``OBDCR_BENCH_INSTANCE``, set by :mod:`benchmarks.harness.servers`).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import sqlite3
+import threading
+import uuid
+from pathlib import Path
+from typing import Any
+
+from .common import CERT_HEADER, INSTANCE_ENV
+
+
+def instance_folder() -> Path:
+    try:
+        return Path(os.environ[INSTANCE_ENV])
+    except KeyError:
+        raise SystemExit(f"{INSTANCE_ENV} is not set: the instance folder of the app") from None
+
+
+def bank() -> Any:
+    """AnyBank behind an (imagined) TLS-terminating nginx: the client certificate arrives in
+    ``X-SSL-Client-Cert``, honoured from 127.0.0.1 only; its configuration is the instance
+    folder's ``anybank.json``."""
+    from example_app.wsgi import behind_nginx
+
+    return behind_nginx(
+        header=CERT_HEADER, trusted_proxies=["127.0.0.1"], instance_path=instance_folder()
+    )
+
+
+def _with_proxy_fix(app: Any) -> Any:
+    """The same ProxyFix as the bank behind its proxy: every Flask target pays for it alike."""
+    from werkzeug.middleware.proxy_fix import ProxyFix
+
+    # Flask's documented way to add WSGI middleware replaces the wsgi_app method
+    app.wsgi_app = ProxyFix(app.wsgi_app, x_for=0, x_proto=1, x_host=1, x_port=1)
+    return app
+
+
+def noop() -> Any:
+    """The stack without the work: the server + Flask (+ the same ProxyFix) and a ``POST
+    /register`` that reads the body and answers 201 with a small JSON document. What it
+    reaches is the ceiling for any Flask endpoint on this machine."""
+    from flask import Flask, request
+
+    app = Flask("noop")
+
+    @app.get("/")
+    def index() -> Any:
+        return {"service": "no-op"}
+
+    @app.post("/register")
+    def register() -> Any:
+        request.get_data()
+        return {"client_id": str(uuid.uuid4())}, 201
+
+    return _with_proxy_fix(app)
+
+
+class ClientTable:
+    """One SQLite table of registered clients (WAL, ``synchronous=NORMAL``, as ``SQLiteStore``
+    sets them), one connection per thread and process: the floor's and the Authlib peer's
+    store, written the same way."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def connection(self) -> sqlite3.Connection:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT)"
+            )
+            local.conn, local.pid = conn, os.getpid()
+        return conn
+
+    def insert(self, client_id: str, body: str) -> None:
+        self.connection().execute("INSERT INTO clients VALUES (?, ?)", (client_id, body))
+
+
+def floor() -> Any:
+    """The least any Flask DCR server must do per registration, and nothing more: the same
+    server, Flask and ProxyFix as the bank; ``POST /register`` splits the request JWT,
+    verifies its PS256 signature with the software's key (loaded once: no JWKS lookup, no
+    SSA, no certificate, no claim checked), inserts the decoded claims into SQLite and
+    answers 201 with them. The request signature is the one public-key operation no cache
+    can skip (every request JWT is new), and the insert the one write no durable store can
+    skip; a conforming server does all of this and more."""
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from flask import Flask, Response, request
+    from jwcrypto import jwk
+
+    folder = instance_folder()
+    public = jwk.JWK(**json.loads((folder / "software-key.json").read_text()))
+    key = public.get_op_key("verify")
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
+    clients = ClientTable(folder / "floor.db")
+    app = Flask("floor")
+
+    @app.get("/")
+    def index() -> Any:
+        return {"service": "floor"}
+
+    @app.post("/register")
+    def register() -> Any:
+        token = request.get_data().decode("ascii")
+        signing_input, _, signature = token.rpartition(".")
+        key.verify(
+            base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+            signing_input.encode("ascii"),
+            pss,
+            hashes.SHA256(),
+        )
+        payload = signing_input.partition(".")[2]
+        claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+        claims["client_id"] = client_id = str(uuid.uuid4())
+        body = json.dumps(claims)
+        clients.insert(client_id, body)
+        return Response(body, status=201, mimetype="application/json")
+
+    return _with_proxy_fix(app)
+
+
+def authlib_peer() -> Any:
+    """Authlib's own RFC 7591 registration endpoint (:mod:`benchmarks.harness.authlib_peer`)."""
+    from .authlib_peer import create_app
+
+    return _with_proxy_fix(create_app(instance_folder()))
