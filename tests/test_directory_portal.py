@@ -643,19 +643,21 @@ def onboard_in_the_portal(portal) -> tuple[str, str, list[str]]:
 
 def test_the_next_commands_are_the_command_lines_own(sandbox, fresh_tpp_folder):
     portal = portal_of(sandbox)
-    org_id, sid, shown = onboard_in_the_portal(portal)
+    org_id, sid, lines = onboard_in_the_portal(portal)
     typed = f".venv/bin/obdcr-tpp --workdir {sandbox.tpp_folder}"
-    assert shown[0] == (
+    page = get(portal, f"/portal/software/{sid}").get_data(as_text=True)
+    assert shown(page, "commands-folder") == str(REPO)  # where they are typed
+    assert lines[0] == (
         f"{typed} init --org-id {org_id} --software-id {sid}"
         f" --directory {sandbox.directory_url} --bank {sandbox.bank_url}"
     )
-    assert shown[1] == f"{typed} keys"
-    assert shown[2:5] == [
+    assert lines[1] == f"{typed} keys"
+    assert lines[2:5] == [
         f"cat {sandbox.tpp_folder}/transport.csr",
         f"cat {sandbox.tpp_folder}/signing.csr",
         f"{typed} upload-csr",
     ]
-    assert shown[5:] == [
+    assert lines[5:] == [
         f"{typed} download",
         f"{typed} ssa",
         f"{sandbox.tpp_folder}/ssa.jwt",

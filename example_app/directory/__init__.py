@@ -18,9 +18,28 @@ Directory's operator) do, on loopback:
 * generate software statements (SSAs): JWTs signed PS256 by the Directory, ``iss``
   ``"OpenBanking Ltd"``, verifiable with ``/openbanking.jwks``.
 
+All of it but the operator's organisation status is also in the portal, the server-rendered
+pages a browser gets at ``GET /`` (:mod:`~example_app.directory.portal`)::
+
+    GET  /portal/                                        organisations, their software, the
+                                                         status of its certificates; POST
+                                                         /portal/organisations creates one
+    GET  /portal/organisations/<org_id>/software/new     "Add new statement": name, roles,
+                                                         redirect URIs (POST .../software)
+    GET  /portal/software/<software_id>                  details; CSR upload (pasted or a file);
+                                                         the certificates with PEM links and what
+                                                         the CRL and OCSP responder say; the key
+                                                         sets; the TPP's next obdcr-tpp commands
+    GET  /portal/software/<software_id>/certificates/<kid>/revoke   confirm, then POST: revoke
+    GET  /portal/software/<software_id>/ssa              a new SSA, with its header and claims
+
+Its forms are POSTs with a per-session CSRF token (the session key: ``portal-secret.key`` in
+the state folder); like the API it has no authentication: a sandbox, bound to loopback.
+
 HTTP API (JSON unless noted; no authentication: it is a sandbox, bound to loopback)::
 
-    GET    /                                          what this service is, its URLs
+    GET    /                                          what this service is, its URLs (a
+                                                      browser preferring HTML: 303 to /portal/)
     GET    /ca.pem                                    the sandbox CA bundle (issuing + root)
     GET    /openbanking.jwks                          the Directory's SSA signing keys
     GET    /pki/issuing.crl                           the issuing CA's CRL (DER, made afresh)
@@ -46,8 +65,9 @@ HTTP API (JSON unless noted; no authentication: it is a sandbox, bound to loopba
 State (PKI, SSA key, registry with the revoked certificates, TLS certificate) lives in one
 folder, ``--state``; the same folder serves again after a restart. The modules:
 :mod:`~example_app.directory.state` (:class:`DirectoryState`),
-:mod:`~example_app.directory.api` (:func:`create_directory_app`) and
-:mod:`~example_app.directory.cli` (the command line, :data:`cli`).
+:mod:`~example_app.directory.api` (:func:`create_directory_app`),
+:mod:`~example_app.directory.portal` (its pages) and :mod:`~example_app.directory.cli` (the
+command line, :data:`cli`).
 """
 
 from __future__ import annotations

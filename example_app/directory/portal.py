@@ -31,6 +31,7 @@ Like the API, the portal has no authentication: it is a sandbox bound to loopbac
 from __future__ import annotations
 
 import hmac
+import os
 import secrets
 import shlex
 from pathlib import Path
@@ -135,9 +136,9 @@ def tpp_folder(state: DirectoryState, software: dict[str, Any]) -> tuple[Path, s
 
 
 def tpp_commands(state: DirectoryState, software: dict[str, Any]) -> dict[str, Any]:
-    """The TPP's next command lines for this software, as they run from a fresh shell here
-    (:func:`example_app.tpp.tpp_command`, as the command line's own hints and ``make serve``
-    print them)."""
+    """The TPP's next command lines for this software, as they run from a fresh shell in this
+    process's current folder (``cwd``): made by :func:`example_app.tpp.tpp_command`, as the
+    command line's own hints and ``make serve``'s banner are when run from there."""
     from ..tpp import DEFAULT_BANK_URL, DEFAULT_DIRECTORY_URL, TPP, tpp_command
 
     folder, moved = tpp_folder(state, software)
@@ -154,6 +155,8 @@ def tpp_commands(state: DirectoryState, software: dict[str, Any]) -> dict[str, A
     if tpp.workdir.parent / "directory" / "ca-bundle.pem" != state.ca_bundle:
         init += f" --ca {shown_path(state.ca_bundle)}"
     return {
+        # the helpers show paths relative to this process's folder: where to type them
+        "cwd": os.getcwd(),
         "folder": shown_path(tpp.workdir),
         "moved": moved,
         "bank_known": bank_url is not None,
