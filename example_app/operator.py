@@ -65,6 +65,7 @@ CONSOLE_ENDPOINTS = frozenset(
     for name in (
         "index",
         "client_page",
+        "confirm_suspend",
         "suspend",
         "reinstate",
         "confirm_delete",

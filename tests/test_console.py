@@ -106,6 +106,9 @@ def test_client_page_shows_metadata_and_ssa_but_no_secret(console_app, registere
         f"/console/?q={client_id}",
         f"/console/clients/{client_id}",
         f"/console/clients/{client_id}/delete",
+        f"/console/clients/{client_id}/suspend",
+        "/console/refused",
+        "/console/settings",
     ]
     for url in pages:
         body = http.get(url).get_data(as_text=True)
@@ -132,12 +135,13 @@ def test_unknown_client_is_404(console_app):
 def test_authorize_false_is_403_with_nothing_of_any_client(console_app, registered, allowed):
     http = console_app.test_client()
     client_id = registered["client_id"]
-    token = csrf_of(http.get(f"/console/clients/{client_id}").get_data(as_text=True))
+    token = csrf_of(http.get(f"/console/clients/{client_id}/suspend").get_data(as_text=True))
     allowed["value"] = False
     for response in (
         http.get("/console/"),
         http.get(f"/console/clients/{client_id}"),
         http.get(f"/console/clients/{client_id}/delete"),
+        http.get(f"/console/clients/{client_id}/suspend"),
         http.post(f"/console/clients/{client_id}/suspend", data={"csrf_token": token}),
         http.post(f"/console/clients/{client_id}/delete", data={"csrf_token": token}),
     ):
@@ -174,7 +178,12 @@ def test_values_are_escaped(console_app, store):
         )
     )
     http = console_app.test_client()
-    for url in ("/console/", "/console/clients/evil-client", "/console/clients/evil-client/delete"):
+    for url in (
+        "/console/",
+        "/console/clients/evil-client",
+        "/console/clients/evil-client/delete",
+        "/console/clients/evil-client/suspend",
+    ):
         text = http.get(url).get_data(as_text=True)
         assert "<script>" not in text, url
         assert "&lt;script&gt;" in text, url
@@ -199,7 +208,7 @@ def test_post_without_or_with_a_wrong_csrf_token_is_400(console_app, registered,
 def test_a_token_of_another_session_is_refused(console_app, registered, store):
     client_id = registered["client_id"]
     first = console_app.test_client()
-    token = csrf_of(first.get(f"/console/clients/{client_id}").get_data(as_text=True))
+    token = csrf_of(first.get(f"/console/clients/{client_id}/suspend").get_data(as_text=True))
     other = console_app.test_client()
     other.get("/console/")
     response = other.post(f"/console/clients/{client_id}/suspend", data={"csrf_token": token})
@@ -236,6 +245,13 @@ def test_suspend_then_reinstate(console_app, registered, store, ob_clock):
     client_id = registered["client_id"]
     now = ob_clock()
     page = http.get(f"/console/clients/{client_id}").get_data(as_text=True)
+    assert f'href="/console/clients/{client_id}/suspend"' in page  # a link to confirm first
+    confirm = http.get(f"/console/clients/{client_id}/suspend")
+    assert confirm.status_code == 200
+    page = confirm.get_data(as_text=True)
+    assert "Suspend this client?" in page
+    assert f'action="/console/clients/{client_id}/suspend"' in page
+    assert SUSPENDED not in store.get(client_id).extra  # the GET changed nothing
     response = http.post(
         f"/console/clients/{client_id}/suspend", data={"csrf_token": csrf_of(page)}
     )
@@ -261,7 +277,7 @@ def test_suspend_revokes_the_clients_tokens(console_app, registered, monkeypatch
     monkeypatch.setattr(state.tokens, "revoke_client", lambda cid: revoked.append(cid) or 0)
     http = console_app.test_client()
     client_id = registered["client_id"]
-    page = http.get(f"/console/clients/{client_id}").get_data(as_text=True)
+    page = http.get(f"/console/clients/{client_id}/suspend").get_data(as_text=True)
     http.post(f"/console/clients/{client_id}/suspend", data={"csrf_token": csrf_of(page)})
     assert revoked == [client_id]
 
@@ -296,7 +312,7 @@ def test_a_store_that_is_down_is_a_503_page_not_a_500(
     state = console_app.extensions["obdcr"]
     http = console_app.test_client()
     client_id = registered["client_id"]
-    page = http.get(f"/console/clients/{client_id}").get_data(as_text=True)
+    page = http.get(f"/console/clients/{client_id}/delete").get_data(as_text=True)
     before = store.get(client_id)
 
     def down(*args, **kwargs):
@@ -578,6 +594,7 @@ def test_every_page_links_to_clients_refused_and_settings(console_app, registere
         "/console/",
         f"/console/clients/{client_id}",
         f"/console/clients/{client_id}/delete",
+        f"/console/clients/{client_id}/suspend",
         "/console/refused",
         "/console/settings",
     ):

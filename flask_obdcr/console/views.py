@@ -296,6 +296,11 @@ def console_blueprint(
             trust=trust_rows(client),
         )
 
+    @bp.get("/clients/<client_id>/suspend")
+    def confirm_suspend(client_id: str) -> str:
+        client = client_or_404(client_id)
+        return render_template("obdcr_console/suspend.html", client=summary(client))
+
     @bp.post("/clients/<client_id>/suspend")
     def suspend(client_id: str) -> Any:
         state = _state()
