@@ -35,10 +35,8 @@ Directory. Any ``OBDCR_*`` key given overrides the default, e.g. to trust anothe
 
 from __future__ import annotations
 
-import copy
 import json
 import os
-import uuid
 from collections.abc import Mapping
 from typing import Any
 from urllib.parse import urlsplit
@@ -53,6 +51,12 @@ from flask_obdcr.jwks import HTTPFetcher
 from flask_obdcr.revalidation import HTTPDirectoryStatus
 
 from ._util import read_json, write_json
+from .accounts import ACCOUNTS, ACCOUNTS_PATH, accounts_blueprint
+from .authorize import Journey, install_grants
+from .bank_keys import ID_TOKEN_ALGS, IdTokenKeys, secret_key
+from .bank_store import BankStore
+from .consents import CONSENTS_PATH, consents_blueprint
+from .customer import customer_blueprint
 
 __all__ = [
     "ACCOUNTS",
@@ -76,58 +80,33 @@ CONFIG_FILE = "anybank.json"
 #: the settings ``serve --audience/--auth-method`` chose, kept across restarts
 KEPT = ("OBDCR_AUDIENCES", "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS")
 #: endpoints reachable without a client certificate
-PUBLIC_ENDPOINTS = frozenset({"index", "discovery", "static"})
+PUBLIC_ENDPOINTS = frozenset(
+    {
+        "index",
+        "discovery",
+        "static",
+        "jwks",
+        # the customer's browser pages of the consent journey (a browser has no certificate)
+        "customer.authorize",
+        "customer.sign_in",
+        "customer.consent",
+    }
+)
 #: endpoints that judge an access token: a revoked certificate there is invalid_token
-TOKEN_ENDPOINTS = frozenset({"accounts", "account", "obdcr.manage"})
+TOKEN_ENDPOINTS = frozenset(
+    {
+        "accounts.accounts",
+        "accounts.account",
+        "accounts.balances",
+        "consents.create",
+        "consents.read",
+        "consents.delete",
+        "obdcr.manage",
+    }
+)
 SCOPES = ("openid", "accounts")
-ACCOUNTS_PATH = "/open-banking/v3.1/aisp/accounts"
-
-#: the accounts API's fixed data set, in the OB Read/Write API v3.1 shape
-ACCOUNTS: list[dict[str, Any]] = [
-    {
-        "AccountId": "22289",
-        "Currency": "GBP",
-        "AccountType": "Personal",
-        "AccountSubType": "CurrentAccount",
-        "Nickname": "Bills",
-        "Account": [
-            {
-                "SchemeName": "UK.OBIE.SortCodeAccountNumber",
-                "Identification": "80200110203345",
-                "Name": "Ms A. N. Customer",
-                "SecondaryIdentification": "00021",
-            }
-        ],
-    },
-    {
-        "AccountId": "31820",
-        "Currency": "GBP",
-        "AccountType": "Personal",
-        "AccountSubType": "Savings",
-        "Nickname": "Rainy day",
-        "Account": [
-            {
-                "SchemeName": "UK.OBIE.SortCodeAccountNumber",
-                "Identification": "80200110203348",
-                "Name": "Ms A. N. Customer",
-            }
-        ],
-    },
-    {
-        "AccountId": "42281",
-        "Currency": "EUR",
-        "AccountType": "Business",
-        "AccountSubType": "CurrentAccount",
-        "Nickname": "Euro trading",
-        "Account": [
-            {
-                "SchemeName": "UK.OBIE.IBAN",
-                "Identification": "GB29NWBK60161331926819",
-                "Name": "AnyBank Demo Trading Ltd",
-            }
-        ],
-    },
-]
+#: the journey's records (consents, codes, refresh tokens), in the instance folder
+DATABASE_FILE = "anybank.db"
 
 
 def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str, Any]:
@@ -193,20 +172,31 @@ def create_app(
         app.config.update(config)
     app.json.sort_keys = False  # type: ignore[attr-defined]
     _sandbox_directory_if_missing(app)
+    _customer_sessions(app, config or {})
 
     # SQLite in the instance folder: obdcr.db; organisations' status from the sandbox Directory
     dcr = OpenBankingDCR(app, directory_status=directory_status(app.config))
-    authorization_server = AuthorizationServer(
-        app, query_client=dcr.query_client, save_token=dcr.save_token
-    )
+    # the authorization-code grant issues a refresh token with its access token
+    app.config.setdefault("OAUTH2_REFRESH_TOKEN_GENERATOR", True)
+    store = BankStore(os.path.join(app.instance_path, DATABASE_FILE), clock=dcr.clock)
+    keys = IdTokenKeys(app.instance_path)
+    authorization_server = AuthorizationServer(app, query_client=dcr.query_client)
+    journey = Journey(dcr, authorization_server, store, keys)
+    authorization_server.init_app(app, save_token=journey.save_token)
     dcr.configure_authorization_server(authorization_server)
+    install_grants(authorization_server)
     app.extensions["anybank"] = {
         "dcr": dcr,
         "authorization_server": authorization_server,
         "directory_status": dcr.directory_status,
+        "journey": journey,
+        "store": store,
     }
 
     app.before_request(_require_client_certificate)
+    app.register_blueprint(customer_blueprint(journey))
+    app.register_blueprint(consents_blueprint(dcr, store))
+    app.register_blueprint(accounts_blueprint(dcr, store))
 
     # every URL this bank publishes comes from its configuration, never from the Host header
     @app.get("/")
@@ -221,15 +211,32 @@ def create_app(
 
     @app.get("/.well-known/openid-configuration")
     def discovery():
+        issuer = dcr.urls.issuer
         metadata = {
             "issuer": dcr.settings.issuer,
+            "authorization_endpoint": f"{issuer}/authorize",
+            "jwks_uri": f"{issuer}/jwks",
             "scopes_supported": list(SCOPES),
             **dcr.discovery_metadata(),
-            # this bank serves the client_credentials grant only
-            "grant_types_supported": ["client_credentials"],
+            # the OB AISP journey: the hybrid flow, answered in the fragment (FAPI 1 Advanced)
+            "response_types_supported": ["code id_token"],
+            "response_modes_supported": ["fragment"],
+            "grant_types_supported": ["authorization_code", "client_credentials", "refresh_token"],
+            "request_object_signing_alg_values_supported": list(ID_TOKEN_ALGS),
+            "id_token_signing_alg_values_supported": list(ID_TOKEN_ALGS),
+            "request_parameter_supported": True,
+            "claims_parameter_supported": True,
             "accounts_endpoint": dcr.urls.under_mtls_base(ACCOUNTS_PATH),
+            # not a standard key: where this example's TPP asks for a consent
+            "account_access_consents_endpoint": dcr.urls.under_mtls_base(CONSENTS_PATH),
         }
         response = jsonify(metadata)
+        response.headers["Cache-Control"] = "max-age=300"
+        return response
+
+    @app.get("/jwks")
+    def jwks():
+        response = jsonify(keys.jwks())
         response.headers["Cache-Control"] = "max-age=300"
         return response
 
@@ -237,20 +244,20 @@ def create_app(
     def token():
         return authorization_server.create_token_response()
 
-    @app.get(ACCOUNTS_PATH)
-    @dcr.require_token("accounts")
-    def accounts():
-        return _ob_response({"Account": copy.deepcopy(ACCOUNTS)})
-
-    @app.get(f"{ACCOUNTS_PATH}/<account_id>")
-    @dcr.require_token("accounts")
-    def account(account_id: str):
-        found = [a for a in ACCOUNTS if a["AccountId"] == account_id]
-        if not found:
-            return _ob_error(404, "UK.OBIE.Resource.NotFound", f"No account {account_id}.")
-        return _ob_response({"Account": copy.deepcopy(found)})
-
     return app
+
+
+def _customer_sessions(app: Flask, config: Mapping[str, Any]) -> None:
+    """The customer's session cookie: signed with ``SECRET_KEY`` when the configuration gives
+    one, else with a key made once in the instance folder; named for this bank (the TPP's
+    page on the same loopback host has a cookie of its own), HTTPS only, not sent cross-site."""
+    if not app.config.get("SECRET_KEY"):
+        app.secret_key = secret_key(app.instance_path)
+    if "SESSION_COOKIE_NAME" not in config:
+        app.config["SESSION_COOKIE_NAME"] = "anybank_session"
+    app.config.update(
+        SESSION_COOKIE_SECURE=True, SESSION_COOKIE_HTTPONLY=True, SESSION_COOKIE_SAMESITE="Lax"
+    )
 
 
 def _sandbox_directory_if_missing(app: Flask) -> None:
@@ -282,37 +289,6 @@ def _require_client_certificate():
         response.headers["Cache-Control"] = "no-store"
         return response
     return None
-
-
-def _interaction_id() -> str:
-    incoming = request.headers.get("x-fapi-interaction-id", "")
-    try:
-        return str(uuid.UUID(incoming))
-    except ValueError:
-        return str(uuid.uuid4())
-
-
-def _ob_response(data: dict[str, Any]):
-    dcr: OpenBankingDCR = current_app.extensions["anybank"]["dcr"]
-    self_url = dcr.urls.under_mtls_base(request.path)  # configured base, not the Host header
-    body = {"Data": data, "Links": {"Self": self_url}, "Meta": {"TotalPages": 1}}
-    response = jsonify(body)
-    response.headers["x-fapi-interaction-id"] = _interaction_id()
-    response.headers["Cache-Control"] = "no-store"
-    return response
-
-
-def _ob_error(status: int, code: str, message: str):
-    body = {
-        "Code": str(status),
-        "Id": str(uuid.uuid4()),
-        "Message": message,
-        "Errors": [{"ErrorCode": code, "Message": message}],
-    }
-    response = jsonify(body)
-    response.status_code = status
-    response.headers["x-fapi-interaction-id"] = _interaction_id()
-    return response
 
 
 def access_token_record(app: Flask, token: str):

@@ -35,7 +35,7 @@ from cryptography.x509 import ocsp
 from jwcrypto import jwk, jws
 
 from example_app import create_app
-from example_app.bank import ACCOUNTS, sandbox_config
+from example_app.bank import sandbox_config
 from example_app.directory import DirectoryState, create_directory_app
 from example_app.sandbox import Sandbox
 from example_app.serving import GunicornClientCertMiddleware
@@ -213,6 +213,12 @@ def assert_error(response, status, error):
     assert response.headers["Cache-Control"] == "no-store"
 
 
+def assert_consent_mismatch(response):
+    """A client_credentials token at the accounts API: 403, the OB error for no consent."""
+    assert response.status_code == 403, response.text
+    assert response.json()["Errors"][0]["ErrorCode"] == "UK.OBIE.Resource.ConsentMismatch"
+
+
 def token_request(sandbox, tpp, registration, method, *, scope="accounts"):
     form = {"grant_type": "client_credentials", "scope": scope}
     if method == "private_key_jwt":
@@ -243,7 +249,12 @@ def test_discovery_is_reachable_without_a_client_certificate(sandbox, bank):
     assert document["registration_endpoint"] == f"{sandbox.bank_url}/register"
     assert document["token_endpoint"] == f"{sandbox.bank_url}/token"
     assert document["accounts_endpoint"] == sandbox.bank_url + ACCOUNTS_PATH
-    assert document["grant_types_supported"] == ["client_credentials"]
+    assert document["grant_types_supported"] == [
+        "authorization_code",
+        "client_credentials",
+        "refresh_token",
+    ]
+    assert document["authorization_endpoint"] == f"{sandbox.bank_url}/authorize"
     assert document["tls_client_certificate_bound_access_tokens"] is True
     assert document["request_object_signing_alg_values_supported"][0] == "PS256"
 
@@ -283,18 +294,11 @@ def test_conformance_flow_over_https(method, sandbox, bank, store, tpp):
     assert record.client_id == client_id
     assert record.cnf == {"x5t#S256": tpp.thumbprint}
 
-    # the accounts API
+    # the accounts API: the token and its certificate are accepted, but account data needs
+    # the customer's consent (tests/test_consent_journey.py takes one)
     auth = {"Authorization": f"Bearer {token}"}
-    accounts = bank("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth)
-    assert accounts.status_code == 200, accounts.text
-    assert accounts.json() == {
-        "Data": {"Account": ACCOUNTS},
-        "Links": {"Self": sandbox.bank_url + ACCOUNTS_PATH},
-        "Meta": {"TotalPages": 1},
-    }
-    one = bank("GET", f"{ACCOUNTS_PATH}/31820", tpp=tpp, headers=auth)
-    assert [a["AccountId"] for a in one.json()["Data"]["Account"]] == ["31820"]
-    assert bank("GET", f"{ACCOUNTS_PATH}/nope", tpp=tpp, headers=auth).status_code == 404
+    for path in (ACCOUNTS_PATH, f"{ACCOUNTS_PATH}/31820"):
+        assert_consent_mismatch(bank("GET", path, tpp=tpp, headers=auth))
     assert_error(bank("GET", ACCOUNTS_PATH, headers=auth), 401, "invalid_client")
 
     # read, update, delete over mutual TLS
@@ -325,7 +329,8 @@ def test_token_works_only_with_its_own_certificate(sandbox, bank, tpp, other_tpp
     assert_error(bank("POST", "/token", tpp=other_tpp, data=form), 401, "invalid_client")
     token = bank("POST", "/token", tpp=tpp, data=form).json()["access_token"]
     auth = {"Authorization": f"Bearer {token}"}
-    assert bank("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth).status_code == 200
+    # accepted with its own certificate (then refused for want of a consent), not with another
+    assert_consent_mismatch(bank("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth))
     assert_error(bank("GET", ACCOUNTS_PATH, tpp=other_tpp, headers=auth), 401, "invalid_token")
 
 
@@ -428,8 +433,11 @@ def test_tpp_command_line_writes_usable_files(sandbox, tmp_path):
     registration = json.loads((tmp_path / "registration.json").read_text())
     assert registration["tls_client_auth_subject_dn"] == transport.subject.rfc4514_string()
     tpp_run("token")
-    assert '"AccountId": "42281"' in tpp_run("accounts", "--account-id", "42281")
-    refused = tpp_run("accounts", "--no-cert", ok=False)
+    # a client_credentials token reads no account data (the consent journey is the TPP's
+    # tests'); over mutual TLS it is accepted, then refused for want of a consent
+    no_consent = tpp_run("accounts", "--client-credentials", "--account-id", "42281", ok=False)
+    assert "HTTP 403" in no_consent and "UK.OBIE.Resource.ConsentMismatch" in no_consent
+    refused = tpp_run("accounts", "--client-credentials", "--no-cert", ok=False)
     assert "HTTP 401 Unauthorized" in refused
     assert "the accounts API: the server answered HTTP 401 invalid_client" in refused
     assert "(and 25 claims of the software statement" in tpp_run("registration", "get", "--brief")
@@ -832,7 +840,8 @@ def revoking_sandbox(tmp_path_factory):
 
 
 def _register_and_use(sandbox, tpp, method="tls_client_auth"):
-    """Register ``tpp``, take a token, read the accounts: (registration, auth header)."""
+    """Register ``tpp``, take a token, call the accounts API (accepted, no consent):
+    (registration, auth header)."""
     call = bank_caller(sandbox)
     created = call(
         "POST", "/register", tpp=tpp, data=registration_jwt(sandbox, tpp, method), headers=JWT
@@ -842,7 +851,7 @@ def _register_and_use(sandbox, tpp, method="tls_client_auth"):
     issued = call("POST", "/token", tpp=tpp, data=token_request(sandbox, tpp, registration, method))
     assert issued.status_code == 200, issued.text
     auth = {"Authorization": f"Bearer {issued.json()['access_token']}"}
-    assert call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth).status_code == 200
+    assert_consent_mismatch(call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth))
     return registration, auth
 
 
@@ -997,7 +1006,6 @@ def test_tpp_revoke_command(revoking_sandbox, tmp_path):
         "request",
         "register",
         "token",
-        "accounts",
     ):
         tpp_run(step)
 
@@ -1019,7 +1027,7 @@ def test_tpp_revoke_command(revoking_sandbox, tmp_path):
     _wait_for_the_bank_to_ask_again()
     refused = tpp_run("token", ok=False)
     assert "the token request: the server answered HTTP 401 invalid_client" in refused
-    refused = tpp_run("accounts", ok=False)
+    refused = tpp_run("accounts", "--client-credentials", ok=False)
     assert "the accounts API: the server answered HTTP 401 invalid_token" in refused
 
     # a re-validation pass suspends the registration at once (the revoked key set, fresh)
