@@ -49,6 +49,7 @@ from test_example_app import (
     ACCOUNTS_PATH,
     TPP,
     _rfc9440,
+    assert_consent_mismatch,
     assert_error,
     onboard,
     registration_jwt,
@@ -460,13 +461,8 @@ def test_registration_and_bound_token_over_mtls_through_nginx(method, stack, tpp
     assert stack.token_binding(token) == (client_id, tpp.thumbprint)
 
     auth = {"Authorization": f"Bearer {token}"}
-    accounts = stack.call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth)
-    assert accounts.status_code == 200, stack.explain(accounts)
-    assert {a["AccountId"] for a in accounts.json()["Data"]["Account"]} == {
-        "22289",
-        "31820",
-        "42281",
-    }
+    # accepted with its certificate, then refused: account data needs the customer's consent
+    assert_consent_mismatch(stack.call("GET", ACCOUNTS_PATH, tpp=tpp, headers=auth))
     # bound to the certificate: useless with another TPP's (valid) one, or with none
     elsewhere = stack.call("GET", ACCOUNTS_PATH, tpp=other_tpp, headers=auth)
     assert_error(elsewhere, 401, "invalid_token")
@@ -579,8 +575,7 @@ def test_forged_headers_are_overwritten_with_the_connections_certificate(stack, 
     token = issued.json()["access_token"]
     assert stack.token_binding(token) == (registration["client_id"], tpp.thumbprint)
     auth = {"Authorization": f"Bearer {token}"}
-    accounts = stack.call("GET", ACCOUNTS_PATH, tpp=tpp, headers={**auth, **forged})
-    assert accounts.status_code == 200, stack.explain(accounts)
+    assert_consent_mismatch(stack.call("GET", ACCOUNTS_PATH, tpp=tpp, headers={**auth, **forged}))
     # other_tpp's connection with tpp's certificate in the headers cannot use tpp's token
     stolen = stack.call(
         "GET", ACCOUNTS_PATH, tpp=other_tpp, headers={**auth, **forged_headers(tpp)}
