@@ -21,6 +21,8 @@ DEMO_FLAGS := $(if $(call truthy,$(VERBOSE)), --verbose)$(if $(call truthy,$(STE
 # banner shows which) and, sharing a checkout, their own INSTANCE.
 DIRECTORY_PORT ?= 8443
 BANK_PORT ?= 9443
+# the TPP's web page (its redirect URI: https://127.0.0.1:$(TPP_PORT)/callback)
+TPP_PORT ?= 7443
 INSTANCE ?= instance
 
 .DEFAULT_GOAL := help
@@ -37,6 +39,7 @@ help:
 	@echo "make serve    both servers kept running for a workshop; Ctrl-C stops them"
 	@echo "                DIRECTORY_PORT=$(DIRECTORY_PORT)  the sandbox Directory's HTTPS port"
 	@echo "                BANK_PORT=$(BANK_PORT)       AnyBank's HTTPS port"
+	@echo "                TPP_PORT=$(TPP_PORT)        the TPP's web page (its redirect URI: /callback)"
 	@echo "                (0: any free port; taken or shared machine: another pair, e.g. 8444 9444)"
 	@echo "                INSTANCE=$(INSTANCE)   the workshop state: PKI, registry, clients, TPP files"
 	@echo "              a second make serve on the same INSTANCE prints the running one's URLs"
@@ -64,7 +67,7 @@ demo: $(DEMO_DEPS)
 # both servers kept running for a workshop (state in $(INSTANCE)); Ctrl-C stops them
 serve: $(DEMO_DEPS)
 	$(BIN)/python -m example_app.serve --workdir $(INSTANCE) \
-		--directory-port $(DIRECTORY_PORT) --bank-port $(BANK_PORT)
+		--directory-port $(DIRECTORY_PORT) --bank-port $(BANK_PORT) --tpp-port $(TPP_PORT)
 
 # the workshop state removed, once no `make serve` runs on it (STOP=1: stop it first)
 reset: $(DEMO_DEPS)

@@ -4,9 +4,10 @@ Layout of the working folder (it is also the bank's Flask instance folder)::
 
     anybank.json      the bank's effective OBDCR_* settings (written when it starts)
     obdcr.db          the bank's registered clients and access tokens (SQLite)
-    tls/              the bank's HTTPS certificate and key (from the sandbox PKI)
+    tls/              the bank's and the TPP page's HTTPS certificates and keys (sandbox PKI)
     directory/        the Directory's state: pki/, registry.json, ca-bundle.pem, tls/
-    tpp/              the TPP's files (python -m example_app.tpp --workdir <folder>/tpp)
+    tpp/              the TPP's files (python -m example_app.tpp --workdir <folder>/tpp), which
+                      the TPP's web page reads too (``obdcr-tpp web``, :mod:`example_app.tpp_web`)
     logs/             the servers' output, when they run as processes with log files
     run/              while a sandbox runs: sandbox.lock (held by the process that started it),
                       sandbox.json (its pid and URLs), the servers' *.url files
@@ -16,11 +17,13 @@ The Directory serves its issuing CA's CRL and OCSP responder too (``/pki/issuing
 transport certificate's revocation status there; ``revocation_cache_seconds`` sets how long the
 bank trusts an answer (``OBDCR_REVOCATION_CACHE_SECONDS``, 300 s by default).
 
-``Sandbox(folder).start()`` prepares the PKI and both HTTPS certificates, then starts the
-Directory and the bank, as child processes (``mode="process"``: ``python -m
-example_app.directory serve`` and ``python -m example_app.bank serve``, each stopping if its
-parent dies) or as threads of this process (``mode="thread"``). ``stop()`` always stops both;
-use it as a context manager.
+``Sandbox(folder).start()`` prepares the PKI and the HTTPS certificates, then starts the
+Directory, the bank and the TPP's web page (its redirect URI is ``tpp_url + "/callback"``;
+``tpp_port=None``: no page), as child processes (``mode="process"``: ``python -m
+example_app.directory serve``, ``python -m example_app.bank serve`` and ``python -m
+example_app.tpp --workdir <folder>/tpp web``, each stopping if its parent dies) or as threads
+of this process (``mode="thread"``). ``stop()`` always stops them all; use it as a context
+manager.
 
 One sandbox at a time per folder: ``start()`` takes ``run/sandbox.lock`` (an ``flock``, so it
 is released when its process ends, however it ends) and raises :class:`SandboxRunning`, with
@@ -107,6 +110,7 @@ class Sandbox:
         host: str = LOOPBACK,
         directory_port: int = 0,
         bank_port: int = 0,
+        tpp_port: int | None = 0,
         mode: str = "process",
         log_files: bool = True,
         startup_timeout: float = 30.0,
@@ -118,6 +122,8 @@ class Sandbox:
         self.host = host
         self.directory_port = directory_port
         self.bank_port = bank_port
+        #: the TPP's web page's port (0: a free one; None: no page)
+        self.tpp_port = tpp_port
         self.mode = mode
         self.log_files = log_files
         self.startup_timeout = startup_timeout
@@ -126,6 +132,8 @@ class Sandbox:
         self.revocation_cache_seconds = revocation_cache_seconds
         self.directory_url: str | None = None
         self.bank_url: str | None = None
+        #: the TPP's web page (its redirect URI: ``tpp_url + "/callback"``), None without one
+        self.tpp_url: str | None = None
         self.directory_state: DirectoryState | None = None
         self.bank_app: Any = None
         self._processes: list[tuple[str, subprocess.Popen, IO | None]] = []
@@ -166,16 +174,20 @@ class Sandbox:
             hosts = list(dict.fromkeys([self.host, "127.0.0.1", "localhost"]))
             directory_tls = state.issue_server_certificate(state.folder / "tls", hosts=hosts)
             bank_tls = state.issue_server_certificate(self.folder / "tls", name="bank", hosts=hosts)
+            tpp_tls = state.issue_server_certificate(self.folder / "tls", name="tpp", hosts=hosts)
             if self.mode == "thread":
                 self._start_threads(state, directory_tls, bank_tls)
             else:
                 self._start_processes()
+            if self.tpp_port is not None:
+                self._start_tpp_web(tpp_tls)
             write_json(
                 self.run_folder / "sandbox.json",
                 {
                     "pid": os.getpid(),
                     "directory_url": self.directory_url,
                     "bank_url": self.bank_url,
+                    "tpp_url": self.tpp_url,
                     "ca_bundle": str(self.ca_bundle),
                     "mode": self.mode,
                 },
@@ -243,6 +255,52 @@ class Sandbox:
         bank.app = self.bank_app
         bank.start()
         self.bank_url = bank.url
+
+    def _start_tpp_web(self, tls: tuple[Path, Path]) -> None:
+        """The TPP's web page, reading the TPP's working folder (``tpp/``)."""
+        self.tpp_folder.mkdir(parents=True, exist_ok=True)
+        if self.mode == "thread":
+            from flask_obdcr.testing.loopback import LoopbackServer
+
+            from .serving import tls_context
+            from .tpp_web import create_tpp_web_app
+
+            server = LoopbackServer(
+                None,
+                host=self.host,
+                port=self.tpp_port or 0,
+                ssl_context=tls_context(*tls),
+                name="tpp-web",
+            )
+            self._servers.append(server)
+            server.app = create_tpp_web_app(self.tpp_folder, redirect_uri=f"{server.url}/callback")
+            server.start()
+            self.tpp_url = server.url
+            return
+        url_file = self.run_folder / "tpp.url"
+        url_file.unlink(missing_ok=True)
+        self.tpp_url = self._spawn(
+            "tpp",
+            [
+                "-m",
+                "example_app.tpp",
+                "--workdir",
+                str(self.tpp_folder),
+                "web",
+                "--host",
+                self.host,
+                "--port",
+                str(self.tpp_port or 0),
+                "--cert",
+                str(tls[0]),
+                "--key",
+                str(tls[1]),
+                "--url-file",
+                str(url_file),
+                "--exit-with-parent",
+            ],
+            url_file,
+        )
 
     def _start_processes(self) -> None:
         run = self.run_folder
@@ -336,7 +394,8 @@ class Sandbox:
         return f"; its log ({path}):\n" + path.read_text(errors="replace")[-4000:]
 
     def stop(self) -> None:
-        """Stop whatever runs (bank first, then the Directory), then free the folder.
+        """Stop whatever runs (the TPP's page, the bank, then the Directory), then free the
+        folder.
         Idempotent."""
         stopped_processes = bool(self._processes)
         while self._servers:
@@ -353,7 +412,7 @@ class Sandbox:
             if log is not None:
                 log.close()
         if stopped_processes:  # their URLs are stale now
-            for name in ("directory.url", "bank.url"):
+            for name in ("directory.url", "bank.url", "tpp.url"):
                 (self.run_folder / name).unlink(missing_ok=True)
         self._release()
 

@@ -47,12 +47,16 @@ DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
 DEFAULT_BANK_URL = "https://127.0.0.1:9443"
 
 
+DEFAULT_TPP_URL = "https://127.0.0.1:7443"
+
+
 def _make_variable(option: str) -> str:
-    return {"directory": "DIRECTORY_PORT", "bank": "BANK_PORT"}[option]
+    return {"directory": "DIRECTORY_PORT", "bank": "BANK_PORT", "tpp": "TPP_PORT"}[option]
 
 
-#: the README's first step, as a fresh shell runs it
-ONBOARD = '--client-name "My TPP" --role AISP --redirect-uri https://tpp.example.com/cb'
+#: the README's first step, as a fresh shell runs it (the redirect URI: the TPP's page's
+#: callback, onboard's default)
+ONBOARD = '--client-name "My TPP" --role AISP'
 
 
 def banner(sandbox: Sandbox) -> str:
@@ -73,6 +77,9 @@ def banner(sandbox: Sandbox) -> str:
     if not default_instance:
         tpp += f" --workdir {shown_path(sandbox.tpp_folder)}"
         onboard = f"{tpp} onboard {ONBOARD}"
+    tpp_url = str(sandbox.tpp_url or "")
+    if tpp_url and tpp_url.rstrip("/") != DEFAULT_TPP_URL:
+        onboard += f" --redirect-uri {tpp_url}/callback"
     if not (default_instance and default_urls):
         onboard += f" \\\n      --directory {directory_url} --bank {bank_url} --ca {ca}"
     directory = directory_command(
@@ -87,14 +94,20 @@ def banner(sandbox: Sandbox) -> str:
         reset = f"make reset INSTANCE={shlex.quote(str(instance))}"
     directory_port = urlsplit(directory_url).port
     bank_port = urlsplit(bank_url).port
+    tpp_port = urlsplit(tpp_url).port if tpp_url else None
+    ports = f"DIRECTORY_PORT={directory_port} BANK_PORT={bank_port} TPP_PORT={tpp_port}"
     return f"""
 Sandbox Open Banking Directory  {sandbox.directory_url}
+  portal                        {sandbox.directory_url}/portal/
 AnyBank                         {sandbox.bank_url}
   discovery                     {sandbox.bank_url}/.well-known/openid-configuration
+  console                       {sandbox.bank_url}/console/  (operator + the sandbox password)
+The TPP's web page              {tpp_url or "(not started)"}/
+  its redirect URI              {tpp_url or "(none)"}/callback
 sandbox CA bundle               {sandbox.ca_bundle}
 state                           {sandbox.folder}
-ports                           DIRECTORY_PORT={directory_port} BANK_PORT={bank_port}
-  (taken? another pair: make serve DIRECTORY_PORT=8444 BANK_PORT=9444; 0: any free port)
+ports                           {ports}
+  (taken? others: make serve DIRECTORY_PORT=8444 BANK_PORT=9444 TPP_PORT=7444; 0: any free port)
 
 Try, in another terminal, in this checkout (nothing to activate; each step prints what it
 sends and gets, and what to run next):
@@ -102,6 +115,8 @@ sends and gets, and what to run next):
   {tpp} keys      (then: upload-csr, download, jwks, ssa, discover,
       request, explain, register, token, accounts, registration get|update|delete)
   {tpp} status    (what is done, the org_id and software_id, what is next)
+  then the customer connects: open {tpp_url or DEFAULT_TPP_URL}/ (Connect: sign in at AnyBank as
+      mits / sandbox, choose accounts), or {tpp} consent; then {tpp} accounts
   {flask} obdcr clients list
   curl --cacert {ca} {sandbox.bank_url}/.well-known/openid-configuration
 
@@ -111,7 +126,7 @@ Then take trust away (the Directory's CRL and OCSP responder: {sandbox.directory
   {flask} obdcr revalidate
 
 Start afresh: stop the servers, then `{reset}` removes {sandbox.folder}.
-Ctrl-C stops both servers.
+Ctrl-C stops both servers (and the TPP's page).
 """
 
 
@@ -133,7 +148,11 @@ def already_running(folder: Path, info: dict[str, Any]) -> str:
         f"The sandbox is already running from {folder} (pid {info.get('pid') or 'unknown'})"
         " and stays as it is:"
     ]
-    servers = (("Sandbox Open Banking Directory", "directory_url"), ("AnyBank", "bank_url"))
+    servers = (
+        ("Sandbox Open Banking Directory", "directory_url"),
+        ("AnyBank", "bank_url"),
+        ("The TPP's web page", "tpp_url"),
+    )
     for label, key in servers:
         url = info.get(key)
         state = "answering" if _answers(url) else "not answering yet: still starting?"
@@ -143,7 +162,7 @@ def already_running(folder: Path, info: dict[str, Any]) -> str:
     lines += [
         "Use it (its terminal shows the requests; Ctrl-C there stops it), or run a second one",
         "with a folder and ports of its own: make serve INSTANCE=instance2 DIRECTORY_PORT=0"
-        " BANK_PORT=0",
+        " BANK_PORT=0 TPP_PORT=0",
     ]
     return "\n".join(lines)
 
@@ -168,8 +187,8 @@ def port_message(host: str, taken: list[tuple[str, int]]) -> str:
     named = ", ".join(f"{port} ({_make_variable(name)})" for name, port in taken)
     return (
         f"Cannot start: another program already listens on {host} port(s) {named}.\n"
-        "Pick others: make serve DIRECTORY_PORT=8444 BANK_PORT=9444 (0: any free port; the"
-        " banner shows which)."
+        "Pick others: make serve DIRECTORY_PORT=8444 BANK_PORT=9444 TPP_PORT=7444 (0: any free"
+        " port; the banner shows which)."
     )
 
 
@@ -226,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--directory-port", type=int, default=8443, help="0: a free port")
     parser.add_argument("--bank-port", type=int, default=9443, help="0: a free port")
     parser.add_argument(
+        "--tpp-port", type=int, default=7443, help="the TPP's web page; 0: a free port"
+    )
+    parser.add_argument(
         "--revocation-cache-seconds",
         type=int,
         default=None,
@@ -246,7 +268,10 @@ def main(argv: list[str] | None = None) -> int:
     if info is not None:
         print(already_running(folder, info), flush=True)
         return 0
-    taken = ports_in_use(args.host, {"directory": args.directory_port, "bank": args.bank_port})
+    taken = ports_in_use(
+        args.host,
+        {"directory": args.directory_port, "bank": args.bank_port, "tpp": args.tpp_port},
+    )
     if taken:
         print(port_message(args.host, taken), file=sys.stderr, flush=True)
         return 1
@@ -256,6 +281,7 @@ def main(argv: list[str] | None = None) -> int:
         host=args.host,
         directory_port=args.directory_port,
         bank_port=args.bank_port,
+        tpp_port=args.tpp_port,
         mode="process",
         revocation_cache_seconds=args.revocation_cache_seconds,
         log_files=False,  # the servers' request logs go to this terminal

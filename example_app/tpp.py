@@ -20,7 +20,13 @@ token) is a file in its working directory (``--workdir``, or ``$TPP_WORKDIR``, d
     explain       ask the bank how it would judge request.jwt, policy by policy (nothing stored)
     register      POST it to the bank over mutual TLS (application/jwt)
     token         client_credentials token over mutual TLS
-    accounts      call the bank's accounts API with the token
+    consent       the customer's consent journey, by hand: create an account-access-consent
+                  and print the bank's authorize URL to open in a browser
+    callback      check where the bank sent the browser back (the id_token), exchange the code
+    web           serve the TPP's web page (its redirect URI): connect, accounts, revoke
+    accounts      call the bank's accounts API with the token the customer's consent gave
+    refresh       a new access token for the consent (the refresh_token grant)
+    revoke-consent  revoke the consent at the bank (DELETE): its tokens open nothing any more
     registration  get | update | delete the registration (RFC 7592 over mutual TLS)
     revoke        revoke the transport (or, with --signing, the signing) certificate at the
                   Directory, and say when the bank will notice
@@ -41,6 +47,7 @@ import hashlib
 import json
 import os
 import re
+import secrets
 import shlex
 import textwrap
 import time
@@ -49,7 +56,7 @@ from collections.abc import Callable
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import click
 import requests
@@ -58,7 +65,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
 from cryptography.x509.oid import ExtendedKeyUsageOID, ExtensionOID, NameOID
-from jwcrypto import jwk
+from jwcrypto import jwk, jws
 
 from flask_obdcr.testing import sign_jwt
 from flask_obdcr.testing.pki import generate_key, key_pem, ob_subject, pem
@@ -85,13 +92,29 @@ from .directory.cli import (
 )
 from .directory.state import ROLES
 
-__all__ = ["TPP", "Failed", "cli", "main", "registration_claims", "sign_request"]
+__all__ = [
+    "TPP",
+    "ConsentDenied",
+    "Failed",
+    "InvalidAnswer",
+    "InvalidIdToken",
+    "cli",
+    "complete_authorization",
+    "create_consent",
+    "main",
+    "read_accounts",
+    "registration_claims",
+    "sign_request",
+    "start_authorization",
+    "verify_id_token",
+]
 
 CERT_TYPES = ("transport", "signing")
 AUTH_METHODS = ("tls_client_auth", "private_key_jwt")
 ALG = "PS256"
 TIMEOUT = 10
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+GRANT_TYPES = ("authorization_code", "refresh_token", "client_credentials")
 #: the name the hints use when the command line was not started under a name of its own
 PROG = "obdcr-tpp"
 #: the working folder when --workdir (or TPP_WORKDIR) does not name one
@@ -101,6 +124,10 @@ DEFAULT_DIRECTORY_URL = "https://127.0.0.1:8443"
 DEFAULT_BANK_URL = "https://127.0.0.1:9443"
 #: seconds a registration request is valid for (its exp after its iat)
 REQUEST_LIFETIME = 300
+#: where the TPP's web page listens under ``make serve`` (``obdcr-tpp web --port``), and so
+#: its redirect URI, which the software statement lists
+DEFAULT_WEB_PORT = 7443
+DEFAULT_REDIRECT_URI = f"https://127.0.0.1:{DEFAULT_WEB_PORT}/callback"
 #: what each file of the working folder is made by (``decode`` and ``status`` name them)
 ARTEFACTS = {
     "transport.key": "keys",
@@ -115,6 +142,8 @@ ARTEFACTS = {
     "request.jwt": "request",
     "registration.json": "register",
     "token.json": "token",
+    "authorizations.json": "consent",
+    "consent.json": "callback",
     "config.json": "conformance-config",
 }
 #: made with (or certifying) the keys: stale once ``keys --force`` replaces them
@@ -124,6 +153,7 @@ MADE_WITH_THE_KEYS = (
     "transport.p12",
     "request.jwt",
     "token.json",
+    "consent.json",
     "config.json",
 )
 
@@ -159,7 +189,11 @@ def _directory_command(tpp: TPP, args: str) -> str:
 
 class Failed(Refusal):
     """A step that did not work (an HTTP error, a missing earlier step): exit status 1, with
-    one line of cause, one of what to run next and the working folder."""
+    one line of cause, one of what to run next and the working folder. ``upstream``: the
+    server refused (the web page answers 502 then, as for a server it cannot reach: those are
+    refusals from :meth:`TPP.http`)."""
+
+    upstream = False
 
 
 class TPP:
@@ -384,6 +418,11 @@ def _error_of(response: requests.Response) -> tuple[str, str]:
         body = None
     if isinstance(body, dict) and isinstance(body.get("error"), str):
         return body["error"], str(body.get("error_description") or "")
+    # the Open Banking APIs' error shape: {"Code", "Message", "Errors": [{"ErrorCode", ...}]}
+    errors = body.get("Errors") if isinstance(body, dict) else None
+    if isinstance(errors, list) and errors and isinstance(errors[0], dict):
+        first = errors[0]
+        return str(first.get("ErrorCode") or ""), str(first.get("Message") or "")
     challenge = response.headers.get("WWW-Authenticate", "")
     fields = dict(re.findall(r'(\w+)="([^"]*)"', challenge))
     return fields.get("error", ""), fields.get("error_description", "")
@@ -406,7 +445,9 @@ def expect(
     error, _description = _error_of(response)
     cause, remedy = diagnose(tpp, step, response, no_cert=no_cert, **context)
     message = f"{what}: the server answered HTTP {response.status_code}"
-    raise tpp.fail(message + (f" {error}" if error else ""), cause=cause, remedy=remedy)
+    failure = tpp.fail(message + (f" {error}" if error else ""), cause=cause, remedy=remedy)
+    failure.upstream = True
+    raise failure
 
 
 def diagnose(
@@ -555,6 +596,21 @@ def diagnose(
             + (f" ({said})" if description else " (deleted, or registered at another bank?)"),
             f"register again: `{p} request`, then `{p} register`, then `{p} token`",
         )
+
+    # -- the Open Banking APIs' own refusals (consents, accounts)
+    if error == "UK.OBIE.Resource.ConsentMismatch":
+        return (
+            f"account data needs the customer's consent ({said})",
+            f"connect through the TPP's web page (`{p} web`), or `{p} consent`; then"
+            f" `{p} accounts`",
+        )
+    if error == "UK.OBIE.Resource.InvalidConsentStatus":
+        return (
+            f"the consent behind this token is no longer authorised: revoked or expired ({said})",
+            f"ask the customer again: connect on the TPP's web page, or `{p} consent`",
+        )
+    if error.startswith("UK.OBIE."):
+        return said, f"see the answer above; `{p} status` shows what has been done"
 
     # -- calls with the access token (accounts, registration get/update/delete)
     if error == "insufficient_scope":
@@ -765,9 +821,9 @@ def _forget(tpp: TPP, names: tuple[str, ...] | list[str]) -> list[str]:
     "--redirect-uri",
     "redirect_uris",
     multiple=True,
-    default=("https://tpp.example.com/cb",),
+    default=(DEFAULT_REDIRECT_URI,),
     show_default=True,
-    help="https redirect URI (repeat).",
+    help="https redirect URI (repeat); the default is the TPP's web page (`web`).",
 )
 @click.option(
     "--force",
@@ -948,6 +1004,7 @@ def status(tpp: TPP) -> list[tuple[str, bool, str]]:
     else:
         rows.append(("register", False, "not registered"))
     rows.append(_token_row(tpp, registration))
+    rows.append(_consent_row(tpp, registration))
     next_step = None
     for step, done, what in rows:
         mark = "-" if done and what.startswith(NOT_NEEDED) else "x" if done else " "
@@ -958,6 +1015,11 @@ def status(tpp: TPP) -> list[tuple[str, bool, str]]:
         click.echo(f"next: `{p} keys --force` (the {' and '.join(revoked)} certificate is revoked)")
     elif next_step is None:
         click.echo(f"next: `{p} accounts` (every step is done)")
+    elif next_step == "consent":
+        click.echo(
+            f"next: the customer connects: `{p} web`, then open"
+            f" https://127.0.0.1:{DEFAULT_WEB_PORT}/ (or `{p} consent`)"
+        )
     else:
         click.echo(f"next: `{p} {next_step}`")
     return rows
@@ -1036,6 +1098,20 @@ def _token_row(tpp: TPP, registration: dict[str, Any] | None) -> tuple[str, bool
     expired = expires_at < time.time()
     note = f"scope {scope!r}, {'expired' if expired else 'expires'} {_when(expires_at)}"
     return ("token", not expired, note)
+
+
+def _consent_row(tpp: TPP, registration: dict[str, Any] | None) -> tuple[str, bool, str]:
+    record = load_consent(tpp) or {}
+    if not record.get("access_token"):
+        return ("consent", False, "no customer has connected yet")
+    if registration is None or record.get("client_id") != registration.get("client_id"):
+        return ("consent", False, "consent.json belongs to another registration: not usable")
+    status = record.get("status", "Authorised")
+    return (
+        "consent",
+        status == "Authorised",
+        f"consent {record.get('consent_id')} {status}",
+    )
 
 
 @cli.command()
@@ -1314,7 +1390,10 @@ def registration_claims(tpp: TPP, options: dict[str, Any]) -> dict[str, Any]:
         "software_statement": software_statement,
         "redirect_uris": options.get("redirect_uris") or ssa_claims["software_redirect_uris"],
         "token_endpoint_auth_method": method,
-        "grant_types": ["client_credentials"],
+        # client_credentials for the consents API, the code (and its refresh) for the
+        # customer's consent journey; the code comes with an id_token (OIDC hybrid flow)
+        "grant_types": list(GRANT_TYPES),
+        "response_types": ["code id_token"],
         "scope": options["scope"],
         "application_type": "web",
         "id_token_signed_response_alg": ALG,
@@ -1503,20 +1582,7 @@ def token(tpp: TPP, scope: str, no_cert: bool) -> None:
     discovery = tpp.discovery()
     method = registration["token_endpoint_auth_method"]
     form = {"grant_type": "client_credentials", "scope": scope}
-    if method == "private_key_jwt":
-        now = _now()
-        claims = {
-            "iss": registration["client_id"],
-            "sub": registration["client_id"],
-            "aud": discovery["token_endpoint"],
-            "jti": str(uuid.uuid4()),
-            "iat": now,
-            "exp": now + 300,
-        }
-        form["client_assertion_type"] = ASSERTION_TYPE
-        form["client_assertion"] = sign_jwt(claims, tpp.signing_key(), alg=ALG)
-    else:
-        form["client_id"] = registration["client_id"]
+    form.update(client_authentication(tpp, registration, discovery))
     click.echo(
         f"POST {discovery['token_endpoint']}  ({method}"
         + (", no client certificate)" if no_cert else ", mutual TLS)")
@@ -1552,6 +1618,27 @@ def token(tpp: TPP, scope: str, no_cert: bool) -> None:
         click.echo(f"expires {_when(time.time() + int(expires_in))}")
 
 
+def client_authentication(
+    tpp: TPP, registration: dict[str, Any], discovery: dict[str, Any]
+) -> dict[str, str]:
+    """The form fields that authenticate the client at the token endpoint, by its registered
+    method: with tls_client_auth the certificate does it and the form names the client_id;
+    with private_key_jwt a client assertion signed with the signing key (RFC 7523)."""
+    if registration.get("token_endpoint_auth_method") == "private_key_jwt":
+        now = _now()
+        claims = {
+            "iss": registration["client_id"],
+            "sub": registration["client_id"],
+            "aud": discovery["token_endpoint"],
+            "jti": str(uuid.uuid4()),
+            "iat": now,
+            "exp": now + 300,
+        }
+        assertion = sign_jwt(claims, tpp.signing_key(), alg=ALG)
+        return {"client_assertion_type": ASSERTION_TYPE, "client_assertion": assertion}
+    return {"client_id": registration["client_id"]}
+
+
 def _access_token(tpp: TPP) -> str:
     saved = read_json(tpp.path("token.json"))
     if saved is None:
@@ -1559,26 +1646,729 @@ def _access_token(tpp: TPP) -> str:
     return saved["access_token"]
 
 
-@cli.command()
-@click.option("--no-cert", is_flag=True, help="Leave out the transport certificate.")
-@click.option("--account-id", help="One account instead of the list.")
-@pass_tpp
-def accounts(tpp: TPP, no_cert: bool, account_id: str | None) -> None:
-    """Call the accounts API with the access token over mutual TLS."""
-    url = tpp.discovery().get("accounts_endpoint") or (
-        tpp.need("bank_url") + "/open-banking/v3.1/aisp/accounts"
+# -- the customer's consent journey (OB Read/Write API v3.1 AISP, FAPI 1 Advanced) -------------
+#
+# The TPP asks the bank for an account-access-consent (client_credentials token, mTLS), sends
+# the customer's browser to the bank's authorization endpoint with a signed request object
+# naming the consent, and gets the browser back at its redirect URI with a code and an
+# id_token in the fragment (OIDC hybrid flow, response_type "code id_token"). It checks the
+# id_token, exchanges the code over mTLS for an access token bound to its certificate, and
+# reads the accounts the customer chose. ``obdcr-tpp web`` (example_app.tpp_web) is the page
+# that does it in a browser; ``consent`` and ``callback`` do the same by hand.
+
+#: the AISP permissions a consent may ask for (OB Read/Write API v3.1, account-access-consents)
+PERMISSIONS = (
+    "ReadAccountsBasic",
+    "ReadAccountsDetail",
+    "ReadBalances",
+    "ReadBeneficiariesBasic",
+    "ReadBeneficiariesDetail",
+    "ReadDirectDebits",
+    "ReadProducts",
+    "ReadStandingOrdersBasic",
+    "ReadStandingOrdersDetail",
+    "ReadTransactionsBasic",
+    "ReadTransactionsCredits",
+    "ReadTransactionsDebits",
+    "ReadTransactionsDetail",
+)
+DEFAULT_PERMISSIONS = ("ReadAccountsBasic", "ReadAccountsDetail", "ReadBalances")
+ACCOUNT_ACCESS_CONSENTS_PATH = "/open-banking/v3.1/aisp/account-access-consents"
+ACCOUNTS_PATH = "/open-banking/v3.1/aisp/accounts"
+#: days a new consent runs for (its ExpirationDateTime)
+CONSENT_DAYS = 90
+#: seconds a request object is valid for (the bank takes at most an hour between nbf and exp)
+REQUEST_OBJECT_LIFETIME = 300
+#: seconds an authorization started here waits for the browser to come back
+AUTHORIZATION_LIFETIME = 600
+#: seconds of clock difference tolerated when checking the id_token's exp and iat
+ID_TOKEN_LEEWAY = 30
+SCA_ACR = "urn:openbanking:psd2:sca"
+#: what an id_token's ``c_hash``/``s_hash`` are made with, by the id_token's algorithm
+HASHES = {"PS256": hashlib.sha256, "ES256": hashlib.sha256, "RS256": hashlib.sha256}
+
+
+class InvalidAnswer(Failed):
+    """The answer the browser brought back cannot be accepted (unknown state, another
+    browser's, nothing in it): nothing is exchanged."""
+
+
+class InvalidIdToken(InvalidAnswer):
+    """The id_token the bank sent back does not hold (signature, issuer, audience, expiry,
+    nonce, hashes, consent): nothing is exchanged."""
+
+
+def consents_endpoint(tpp: TPP) -> str:
+    discovery = tpp.discovery()
+    return discovery.get("account_access_consents_endpoint") or (
+        tpp.need("bank_url") + ACCOUNT_ACCESS_CONSENTS_PATH
     )
-    if account_id:
-        url += f"/{account_id}"
-    click.echo(f"GET {url}" + ("  (no client certificate)" if no_cert else "  (mutual TLS)"))
-    headers = {
-        "Authorization": f"Bearer {_access_token(tpp)}",
+
+
+def accounts_endpoint(tpp: TPP) -> str:
+    return tpp.discovery().get("accounts_endpoint") or (tpp.need("bank_url") + ACCOUNTS_PATH)
+
+
+def _ob_headers(access_token: str) -> dict[str, str]:
+    return {
+        "Authorization": f"Bearer {access_token}",
         "x-fapi-interaction-id": str(uuid.uuid4()),
         "Accept": "application/json",
     }
-    response = tpp.http("GET", url, mtls=not no_cert, headers=headers)
-    show_response(response)
+
+
+def client_credentials_token(tpp: TPP, scope: str = "accounts") -> dict[str, Any]:
+    """A client_credentials token (the TPP's own, no customer behind it), for the consents
+    API; not kept in token.json (that is `token`'s)."""
+    registration = _registration(tpp)
+    discovery = tpp.discovery()
+    form = {"grant_type": "client_credentials", "scope": scope}
+    form.update(client_authentication(tpp, registration, discovery))
+    response = tpp.http("POST", discovery["token_endpoint"], data=form)
+    expect(tpp, response, 200, what="the token request", step="token", scope=scope)
+    return response.json()
+
+
+def create_consent(
+    tpp: TPP,
+    permissions: tuple[str, ...] | list[str] = DEFAULT_PERMISSIONS,
+    *,
+    days: int = CONSENT_DAYS,
+    access_token: str | None = None,
+) -> dict[str, Any]:
+    """POST an account-access-consent (its ``Data``: ConsentId, Status AwaitingAuthorisation,
+    Permissions, ExpirationDateTime)."""
+    token_value = access_token or client_credentials_token(tpp)["access_token"]
+    expires = datetime.datetime.now(datetime.timezone.utc) + datetime.timedelta(days=days)
+    body = {
+        "Data": {
+            "Permissions": list(permissions),
+            "ExpirationDateTime": expires.replace(microsecond=0).isoformat(),
+        },
+        "Risk": {},
+    }
+    response = tpp.http("POST", consents_endpoint(tpp), json=body, headers=_ob_headers(token_value))
+    expect(tpp, response, 201, what="creating the consent", step="consent")
+    return response.json()["Data"]
+
+
+def consent_status(tpp: TPP, consent_id: str) -> dict[str, Any]:
+    """GET the consent: its Status (AwaitingAuthorisation, Authorised, Rejected, Revoked)."""
+    token_value = client_credentials_token(tpp)["access_token"]
+    url = f"{consents_endpoint(tpp)}/{consent_id}"
+    response = tpp.http("GET", url, headers=_ob_headers(token_value))
+    expect(tpp, response, 200, what="reading the consent", step="consent")
+    return response.json()["Data"]
+
+
+def delete_consent(tpp: TPP, consent_id: str) -> None:
+    """DELETE the consent: the bank marks it Revoked, and its tokens open nothing any more."""
+    token_value = client_credentials_token(tpp)["access_token"]
+    url = f"{consents_endpoint(tpp)}/{consent_id}"
+    response = tpp.http("DELETE", url, headers=_ob_headers(token_value))
+    expect(tpp, response, 204, what="revoking the consent", step="consent")
+    record = load_consent(tpp)
+    if record and record.get("consent_id") == consent_id:
+        record["status"] = "Revoked"
+        write_json(tpp.path("consent.json"), record, secret=True)
+
+
+def request_object_claims(
+    tpp: TPP, consent_id: str, *, redirect_uri: str, state: str, nonce: str
+) -> dict[str, Any]:
+    """The authorization request as a request object (OIDC Core 6.1, RFC 9101): everything
+    the bank acts on, signed, with the consent asked for as an essential id_token claim."""
+    registration = _registration(tpp)
+    now = _now()
+    return {
+        "iss": registration["client_id"],
+        "aud": tpp.discovery()["issuer"],
+        "client_id": registration["client_id"],
+        "response_type": "code id_token",
+        "redirect_uri": redirect_uri,
+        "scope": "openid accounts",
+        "state": state,
+        "nonce": nonce,
+        "iat": now,
+        "nbf": now,
+        "exp": now + REQUEST_OBJECT_LIFETIME,
+        "jti": str(uuid.uuid4()),
+        "claims": {
+            "id_token": {
+                "openbanking_intent_id": {"value": consent_id, "essential": True},
+                "acr": {"essential": True, "values": [SCA_ACR]},
+            }
+        },
+    }
+
+
+def request_object_alg(tpp: TPP) -> str:
+    return str(_registration(tpp).get("request_object_signing_alg") or ALG)
+
+
+def sign_request_object(tpp: TPP, claims: dict[str, Any], *, key: jwk.JWK | None = None) -> str:
+    """The request object, signed with the registered request_object_signing_alg by the
+    signing key (its kid: the one the Directory publishes), or by ``key``."""
+    alg = request_object_alg(tpp)
+    signing_key = key if key is not None else tpp.signing_key()
+    if alg.startswith("ES") != (signing_key.get("kty") == "EC"):
+        raise tpp.fail(
+            f"signing.key cannot sign {alg}",
+            cause=f"the client registered request_object_signing_alg {alg}, and signing.key"
+            f" is a {signing_key.get('kty')} key",
+            remedy=f"register again with an {signing_key.get('kty')} algorithm (`{prog()}"
+            " request`, `register`)",
+        )
+    return sign_jwt(claims, signing_key, alg=alg)
+
+
+def authorize_url(tpp: TPP, claims: dict[str, Any], request_object: str) -> str:
+    """The bank's authorization endpoint with the request object, and the parameters OIDC
+    wants in the query too (the request object's values win at the bank)."""
+    endpoint = tpp.discovery().get("authorization_endpoint") or (
+        tpp.need("bank_url") + "/authorize"
+    )
+    query = {
+        "client_id": claims["client_id"],
+        "response_type": claims["response_type"],
+        "scope": claims["scope"],
+        "redirect_uri": claims["redirect_uri"],
+        "state": claims["state"],
+        "nonce": claims["nonce"],
+        "request": request_object,
+    }
+    return f"{endpoint}?{urlencode(query)}"
+
+
+def redirect_uri_of(tpp: TPP) -> str:
+    """The redirect URI to use: the web page's default if registered, else the first
+    registered one."""
+    uris = list(_registration(tpp).get("redirect_uris") or [])
+    return DEFAULT_REDIRECT_URI if DEFAULT_REDIRECT_URI in uris or not uris else uris[0]
+
+
+def start_authorization(
+    tpp: TPP,
+    consent_id: str,
+    *,
+    redirect_uri: str,
+    origin: str,
+    key: jwk.JWK | None = None,
+) -> tuple[str, dict[str, Any]]:
+    """A fresh state and nonce for a consent, remembered in authorizations.json (so the
+    callback, in this process or another, knows them), and the URL to send the browser to.
+    ``origin`` "web" binds it to the browser session that started it; "cli" does not (the
+    person who ran `consent` opens the URL themselves)."""
+    state, nonce = secrets.token_urlsafe(24), secrets.token_urlsafe(24)
+    claims = request_object_claims(
+        tpp, consent_id, redirect_uri=redirect_uri, state=state, nonce=nonce
+    )
+    url = authorize_url(tpp, claims, sign_request_object(tpp, claims, key=key))
+    pending = _pending(tpp)
+    pending[state] = {
+        "nonce": nonce,
+        "consent_id": consent_id,
+        "redirect_uri": redirect_uri,
+        "origin": origin,
+        "created_at": int(time.time()),
+    }
+    write_json(tpp.path("authorizations.json"), pending, secret=True)
+    return url, claims
+
+
+def _pending(tpp: TPP) -> dict[str, Any]:
+    """The authorizations waiting for the browser, without the ones too old to come back."""
+    pending = read_json(tpp.path("authorizations.json"), {}) or {}
+    oldest = time.time() - AUTHORIZATION_LIFETIME
+    return {s: a for s, a in pending.items() if a.get("created_at", 0) >= oldest}
+
+
+def take_authorization(tpp: TPP, state: str) -> dict[str, Any]:
+    """The authorization ``state`` names, forgotten at once (a state is answered once)."""
+    pending = _pending(tpp)
+    found = pending.pop(state, None) if state else None
+    if found is None:
+        raise InvalidAnswer(
+            "the bank's answer names no authorization this TPP started",
+            cause="its state is unknown here: answered already, older than"
+            f" {AUTHORIZATION_LIFETIME // 60} minutes, or not started by this TPP",
+            remedy=f"start again: connect on the TPP's page, or `{prog()} consent`",
+            folder=tpp.workdir,
+        )
+    write_json(tpp.path("authorizations.json"), pending, secret=True)
+    return found
+
+
+def parse_redirect(url_or_fragment: str) -> dict[str, str]:
+    """The parameters of the bank's answer: the fragment of the redirect URL (hybrid flow),
+    else its query (an error some servers send there)."""
+    parts = urlsplit(url_or_fragment.strip())
+    text = parts.fragment or parts.query
+    if not parts.scheme and not parts.fragment and not parts.query:
+        text = url_or_fragment.strip().lstrip("#")
+    return {k: v for k, v in parse_qsl(text, keep_blank_values=True)}
+
+
+def _half_hash(value: str, alg: str) -> str:
+    """OIDC Core 3.3.2.11: the left half of the hash of the ASCII value, base64url."""
+    digest = HASHES[alg](value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).decode().rstrip("=")
+
+
+def bank_jwks(tpp: TPP) -> jwk.JWKSet:
+    url = tpp.discovery().get("jwks_uri") or (tpp.need("bank_url") + "/jwks")
+    response = tpp.http("GET", url, mtls=False)
+    expect(tpp, response, 200, what="reading the bank's id_token keys", step="discover")
+    try:
+        return jwk.JWKSet.from_json(response.text)
+    except (ValueError, TypeError, jwk.InvalidJWKValue):
+        raise tpp.fail(
+            "the bank's jwks_uri is not a JWK set",
+            cause=f"GET {url} answered {abbreviate(response.text, 40)!r}",
+            remedy=f"read the bank's endpoints again: `{prog()} discover`",
+        ) from None
+
+
+def verify_id_token(
+    tpp: TPP,
+    id_token: str,
+    *,
+    nonce: str,
+    consent_id: str,
+    code: str | None = None,
+    state: str | None = None,
+) -> dict[str, Any]:
+    """The id_token's claims once it holds (OIDC Core 3.3.2.12, FAPI 1 Advanced 5.2.2.1, OB
+    security profile): signed with the client's registered id_token_signed_response_alg by a
+    key of the bank's jwks_uri; iss the bank; aud this client; not expired; the nonce sent;
+    c_hash of the code and s_hash of the state; openbanking_intent_id the consent asked for.
+    Else :class:`InvalidIdToken` saying which."""
+    registration = _registration(tpp)
+    expected_alg = str(registration.get("id_token_signed_response_alg") or ALG)
+    p = prog()
+
+    def invalid(why: str) -> InvalidIdToken:
+        return InvalidIdToken(
+            "the id_token is not valid: nothing was exchanged",
+            cause=why,
+            remedy=f"start again (connect on the TPP's page, or `{p} consent`); if it"
+            " persists, the bank is not the one this TPP registered with",
+            folder=tpp.workdir,
+        )
+
+    try:
+        token = jws.JWS()
+        token.deserialize(id_token)
+        header = token.jose_header
+    except (jws.InvalidJWSObject, ValueError, TypeError):
+        raise invalid("it is not a compact JWS") from None
+    if not isinstance(header, dict) or header.get("alg") != expected_alg:
+        alg = header.get("alg") if isinstance(header, dict) else None
+        raise invalid(
+            f"it is signed {alg}, not {expected_alg} (the client's id_token_signed_response_alg)"
+        )
+    keys = bank_jwks(tpp)
+    kid = header.get("kid")
+    candidates = [keys.get_key(kid)] if kid else list(keys)
+    verified = False
+    for key in candidates:
+        if key is None:
+            continue
+        try:
+            token.verify(key, alg=expected_alg)
+        except jws.InvalidJWSSignature:
+            continue
+        verified = True
+        break
+    if not verified:
+        raise invalid(
+            "its signature does not verify with the bank's keys (jwks_uri)"
+            + (f": no key {kid}" if kid and keys.get_key(kid) is None else "")
+        )
+    try:
+        claims = json.loads(token.payload)
+    except ValueError:
+        raise invalid("its payload is not JSON") from None
+    if not isinstance(claims, dict):
+        raise invalid("its payload is not a JSON object")
+    issuer = tpp.discovery()["issuer"]
+    audience = claims.get("aud")
+    audiences = audience if isinstance(audience, list) else [audience]
+    now = time.time()
+    problems = [
+        (claims.get("iss") != issuer, f"iss is {claims.get('iss')!r}, not the bank's {issuer!r}"),
+        (
+            registration["client_id"] not in audiences,
+            f"aud is {audience!r}, not this client ({registration['client_id']})",
+        ),
+        (
+            not isinstance(claims.get("exp"), int | float) or claims["exp"] + ID_TOKEN_LEEWAY < now,
+            f"it expired (exp {claims.get('exp')!r})",
+        ),
+        (
+            not isinstance(claims.get("iat"), int | float) or claims["iat"] - ID_TOKEN_LEEWAY > now,
+            f"iat {claims.get('iat')!r} is missing or in the future",
+        ),
+        (claims.get("nonce") != nonce, "its nonce is not the one this TPP sent"),
+        (
+            claims.get("openbanking_intent_id") != consent_id,
+            f"openbanking_intent_id is {claims.get('openbanking_intent_id')!r}, not the consent"
+            f" asked for ({consent_id})",
+        ),
+        (
+            code is not None and claims.get("c_hash") != _half_hash(code, expected_alg),
+            "c_hash is not the hash of the code it came with (the code was swapped?)",
+        ),
+        (
+            state is not None and claims.get("s_hash") != _half_hash(state, expected_alg),
+            "s_hash is not the hash of the state it came with",
+        ),
+    ]
+    for wrong, why in problems:
+        if wrong:
+            raise invalid(why)
+    return claims
+
+
+def _token_grant(tpp: TPP, form: dict[str, str], *, what: str) -> dict[str, Any]:
+    registration = _registration(tpp)
+    discovery = tpp.discovery()
+    form = {**form, **client_authentication(tpp, registration, discovery)}
+    response = tpp.http("POST", discovery["token_endpoint"], data=form)
+    expect(tpp, response, 200, what=what, step="token")
+    return response.json()
+
+
+def exchange_code(tpp: TPP, code: str, *, redirect_uri: str) -> dict[str, Any]:
+    """The authorization_code grant over mTLS with the registered auth method."""
+    form = {"grant_type": "authorization_code", "code": code, "redirect_uri": redirect_uri}
+    return _token_grant(tpp, form, what="exchanging the code")
+
+
+def complete_authorization(
+    tpp: TPP, answer: dict[str, str], *, session_state: str | None = None
+) -> dict[str, Any]:
+    """The bank's answer (the redirect's parameters) for an authorization started here: the
+    state known (and, for one started on the web page, this browser's); an error shown as
+    the bank gave it (the customer denied, say: :class:`ConsentDenied`); else the id_token
+    checked, the code exchanged, the tokens kept in consent.json. Returns that record."""
+    state = answer.get("state", "")
+    pending = take_authorization(tpp, state)
+    if pending.get("origin") == "web" and session_state != state:
+        raise InvalidAnswer(
+            "this browser did not start that authorization",
+            cause="its state belongs to another browser session (a forged or stolen redirect?)",
+            remedy="start again from the TPP's page, in this browser",
+            folder=tpp.workdir,
+        )
+    if answer.get("error"):
+        error, description = answer["error"], answer.get("error_description", "")
+        denied = ConsentDenied if error == "access_denied" else Failed
+        failure = denied(
+            f"the bank answered {error}" + (f": {description}" if description else ""),
+            cause="the customer denied access at the bank"
+            if error == "access_denied"
+            else "the bank did not authorise the request",
+            remedy=f"ask the customer again: connect on the TPP's page, or `{prog()} consent`",
+            folder=tpp.workdir,
+        )
+        if isinstance(failure, ConsentDenied):
+            failure.consent_id = pending["consent_id"]
+        else:
+            failure.upstream = True
+        raise failure
+    code, id_token = answer.get("code", ""), answer.get("id_token", "")
+    if not code or not id_token:
+        raise InvalidAnswer(
+            "the bank's answer has no code and id_token",
+            cause="the redirect carried neither an error nor code and id_token",
+            remedy="start again; the whole redirect URL (with its #fragment) is needed",
+            folder=tpp.workdir,
+        )
+    claims = verify_id_token(
+        tpp,
+        id_token,
+        nonce=pending["nonce"],
+        consent_id=pending["consent_id"],
+        code=code,
+        state=state,
+    )
+    tokens = exchange_code(tpp, code, redirect_uri=pending["redirect_uri"])
+    if "id_token" in tokens:  # the token endpoint's id_token: the same checks, no hashes
+        verify_id_token(
+            tpp, tokens["id_token"], nonce=pending["nonce"], consent_id=pending["consent_id"]
+        )
+    return save_tokens(tpp, tokens, consent_id=pending["consent_id"], claims=claims)
+
+
+class ConsentDenied(Failed):
+    """The customer said no at the bank (``access_denied``); ``consent_id`` the consent."""
+
+    consent_id: str | None = None
+
+
+def save_tokens(
+    tpp: TPP, tokens: dict[str, Any], *, consent_id: str, claims: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Keep the consent's tokens in consent.json (owner-only; never printed)."""
+    record = load_consent(tpp) or {}
+    if record.get("consent_id") != consent_id:
+        record = {"consent_id": consent_id}
+    expires_in = tokens.get("expires_in")
+    record.update(
+        status="Authorised",
+        client_id=_registration(tpp)["client_id"],
+        access_token=tokens["access_token"],
+        refresh_token=tokens.get("refresh_token") or record.get("refresh_token"),
+        token_type=tokens.get("token_type", "Bearer"),
+        scope=tokens.get("scope"),
+        cnf=tokens.get("cnf") or {"x5t#S256": thumbprint(tpp.read("transport.pem", "download"))},
+        obtained_at=int(time.time()),
+        expires_at=int(time.time()) + int(expires_in) if expires_in else None,
+    )
+    if claims is not None:
+        record["id_token"] = {
+            k: claims[k] for k in ("iss", "sub", "aud", "acr", "auth_time", "exp") if k in claims
+        }
+    write_json(tpp.path("consent.json"), record, secret=True)
+    return record
+
+
+def load_consent(tpp: TPP) -> dict[str, Any] | None:
+    record = read_json(tpp.path("consent.json"))
+    return record if isinstance(record, dict) else None
+
+
+def consented(tpp: TPP) -> dict[str, Any]:
+    """consent.json, or a :class:`Failed` that says to connect first."""
+    record = load_consent(tpp)
+    if not record or not record.get("access_token"):
+        p = prog()
+        raise tpp.fail(
+            "no access token from a customer's consent yet",
+            cause="account data needs the customer's consent, and no customer has connected"
+            " (`token`'s client_credentials token opens the consents API only)",
+            remedy=f"connect through the TPP's web page first (`{p} web`, then open"
+            f" https://127.0.0.1:{DEFAULT_WEB_PORT}/), or `{p} consent` and open the URL it"
+            " prints",
+        )
+    return record
+
+
+def refresh_consent_token(tpp: TPP) -> dict[str, Any]:
+    """The refresh_token grant: a new access token for the same consent, bound to the same
+    certificate."""
+    record = consented(tpp)
+    if not record.get("refresh_token"):
+        raise tpp.fail(
+            "no refresh token for this consent",
+            cause="the bank issued no refresh_token with the access token",
+            remedy="ask the customer again: connect on the TPP's page",
+        )
+    tokens = _token_grant(
+        tpp,
+        {"grant_type": "refresh_token", "refresh_token": record["refresh_token"]},
+        what="refreshing the token",
+    )
+    return save_tokens(tpp, tokens, consent_id=record["consent_id"])
+
+
+def read_accounts(tpp: TPP, *, balances: bool = True) -> list[dict[str, Any]]:
+    """The accounts the consent opens, each with its ``Balance`` list (GET /accounts, then
+    /accounts/{AccountId}/balances), with the consent's token over mTLS."""
+    record = consented(tpp)
+    url = accounts_endpoint(tpp)
+    response = tpp.http("GET", url, headers=_ob_headers(record["access_token"]))
+    expect(tpp, response, 200, what="the accounts API", step="accounts")
+    found = list(response.json().get("Data", {}).get("Account", []))
+    if balances:
+        for account in found:
+            account_url = f"{url}/{account['AccountId']}/balances"
+            answer = tpp.http("GET", account_url, headers=_ob_headers(record["access_token"]))
+            expect(tpp, answer, 200, what="the balances API", step="accounts")
+            account["Balance"] = answer.json().get("Data", {}).get("Balance", [])
+    return found
+
+
+def show_accounts(found: list[dict[str, Any]]) -> None:
+    for account in found:
+        name = account.get("Nickname") or account.get("AccountSubType", "")
+        click.echo(f"{account.get('AccountId')}  {name}  ({account.get('Currency', '')})")
+        for balance in account.get("Balance", []):
+            amount = balance.get("Amount", {})
+            click.echo(
+                f"    {balance.get('Type', 'balance')}: {amount.get('Amount')}"
+                f" {amount.get('Currency', '')} {balance.get('CreditDebitIndicator', '')}".rstrip()
+            )
+
+
+@cli.command()
+@click.option(
+    "--permission",
+    "permissions",
+    multiple=True,
+    type=click.Choice(PERMISSIONS),
+    default=DEFAULT_PERMISSIONS,
+    show_default=True,
+    help="What the TPP asks the customer for (repeat).",
+)
+@click.option("--days", type=click.IntRange(1, 365), default=CONSENT_DAYS, show_default=True)
+@click.option(
+    "--redirect-uri", help="Where the bank sends the browser back [default: the web page's]."
+)
+@pass_tpp
+def consent(
+    tpp: TPP, permissions: tuple[str, ...], days: int, redirect_uri: str | None
+) -> dict[str, Any]:
+    """Create an account-access-consent (client_credentials token, mTLS) and print the bank's
+    authorize URL for the customer to open in a browser."""
+    p = prog()
+    click.echo(f"POST {consents_endpoint(tpp)}  (mutual TLS, a client_credentials token)")
+    data = create_consent(tpp, permissions, days=days)
+    click.echo(f"ConsentId {data['ConsentId']}  Status {data.get('Status')}")
+    click.echo(f"  Permissions {', '.join(data.get('Permissions', permissions))}")
+    click.echo(f"  ExpirationDateTime {data.get('ExpirationDateTime')}")
+    uri = redirect_uri or redirect_uri_of(tpp)
+    url, claims = start_authorization(tpp, data["ConsentId"], redirect_uri=uri, origin="cli")
+    click.echo(
+        f"request object signed {request_object_alg(tpp)} with signing.key: aud"
+        f" {claims['aud']}, redirect_uri {uri}, valid {REQUEST_OBJECT_LIFETIME // 60} minutes"
+    )
+    click.echo("open in a browser (the customer signs in at the bank and chooses accounts):")
+    click.echo(url)
+    click.echo(
+        f"the bank sends the browser back to {uri}: `{p} web` serves that page; without it,"
+        f" copy the whole address the browser shows, then `{p} callback 'ADDRESS'`"
+    )
+    return {**data, "authorize_url": url, "state": claims["state"]}
+
+
+@cli.command()
+@click.argument("address")
+@pass_tpp
+def callback(tpp: TPP, address: str) -> dict[str, Any]:
+    """Finish an authorization started with `consent`: ADDRESS is where the bank sent the
+    browser back (redirect URI, #code, id_token, state). The id_token is checked, the code
+    exchanged over mutual TLS; the tokens go to consent.json (never printed)."""
+    p = prog()
+    answer = parse_redirect(address)
+    record = complete_authorization(tpp, answer)
+    claims = record.get("id_token", {})
+    click.echo(
+        f"id_token valid: iss {claims.get('iss')}, sub {claims.get('sub')}, acr {claims.get('acr')}"
+    )
+    click.echo(
+        f"code exchanged: access token (scope {record.get('scope')!r}) bound to cnf"
+        f" {json.dumps(record.get('cnf'))}, refresh token kept in consent.json"
+    )
+    click.echo(f"next: `{p} accounts`")
+    return record
+
+
+@cli.command()
+@click.option("--no-cert", is_flag=True, help="Leave out the transport certificate.")
+@click.option("--account-id", help="One account instead of the list.")
+@click.option(
+    "--client-credentials",
+    is_flag=True,
+    help="Use token.json's client_credentials token instead (the bank refuses it: account"
+    " data needs the customer's consent).",
+)
+@pass_tpp
+def accounts(tpp: TPP, no_cert: bool, account_id: str | None, client_credentials: bool) -> None:
+    """Call the accounts API with the token the customer's consent gave (consent.json), over
+    mutual TLS; the balances too when listing."""
+    url = accounts_endpoint(tpp)
+    if client_credentials:
+        token_value = _access_token(tpp)
+        what = "token.json's client_credentials token"
+    else:
+        token_value = consented(tpp)["access_token"]
+        what = "the consent's token"
+    if account_id:
+        url += f"/{account_id}"
+    click.echo(f"GET {url}  ({what}" + (", no client certificate)" if no_cert else ", mutual TLS)"))
+    response = tpp.http("GET", url, mtls=not no_cert, headers=_ob_headers(token_value))
+    body = show_response(response)
     expect(tpp, response, 200, what="the accounts API", step="accounts", no_cert=no_cert)
+    if account_id or not isinstance(body, dict):
+        return
+    for account in body.get("Data", {}).get("Account", []):
+        balances = f"{url}/{account['AccountId']}/balances"
+        click.echo(f"GET {balances}")
+        answer = tpp.http("GET", balances, mtls=not no_cert, headers=_ob_headers(token_value))
+        show_response(answer)
+        expect(tpp, answer, 200, what="the balances API", step="accounts", no_cert=no_cert)
+
+
+@cli.command()
+@pass_tpp
+def refresh(tpp: TPP) -> None:
+    """A new access token for the consent (refresh_token grant, mutual TLS): bound to the same
+    certificate as the first."""
+    record = refresh_consent_token(tpp)
+    click.echo(
+        f"new access token for consent {record['consent_id']}: scope {record.get('scope')!r},"
+        f" cnf {json.dumps(record.get('cnf'))}"
+        + (f", expires {_when(record['expires_at'])}" if record.get("expires_at") else "")
+    )
+
+
+@cli.command("revoke-consent")
+@pass_tpp
+def revoke_consent(tpp: TPP) -> None:
+    """Revoke the consent at the bank (DELETE, client_credentials token): consent.json's tokens
+    are kept, to show the API refusing them."""
+    record = consented(tpp)
+    url = f"{consents_endpoint(tpp)}/{record['consent_id']}"
+    click.echo(f"DELETE {url}  (mutual TLS, a client_credentials token)")
+    delete_consent(tpp, record["consent_id"])
+    click.echo(f"consent {record['consent_id']} Revoked; `{prog()} accounts` is refused now")
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option(
+    "--port", type=int, default=DEFAULT_WEB_PORT, show_default=True, help="0: a free port."
+)
+@click.option(
+    "--cert",
+    "cert_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="HTTPS certificate chain [default: issued by the sandbox CA of <workdir>/../directory].",
+)
+@click.option("--key", "key_file", type=click.Path(exists=True, dir_okay=False))
+@click.option("--url-file", type=click.Path(dir_okay=False), hidden=True)
+@click.option("--exit-with-parent", is_flag=True, hidden=True)
+@pass_tpp
+def web(
+    tpp: TPP,
+    host: str,
+    port: int,
+    cert_file: str | None,
+    key_file: str | None,
+    url_file: str | None,
+    exit_with_parent: bool,
+) -> None:
+    """Serve the TPP's web page over HTTPS (its redirect URI is <URL>/callback): connect the
+    customer's accounts, see them, refresh the token, revoke the consent. Ctrl-C stops it."""
+    from .serving import serve_until_stopped, tls_context
+    from .tpp_web import create_tpp_web_app, web_certificate
+
+    if (cert_file is None) != (key_file is None):
+        raise click.UsageError("give --cert and --key together (or neither)")
+    if cert_file is None or key_file is None:
+        cert_file, key_file = (str(path) for path in web_certificate(tpp, host))
+    serve_until_stopped(
+        name="tpp-web",
+        title="the TPP's web page",
+        host=host,
+        port=port,
+        ssl_context=tls_context(cert_file, key_file),
+        make_app=lambda url: create_tpp_web_app(tpp.workdir, redirect_uri=f"{url}/callback"),
+        url_file=url_file,
+        parent_pid=os.getppid() if exit_with_parent else None,
+    )
 
 
 @cli.group()

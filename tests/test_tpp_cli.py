@@ -91,7 +91,14 @@ def directory(*args: str, status: int = 0) -> str:
     return result.output
 
 
+#: a redirect URI every bank accepts (https, not loopback), for the tests that are not about
+#: the consent journey; the default is the TPP's web page on loopback
+REGISTRABLE_REDIRECT_URI = "https://tpp.example.com/cb"
+
+
 def onboard(sandbox: Sandbox, workdir: Path, *extra: str) -> dict:
+    if "--redirect-uri" not in extra:
+        extra = (*extra, "--redirect-uri", REGISTRABLE_REDIRECT_URI)
     tpp(
         workdir,
         "onboard",
@@ -392,7 +399,7 @@ def test_status_says_what_is_done_and_what_to_run_next(sandbox, tmp_path):
     shown = tpp(workdir, "status").splitlines()
     registration = json.loads((workdir / "registration.json").read_text())
     client_id = registration["client_id"]
-    rows = {line.split()[1]: line for line in shown if re.match(r"  \[[x ]\] ", line)}
+    rows = {line[6:].split()[0]: line for line in shown if re.match(r"  \[[x ]\] ", line)}
     assert list(rows) == [
         "onboard",
         "keys",
@@ -403,8 +410,10 @@ def test_status_says_what_is_done_and_what_to_run_next(sandbox, tmp_path):
         "request",
         "register",
         "token",
+        "consent",
     ]
-    assert all(row.startswith("  [x] ") for row in rows.values()), shown
+    assert all(row.startswith("  [x] ") for name, row in rows.items() if name != "consent"), shown
+    assert rows["consent"] == "  [ ] consent     no customer has connected yet"
     assert rows["register"] == (
         f"  [x] register    client_id {client_id} (tls_client_auth, scope 'openid accounts')"
     )
@@ -413,7 +422,10 @@ def test_status_says_what_is_done_and_what_to_run_next(sandbox, tmp_path):
         r" \(in (59|60) min\)",
         rows["token"],
     ), rows["token"]
-    assert shown[-1] == "next: `obdcr-tpp accounts` (every step is done)"
+    assert shown[-1] == (
+        "next: the customer connects: `obdcr-tpp web`, then open https://127.0.0.1:7443/ (or"
+        " `obdcr-tpp consent`)"
+    )
 
     # deleted: the registration and the used request are to be made again
     tpp(workdir, "registration", "delete")
@@ -545,7 +557,7 @@ def test_after_registration_delete_the_hint_avoids_the_replay(sandbox, tmp_path)
     assert deleted[-1] == (
         "to register again: `obdcr-tpp request` (a fresh request), then `obdcr-tpp register`"
     )
-    refused = tpp(workdir, "accounts", status=1)
+    refused = tpp(workdir, "accounts", "--client-credentials", status=1)
     assert_refused(
         refused,
         workdir,
@@ -555,8 +567,9 @@ def test_after_registration_delete_the_hint_avoids_the_replay(sandbox, tmp_path)
             "register again: `obdcr-tpp request`, then `obdcr-tpp register`, then `obdcr-tpp token`"
         ),
     )
-    for step in ("request", "register", "token", "accounts"):
+    for step in ("request", "register", "token"):
         tpp(workdir, step)
+    tpp(workdir, "registration", "get")  # the new token opens what needs no consent
 
 
 def test_a_revoked_token_says_fetch_a_new_one(sandbox, tmp_path):
@@ -573,7 +586,7 @@ def test_a_revoked_token_says_fetch_a_new_one(sandbox, tmp_path):
         timeout=10,
     )
     assert wrong.status_code == 401
-    output = tpp(workdir, "accounts", status=1)
+    output = tpp(workdir, "accounts", "--client-credentials", status=1)
     assert_refused(
         output,
         workdir,
@@ -583,7 +596,7 @@ def test_a_revoked_token_says_fetch_a_new_one(sandbox, tmp_path):
         remedy=r"run `obdcr-tpp token` again.*",
     )
     tpp(workdir, "token")
-    tpp(workdir, "accounts")
+    tpp(workdir, "registration", "get")
 
 
 def test_a_scope_the_client_did_not_register_is_explained(sandbox, tmp_path):
@@ -706,7 +719,7 @@ def test_an_expired_transport_certificate_is_translated(sandbox, tmp_path):
         not_after=now - datetime.timedelta(days=1),
     )
     _replace_transport_certificate(workdir, expired, key)
-    output = tpp(workdir, "accounts", status=1)
+    output = tpp(workdir, "accounts", "--client-credentials", status=1)
     assert_refused(
         output,
         workdir,
@@ -731,7 +744,7 @@ def test_a_certificate_of_an_unknown_ca_is_translated(sandbox, tmp_path):
     _replace_transport_certificate(
         workdir, rogue.issue(ob_subject("a", "b"), key.public_key()), key
     )
-    output = tpp(workdir, "accounts", status=1)
+    output = tpp(workdir, "accounts", "--client-credentials", status=1)
     assert_refused(
         output,
         workdir,
@@ -751,7 +764,7 @@ def test_a_certificate_of_an_unknown_ca_is_translated(sandbox, tmp_path):
 def test_a_certificate_that_is_not_its_keys_is_translated(sandbox, tmp_path):
     workdir = walk(sandbox, tmp_path / "tpp")
     (workdir / "transport.key").write_text(key_pem(generate_key("RSA")))
-    output = tpp(workdir, "accounts", status=1)
+    output = tpp(workdir, "accounts", "--client-credentials", status=1)
     assert_refused(
         output,
         workdir,
@@ -815,8 +828,9 @@ def test_keys_force_removes_what_the_old_keys_made_and_says_what_to_run(sandbox,
     assert not any((workdir / n).exists() for n in ("transport.pem", "signing.pem", "token.json"))
     assert "certificates" not in json.loads((workdir / "tpp.json").read_text())
     # and every later call works again, with no KEY_VALUES_MISMATCH
-    for step in ("upload-csr", "download", "token", "accounts"):
+    for step in ("upload-csr", "download", "token"):
         tpp(workdir, step)
+    tpp(workdir, "registration", "get")
 
 
 # -- explain ---------------------------------------------------------------------------------
@@ -993,8 +1007,9 @@ def test_eidas_transport_certificate_registers_and_takes_a_token(sandbox, tmp_pa
     assert f"  organizationIdentifier {identifier} (eIDAS/OBWAC)" in decoded
     status = tpp(workdir, "status")
     assert re.search(r"transport kid \w+ \(eidas\)", status), status
-    for step in ("ssa", "discover", "request", "register", "token", "accounts"):
+    for step in ("ssa", "discover", "request", "register", "token"):
         tpp(workdir, step)
+    tpp(workdir, "registration", "get")
     registration = json.loads((workdir / "registration.json").read_text())
     assert f"2.5.4.97={identifier}" in registration["tls_client_auth_subject_dn"]
     # new keys: the hint keeps the profile
