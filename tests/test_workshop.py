@@ -42,6 +42,7 @@ MAKE_VARIABLES = (
     "STOP",
     "DIRECTORY_PORT",
     "BANK_PORT",
+    "TPP_PORT",
     "VENV",
 )
 #: the acronyms make demo must explain, once, where each first appears
@@ -366,7 +367,7 @@ def test_demo_step_mode_waits_for_enter_on_a_terminal():
 @needs_make
 def test_make_serve_twice_says_so_and_leaves_the_first_alone_then_make_reset(tmp_path):
     instance = tmp_path / "instance"
-    variables = [f"INSTANCE={instance}", "DIRECTORY_PORT=0", "BANK_PORT=0"]
+    variables = [f"INSTANCE={instance}", "DIRECTORY_PORT=0", "BANK_PORT=0", "TPP_PORT=0"]
     first = subprocess.Popen(
         ["make", "-s", *KEEP_STAMPS, "serve", *variables, f"BIN={BIN}"],
         cwd=REPO,
@@ -386,7 +387,7 @@ def test_make_serve_twice_says_so_and_leaves_the_first_alone_then_make_reset(tmp
         assert f"make reset INSTANCE={instance}" in banner
         ca = str(instance / "directory" / "ca-bundle.pem")
         url_files = {p.name: p.read_text() for p in (instance / "run").glob("*.url")}
-        assert sorted(url_files) == ["bank.url", "directory.url"]
+        assert sorted(url_files) == ["bank.url", "directory.url", "tpp.url"]
 
         # a second make serve on the same state: the URLs of the first, no traceback
         second = _make("serve", *variables, timeout=60)
@@ -436,13 +437,18 @@ def test_make_serve_banner_prints_the_readme_commands_for_a_fresh_shell(monkeypa
         ca_bundle=instance / "directory" / "ca-bundle.pem",
         directory_url="https://127.0.0.1:8443",
         bank_url="https://127.0.0.1:9443",
+        tpp_url="https://127.0.0.1:7443",
     )
     lines = [line.strip() for line in banner(sandbox).splitlines()]  # type: ignore[arg-type]
     tpp = ".venv/bin/obdcr-tpp"
-    assert (
-        f'{tpp} onboard --client-name "My TPP" --role AISP --redirect-uri'
-        " https://tpp.example.com/cb"
-    ) in lines
+    # the redirect URI: onboard's default, the TPP's page's callback
+    assert f'{tpp} onboard --client-name "My TPP" --role AISP' in lines
+    assert "The TPP's web page              https://127.0.0.1:7443/" in lines
+    assert "its redirect URI              https://127.0.0.1:7443/callback" in lines
+    assert any(
+        line.startswith("console") and "https://127.0.0.1:9443/console/" in line for line in lines
+    )
+    assert "portal                        https://127.0.0.1:8443/portal/" in lines
     assert any(line.startswith(f"{tpp} keys ") for line in lines)
     assert any(line.startswith(f"{tpp} status ") for line in lines)
     assert any(line.startswith(f"{tpp} revoke ") for line in lines)
@@ -462,8 +468,10 @@ def test_make_serve_banner_prints_the_readme_commands_for_a_fresh_shell(monkeypa
     sandbox.folder, sandbox.tpp_folder = other, other / "tpp"
     sandbox.ca_bundle = other / "directory" / "ca-bundle.pem"
     sandbox.directory_url, sandbox.bank_url = "https://127.0.0.1:8444", "https://127.0.0.1:9444"
+    sandbox.tpp_url = "https://127.0.0.1:7444"
     text = banner(sandbox)  # type: ignore[arg-type]
     assert f"{tpp} --workdir instance2/tpp onboard" in text
+    assert "--role AISP --redirect-uri https://127.0.0.1:7444/callback" in text
     assert "--directory https://127.0.0.1:8444 --bank https://127.0.0.1:9444" in text
     assert "--url https://127.0.0.1:8444 --ca instance2/directory/ca-bundle.pem" in text
     assert ".venv/bin/flask --app " in text
@@ -475,12 +483,17 @@ def test_make_serve_names_a_port_another_program_holds(tmp_path):
     with socket.create_server(("127.0.0.1", 0)) as taken:
         port = taken.getsockname()[1]
         done = _make(
-            "serve", f"INSTANCE={instance}", f"DIRECTORY_PORT={port}", "BANK_PORT=0", timeout=60
+            "serve",
+            f"INSTANCE={instance}",
+            f"DIRECTORY_PORT={port}",
+            "BANK_PORT=0",
+            "TPP_PORT=0",
+            timeout=60,
         )
     said = done.stdout + done.stderr
     assert done.returncode != 0
     assert f"{port} (DIRECTORY_PORT)" in said
-    assert "make serve DIRECTORY_PORT=8444 BANK_PORT=9444" in said
+    assert "make serve DIRECTORY_PORT=8444 BANK_PORT=9444 TPP_PORT=7444" in said
     assert "Traceback" not in said
     assert not instance.exists()
 
@@ -519,6 +532,7 @@ def test_make_help_documents_the_targets_and_their_variables():
             "AUTH_METHOD=private_key_jwt",
             "DIRECTORY_PORT=8443",
             "BANK_PORT=9443",
+            "TPP_PORT=7443",
             "INSTANCE=instance",
             "STOP=1",
         ):
