@@ -107,8 +107,10 @@ def customer_blueprint(journey: Journey) -> Blueprint:
         response.headers["X-Frame-Options"] = "DENY"
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
+        # no form-action: browsers apply it to the redirect after a POST too, and the consent
+        # form's answer is a redirect to the TPP
         response.headers["Content-Security-Policy"] = (
-            "default-src 'none'; style-src 'self'; img-src 'self' https:; form-action 'self';"
+            "default-src 'none'; style-src 'self'; img-src 'self' https:;"
             " frame-ancestors 'none'; base-uri 'none'"
         )
         return response

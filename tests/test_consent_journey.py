@@ -736,3 +736,36 @@ def test_a_consent_is_authorised_once(bank, tpp):
     claims = tpp.request_claims(journey["consent_id"])
     assert browser.get(tpp.authorize_query(claims)).status_code == 400
     assert "it is Authorised" in browser.page
+
+
+# -- the pages in a real browser -------------------------------------------------------------------
+
+
+def test_the_customer_journey_in_a_browser(browser, bank, tpp, directory):
+    from flask_obdcr.testing.loopback import LoopbackServer
+    from flask_obdcr.testing.server import server_ssl_context
+
+    consent_id = tpp.create_consent(permissions=("ReadAccountsDetail", "ReadBalances"))
+    claims = tpp.request_claims(consent_id)
+    context, _certificate = server_ssl_context(directory.issuing_ca)
+    with LoopbackServer(bank, ssl_context=context, quiet=True) as server:
+        browser.get(server.url.rstrip("/") + tpp.authorize_query(claims))
+        browser.wait_for("#sign-in")
+        assert "Budget Buddy" in browser.text("#tpp-name")
+        browser.screenshot("bank-sign-in")
+        browser.fill("#user", "mits")
+        browser.fill("#password", "wrong")
+        browser.click("#sign-in")
+        assert "wrong" in browser.text("#sign-in-error")
+        browser.fill("#password", "sandbox")
+        browser.click("#sign-in")
+        browser.wait_for("#approve")
+        assert "See your account balances" in browser.text("#permissions")
+        browser.click('input[value="22289"]')
+        browser.screenshot("bank-consent")
+        browser.click("#approve")
+        url = browser.wait_for_url("#code=")
+    answer = {k: v[0] for k, v in parse_qs(urlsplit(url).fragment).items()}
+    assert url.startswith(REDIRECT_URI + "#")
+    assert answer["state"] == claims["state"]
+    assert tpp.consent_status(consent_id) == "Authorised"
