@@ -1,17 +1,30 @@
-"""AnyBank: an authorization server and accounts API with Open Banking DCR.
+"""AnyBank: an authorization server, consents and accounts API with Open Banking DCR.
 
 ``create_app(config=None, *, instance_path=None)`` builds it:
 
 * ``POST /register``, ``GET|PUT|DELETE /register/<client_id>``: OpenBankingDCR, clients (and
   tokens) in SQLite in the instance folder (``obdcr.db``);
-* ``POST /token``: an Authlib authorization server, ``client_credentials`` with
-  ``tls_client_auth``, ``private_key_jwt`` or a client secret; tokens are bound to the
-  client certificate (RFC 8705);
-* ``GET /open-banking/v3.1/aisp/accounts`` (and ``/accounts/<AccountId>``): a small fixed
-  data set, for a certificate-bound token with scope ``accounts``;
-* ``GET /.well-known/openid-configuration``: discovery, the only endpoint (with ``/``) that
-  needs no client certificate. Every other call without a valid transport certificate gets
-  ``401 invalid_client``, whatever the endpoint would have said.
+* ``POST /token``: an Authlib authorization server, over mutual TLS with the client's
+  registered auth method (``tls_client_auth``, ``private_key_jwt`` or a client secret):
+  ``client_credentials``, ``authorization_code`` (single-use codes, an id_token and a refresh
+  token) and ``refresh_token``; access tokens are bound to the client certificate (RFC 8705);
+* ``POST|GET|DELETE /open-banking/v3.1/aisp/account-access-consents[/<ConsentId>]``: the AISP
+  consents (:mod:`example_app.consents`), with a client_credentials token;
+* ``GET /authorize``, ``/sign-in``, ``/consent``: the customer's pages of the consent journey
+  (:mod:`example_app.customer`, :mod:`example_app.authorize`): a request object signed by the
+  TPP, a sandbox customer's sign-in, the accounts they choose; back to the TPP's redirect URI
+  with ``code``, ``id_token`` and ``state`` in the fragment;
+* ``GET /open-banking/v3.1/aisp/accounts`` (``/<AccountId>``, ``/<AccountId>/balances``): the
+  accounts a customer consented to, for a certificate-bound token of the authorization-code
+  grant (:mod:`example_app.accounts`); a client_credentials token gets 403;
+* ``GET /.well-known/openid-configuration`` (discovery), ``GET /jwks`` (the id_token keys)
+  and the customer's pages need no client certificate. Every other call without a valid
+  transport certificate gets ``401 invalid_client``, whatever the endpoint would have said.
+
+The instance folder keeps, besides ``obdcr.db``: ``anybank.db`` (consents, authorization
+codes and refresh tokens, hashed: :mod:`example_app.bank_store`), ``anybank-secret.key`` (the
+session key, unless the configuration gives ``SECRET_KEY``) and the id_token signing keys
+(:mod:`example_app.bank_keys`), each made once, owner-only.
 
 Configuration, later wins: :func:`default_config` (a sandbox Directory at
 ``https://127.0.0.1:8443``, the bank at ``https://127.0.0.1:9443``, the sandbox CA bundle at
