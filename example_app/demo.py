@@ -580,17 +580,15 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     print(pretty({"client_id": record.client_id, "scope": record.scope, "cnf": record.cnf}))
 
     walk.step(
-        "Call the accounts API",
-        """The token and the same certificate open the accounts API. Without the
-        certificate the call is refused.""",
+        "The accounts API wants the customer's consent",
+        """This token is the TPP's own (client_credentials): no customer stands behind it,
+        so the accounts API refuses it (403 UK.OBIE.Resource.ConsentMismatch). Account data
+        needs the customer's consent: the TPP creates an account-access-consent with this
+        token, and the customer approves it at the bank (obdcr-tpp consent, or the TPP's web
+        page: make serve). Without the certificate the call is refused before that.""",
     )
-    answered = walk.tpp("accounts")
-    if quiet:
-        print(answered.status)
-        body = answered.body if isinstance(answered.body, dict) else {}
-        for account in body.get("Data", {}).get("Account", []):
-            print("  " + json.dumps(_pick(account, "AccountId", "Nickname", "Currency")))
-    walk.tpp("accounts", "--no-cert", expect_failure=True)
+    walk.tpp("accounts", "--client-credentials", expect_failure=True)
+    walk.tpp("accounts", "--client-credentials", "--no-cert", expect_failure=True)
 
     walk.step(
         "Read, update and delete the registration",
@@ -610,7 +608,7 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     deleted = walk.tpp("registration", "delete")
     if quiet:
         print(deleted.status)
-    walk.tpp("accounts", expect_failure=True)
+    walk.tpp("accounts", "--client-credentials", expect_failure=True)
 
     walk.step(
         "The transport certificate is revoked: the bank refuses it",
