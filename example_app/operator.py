@@ -163,8 +163,9 @@ def _operator_blueprint() -> Blueprint:
         if not _credentials_match(user, password):
             return _sign_in_page(status=401, message=WRONG_CREDENTIALS, user=user)
         target = local_path(request.form.get("next")) or url_for(f"{CONSOLE}.index")
-        # a new session for the signed-in operator: nothing of the anonymous one carries over
-        session.clear()
+        # the operator's keys only: the bank's customer pages keep theirs in the same cookie.
+        # A new CSRF token from now on: none seen before signing in is good afterwards.
+        session.pop(CSRF_SESSION_KEY, None)
         session[SESSION_KEY] = current_app.config[USER_KEY]
         return redirect(target, 303)  # type: ignore[return-value]
 
@@ -172,7 +173,8 @@ def _operator_blueprint() -> Blueprint:
     def sign_out() -> Response:
         if not _csrf_ok():
             return _sign_in_page(status=400, message=BAD_FORM)
-        session.clear()
+        session.pop(SESSION_KEY, None)
+        session.pop(CSRF_SESSION_KEY, None)
         return redirect(url_for(f"{OPERATOR}.sign_in"), 303)  # type: ignore[return-value]
 
     return bp

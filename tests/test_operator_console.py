@@ -279,3 +279,17 @@ def test_the_session_cookie_is_not_sent_by_other_sites(bank, http):
     response = sign_in(http)
     cookie = response.headers["Set-Cookie"]
     assert "SameSite=Lax" in cookie and "HttpOnly" in cookie
+
+
+def test_signing_in_and_out_keeps_the_rest_of_the_session(bank, http):
+    with http.session_transaction() as session:
+        session["customer"] = "kept"  # the bank's customer pages share the cookie
+    page = http.get("/console-login").get_data(as_text=True)
+    before = csrf_of(page)
+    sign_in(http, token=before)
+    after = csrf_of(http.get(f"/console/clients/{CLIENT_ID}/suspend").get_data(as_text=True))
+    assert after != before  # a token seen before signing in is not good afterwards
+    http.post("/console-logout", data={"csrf_token": after})
+    assert not is_signed_in(http)
+    with http.session_transaction() as session:
+        assert session["customer"] == "kept"
