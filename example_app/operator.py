@@ -181,7 +181,10 @@ def _operator_blueprint() -> Blueprint:
 
 
 def install_console(app: Flask, dcr: OpenBankingDCR) -> None:
-    """Mount the console at ``/console`` for a signed-in operator, and the sign-in page."""
+    """Mount the console at ``/console`` for a signed-in operator, and the sign-in page.
+    Once per app: a second call (create_app installs it) does nothing."""
+    if OPERATOR in app.blueprints:
+        return
     app.config.setdefault(USER_KEY, SANDBOX_USER)
     app.config.setdefault(PASSWORD_KEY, SANDBOX_PASSWORD)
     if app.config.get("SESSION_COOKIE_SAMESITE") is None:

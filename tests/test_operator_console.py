@@ -293,3 +293,9 @@ def test_signing_in_and_out_keeps_the_rest_of_the_session(bank, http):
     assert not is_signed_in(http)
     with http.session_transaction() as session:
         assert session["customer"] == "kept"
+
+
+def test_install_console_twice_is_once(bank):
+    rules = len(list(bank.url_map.iter_rules()))
+    install_console(bank, bank.extensions["anybank"]["dcr"])
+    assert len(list(bank.url_map.iter_rules())) == rules
