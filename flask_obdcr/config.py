@@ -65,6 +65,9 @@ DEFAULTS: dict[str, Any] = {
     "OBDCR_DATABASE_URL": None,
     # ours, beyond the contract: sandboxes only (docs/architecture.md, "Contract: explain")
     "OBDCR_EXPLAIN_ENDPOINT": False,
+    # sandboxes only: a TPP's redirect URI may be https on a loopback address (its own page on
+    # the presenter's machine); off, such a URI is refused as DESIGN section 2 says
+    "OBDCR_LOOPBACK_REDIRECT_URIS": False,
 }
 
 
@@ -92,6 +95,8 @@ class RuleSettings:
     #: "require": status unknown refuses (503); "prefer": go on and log; "off": never fetch
     revocation: str = "require"
     revocation_cache_seconds: int = 300
+    #: sandboxes only: https redirect URIs on loopback addresses are accepted
+    loopback_redirect_uris: bool = False
 
     @functools.cached_property
     def accepted_audiences(self) -> frozenset[str]:
@@ -146,6 +151,7 @@ class Settings:
     replay_quota_per_software: int = 10000
     #: serve POST /register/explain (sandboxes only: it tells what the wire withholds)
     explain_endpoint: bool = False
+    loopback_redirect_uris: bool = False
 
     @property
     def accepted_audiences(self) -> frozenset[str]:
@@ -181,6 +187,7 @@ class Settings:
             certificate_bound_tokens=self.certificate_bound_tokens,
             revocation=self.revocation,
             revocation_cache_seconds=self.revocation_cache_seconds,
+            loopback_redirect_uris=self.loopback_redirect_uris,
         )
 
     @classmethod
@@ -314,8 +321,16 @@ class Settings:
                 f"must be True or False (True only in a sandbox); got {explain_endpoint!r}",
             )
 
+        loopback_redirect_uris = raw["OBDCR_LOOPBACK_REDIRECT_URIS"]
+        if not isinstance(loopback_redirect_uris, bool):
+            _fail(
+                "OBDCR_LOOPBACK_REDIRECT_URIS",
+                f"must be True or False (True only in a sandbox); got {loopback_redirect_uris!r}",
+            )
+
         return cls(
             explain_endpoint=explain_endpoint,
+            loopback_redirect_uris=loopback_redirect_uris,
             replay_quota_per_software=replay_quota,
             revocation=revocation,
             revocation_cache_seconds=revocation_cache,

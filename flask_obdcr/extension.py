@@ -232,6 +232,11 @@ class OpenBankingDCR:
                 " registration check with the detail refusals withhold; for sandboxes only",
                 self.url_prefix,
             )
+        if settings.loopback_redirect_uris:
+            log.warning(
+                "OBDCR_LOOPBACK_REDIRECT_URIS is on: redirect URIs on loopback addresses are"
+                " registered; for sandboxes only"
+            )
         app.cli.add_command(obdcr_cli)
 
     def _revocation_checker(self, settings: Settings, redis: Any) -> RevocationChecker:

@@ -956,3 +956,66 @@ def test_signals_report_registration_and_rejection(env, ob_app_factory, post_reg
         ("ok", ok.get_json()["client_id"]),
         ("no", "invalid_client_metadata", "request_claims"),
     ]
+
+
+LOOPBACK_PAGE = "https://127.0.0.1:7443/callback"
+
+
+@pytest.mark.parametrize(
+    "uri,status",
+    [
+        (LOOPBACK_PAGE, 201),
+        ("https://[::1]:7443/callback", 201),
+        ("https://localhost:7443/callback", 400),  # a name: may resolve elsewhere
+        ("https://0.0.0.0:7443/callback", 400),  # not loopback
+        ("http://127.0.0.1:7443/callback", 400),  # still https only
+    ],
+)
+def test_sandbox_setting_admits_https_redirect_uris_on_a_loopback_address(
+    uri, status, env, ob_app_factory, post_registration
+):
+    """OBDCR_LOOPBACK_REDIRECT_URIS (sandboxes: the TPP's page on the presenter's machine)
+    admits an https loopback address literal listed in the SSA, nothing else."""
+    store = MemoryStore()
+    app = ob_app_factory(store=store, OBDCR_LOOPBACK_REDIRECT_URIS=True)
+    body = env.request(
+        software_statement=env.ssa(software_redirect_uris=[uri]), redirect_uris=[uri]
+    )
+    response = post_registration(body, software=env.software, app=app)
+    if status == 201:
+        assert response.status_code == 201, response.get_data(as_text=True)
+        assert response.get_json()["redirect_uris"] == [uri]
+    else:
+        assert_refused(response, 400, "invalid_redirect_uri", store)
+
+
+def test_loopback_redirect_uri_refused_by_default_and_when_not_in_the_ssa(
+    env, ob_app_factory, post_registration
+):
+    store = MemoryStore()
+    default = ob_app_factory(store=store)
+    body = env.request(
+        software_statement=env.ssa(software_redirect_uris=[LOOPBACK_PAGE]),
+        redirect_uris=[LOOPBACK_PAGE],
+    )
+    assert_refused(
+        post_registration(body, software=env.software, app=default),
+        400,
+        "invalid_redirect_uri",
+        store,
+    )
+    sandbox = ob_app_factory(store=store, OBDCR_LOOPBACK_REDIRECT_URIS=True)
+    unlisted = env.request(redirect_uris=[LOOPBACK_PAGE])  # the SSA lists other URIs
+    assert_refused(
+        post_registration(unlisted, software=env.software, app=sandbox),
+        400,
+        "invalid_redirect_uri",
+        store,
+    )
+
+
+def test_loopback_redirect_setting_must_be_a_boolean(ob_app_factory):
+    from flask_obdcr.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="OBDCR_LOOPBACK_REDIRECT_URIS"):
+        ob_app_factory(OBDCR_LOOPBACK_REDIRECT_URIS="yes")

@@ -31,6 +31,14 @@ def _is_local(host: str) -> bool:
     return address.is_loopback or address.is_unspecified
 
 
+def _is_loopback_literal(host: str) -> bool:
+    """127.0.0.0/8 or ::1 written as an address in its usual form."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 def _legacy_ipv4(host: str) -> ipaddress.IPv4Address | None:
     """The shorthand IPv4 forms resolvers still accept: 127.1, 2130706433, 0x7f.0.0.1."""
     if not re.fullmatch(r"(0x[0-9a-f]+|[0-9]+)(\.(0x[0-9a-f]+|[0-9]+)){0,3}", host):
@@ -68,7 +76,12 @@ class RedirectURIs:
                 raise InvalidRedirectURI(f"{uri[:100]!r} is not a valid URI.") from None
             if len(uri) > MAX_URI_LENGTH or parts.scheme != "https" or not host:
                 raise InvalidRedirectURI(f"{uri[:100]!r} is not an https URI.")
-            if _is_local(host):
+            # a sandbox may let a TPP's page on the presenter's own machine receive the
+            # customer (OBDCR_LOOPBACK_REDIRECT_URIS): an address literal, never a name
+            # (localhost may resolve elsewhere), and still https and in the SSA
+            if _is_local(host) and not (
+                context.rules.loopback_redirect_uris and _is_loopback_literal(host)
+            ):
                 raise InvalidRedirectURI(f"{uri[:100]!r} points at localhost.")
             if parts.fragment or "#" in uri:
                 raise InvalidRedirectURI(f"{uri[:100]!r} has a fragment.")
