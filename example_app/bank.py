@@ -70,6 +70,7 @@ from .bank_keys import ID_TOKEN_ALGS, IdTokenKeys, secret_key
 from .bank_store import BankStore
 from .consents import CONSENTS_PATH, consents_blueprint
 from .customer import customer_blueprint
+from .operator import BROWSER_ENDPOINTS, install_console
 
 __all__ = [
     "ACCOUNTS",
@@ -104,7 +105,7 @@ PUBLIC_ENDPOINTS = frozenset(
         "customer.sign_in",
         "customer.consent",
     }
-)
+) | BROWSER_ENDPOINTS  # the operator console and its sign-in (a sandbox operator's browser)
 #: endpoints that judge an access token: a revoked certificate there is invalid_token
 TOKEN_ENDPOINTS = frozenset(
     {
@@ -136,6 +137,9 @@ def sandbox_config(*, issuer: str, directory_url: str, ca_file: str) -> dict[str
         # a sandbox: POST /register/explain tells a TPP why a request would be refused (the
         # extension logs a warning at start that it is on; never in production)
         "OBDCR_EXPLAIN_ENDPOINT": True,
+        # a sandbox: the TPP's own page on this machine (https://127.0.0.1:<port>/callback)
+        # may be a registered redirect URI (warned at start too)
+        "OBDCR_LOOPBACK_REDIRECT_URIS": True,
         DIRECTORY_URL_KEY: directory_url,
     }
 
@@ -257,6 +261,8 @@ def create_app(
     def token():
         return authorization_server.create_token_response()
 
+    # the operator console at /console, behind a sandbox operator's sign-in
+    install_console(app, dcr)
     return app
 
 
