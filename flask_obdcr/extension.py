@@ -21,10 +21,11 @@ from .jwks import Fetcher, HTTPFetcher, JWKSCache, JWKSClient
 from .log import get_logger
 from .management import check_access_token
 from .policies import Pipeline, default_pipeline
-from .registration import Registrar
+from .registration import CLIENT_CACHE_SECONDS, Registrar
 from .revalidation import DirectoryStatus, Finding, RevalidationReport
 from .revocation import Fetch, MemoryRevocationCache, RevocationCache, RevocationChecker
 from .revoked_keys import RevokedKeys
+from .signals import client_deleted, client_reinstated, client_suspended, client_updated
 from .state import EXTENSION_KEY, DCRState
 from .storage import (
     ClientStore,
@@ -47,6 +48,15 @@ CERTIFICATE_CHECK = "transport_certificate"
 CRL_MAX_BYTES = 8 * 1024 * 1024
 
 __all__ = ["EXTENSION_KEY", "DCRState", "OpenBankingDCR"]
+
+#: what can change whether a client may have tokens, sent in this process
+CLIENT_CHANGED = (client_updated, client_deleted, client_suspended, client_reinstated)
+
+
+def _forget_cached_client(app: Flask, client: StoredClient | None = None, **extra: Any) -> None:
+    state = app.extensions.get(EXTENSION_KEY) if isinstance(app, Flask) else None
+    if state is not None and client is not None:
+        state.registrar.clients.forget(client.client_id)
 
 
 class OpenBankingDCR:
@@ -77,6 +87,8 @@ class OpenBankingDCR:
         url_prefix: str = "",
         directory_status: DirectoryStatus | None = None,
         revocation_fetch: Fetch | None = None,
+        client_cache_seconds: float = CLIENT_CACHE_SECONDS,
+        token_cache_seconds: float | None = None,
     ) -> None:
         self._store = store
         self._token_store = token_store
@@ -90,6 +102,14 @@ class OpenBankingDCR:
         self.directory_status = directory_status
         #: fetches CRLs and OCSP responses (None: a bounded HTTP fetch built from the config)
         self.revocation_fetch = revocation_fetch
+        #: how long the token endpoint and require_token answer a client from the process
+        #: (:class:`~flask_obdcr.registration.ClientCache`: the bound on seeing another
+        #: process's suspension, deletion or update); 0: read the store every time
+        self.client_cache_seconds = client_cache_seconds
+        #: how long require_token answers a found token from the process (TokenStore, "The
+        #: lookup cache": the bound on seeing another process's revocation); None: the token
+        #: store's own default (1 s for the shared backends, none in memory)
+        self.token_cache_seconds = token_cache_seconds
         self._last_state: DCRState | None = None
         self._app_count = 0
         if app is not None:
@@ -189,6 +209,8 @@ class OpenBankingDCR:
                     type(store).__name__,
                 )
             tokens = MemoryTokenStore(clock=self.clock)
+        if self.token_cache_seconds is not None:
+            tokens.cache_seconds = float(self.token_cache_seconds)
         revoked_keys = RevokedKeys(jwks, mode=settings.revocation)
         registrar = Registrar(
             rules=settings.rules,
@@ -201,6 +223,7 @@ class OpenBankingDCR:
             pipeline=self.pipeline,
             clock=self.clock,
         )
+        registrar.clients.seconds = float(self.client_cache_seconds)
         state = DCRState(
             settings=settings,
             store=store,
@@ -216,6 +239,8 @@ class OpenBankingDCR:
             directory_status=self.directory_status,
         )
         app.extensions[EXTENSION_KEY] = state
+        for signal in CLIENT_CHANGED:  # a change of this process is seen here at once
+            signal.connect(_forget_cached_client)
         self._last_state = state
         self._app_count += 1
 
@@ -351,7 +376,10 @@ class OpenBankingDCR:
         """Authlib's ``query_client``: the stored client as an Authlib client, or None."""
         from .authlib_server import OBClient
 
-        stored = self.store.get(client_id) if isinstance(client_id, str) else None
+        if not isinstance(client_id, str):
+            return None
+        # through the client cache: within its bound, no store read per token request
+        stored = self._state().registrar.clients.get(client_id)
         return None if stored is None else OBClient(stored)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:
@@ -416,7 +444,9 @@ class OpenBankingDCR:
             on_finding=on_finding,
         )
 
-    def console_blueprint(self, *, authorize: Callable[[], bool]) -> Blueprint:
+    def console_blueprint(
+        self, *, authorize: Callable[[], bool], keep_refused: int = 50
+    ) -> Blueprint:
         """The operator console (docs/architecture.md, "Console pages")::
 
             bp = dcr.console_blueprint(authorize=can_see_console)  # before every page -> bool
@@ -425,10 +455,11 @@ class OpenBankingDCR:
         ``authorize`` is required and called before every request of the blueprint, pages and
         actions alike; a false answer is a 403. The actions (suspend, reinstate, delete) are
         POST forms with a CSRF token kept in the session: set the app's ``SECRET_KEY``, or
-        they answer 400 (the pages still show)."""
+        they answer 400 (the pages still show). The refused registrations page keeps the last
+        ``keep_refused`` refusals, in this process's memory."""
         from .console import console_blueprint
 
-        return console_blueprint(authorize)
+        return console_blueprint(authorize, keep_refused=keep_refused)
 
     def require_token(self, scope: str | None = None) -> Callable:
         """Protect a resource view: a valid access token, bound to the certificate presented

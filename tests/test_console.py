@@ -707,3 +707,17 @@ def test_settings_show_while_the_store_is_down(console_app, store, monkeypatch):
         response = http.get(url)
         assert response.status_code == 200, url
         assert "database is down" not in response.get_data(as_text=True)
+
+
+def test_the_extension_passes_keep_refused_on(ob_app_factory, ob_directory, ob_software):
+    from flask_obdcr.testing.fixtures import DCR_KEY
+
+    app = ob_app_factory(SECRET_KEY="k")
+    dcr = app.extensions[DCR_KEY]
+    app.register_blueprint(
+        dcr.console_blueprint(authorize=lambda: True, keep_refused=2), url_prefix="/console"
+    )
+    for n in range(4):
+        request = ob_directory.registration_request(ob_software, aud=f"https://bank-{n}.example")
+        refuse(app, request, software=ob_software)
+    assert len(refusals_of(app)) == 2
