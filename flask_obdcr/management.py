@@ -25,6 +25,7 @@ from .errors import (
     TemporarilyUnavailable,
 )
 from .jwks import JWKSError
+from .registration import suspension
 from .state import DCRState
 from .storage import AccessToken, StoredClient, secret_matches
 
@@ -127,12 +128,16 @@ def check_access_token(
     state: DCRState, authorization: str | None, environ: Mapping[str, Any], scope: str | None
 ) -> AccessToken:
     """The record of the request's access token; ``InvalidToken`` unless it is active, its
-    client is still registered and it is bound to the certificate presented (docs/architecture.md,
-    "Contract: tokens, published URLs and keys"); ``InsufficientScope`` unless it carries
-    ``scope``."""
+    client is still registered and not suspended, and it is bound to the certificate presented
+    (docs/architecture.md, "Contract: tokens, published URLs and keys");
+    ``InsufficientScope`` unless it carries ``scope``."""
     token = bearer_token(authorization)
     record = state.tokens.find(token)
-    if record is None or state.store.get(record.client_id) is None:
+    # through the client cache (registration.ClientCache: its bound is the most a suspension
+    # or deletion by another process takes to be seen here); a suspended client's tokens are
+    # revoked when it is suspended, and refused here too in case one was issued meanwhile
+    client = state.registrar.clients.get(record.client_id) if record is not None else None
+    if client is None or suspension(client) is not None:
         raise InvalidToken()
     if record.x5t_s256 is not None or state.settings.certificate_bound_tokens:
         if record.x5t_s256 is None:

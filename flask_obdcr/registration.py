@@ -8,6 +8,7 @@ so the same core serves the Flask blueprint, the tests and any other framework.
 from __future__ import annotations
 
 import secrets
+import threading
 import time
 import uuid
 from collections.abc import Callable
@@ -109,6 +110,80 @@ def replayed(context: RegistrationContext) -> InvalidClientMetadata:
     )
 
 
+#: how long the token endpoint and ``require_token`` answer a client from this process: the
+#: most a change made by another process (suspension, deletion, update) takes to be seen here
+CLIENT_CACHE_SECONDS = 1.0
+
+
+class ClientCache:
+    """Clients as the token endpoint (``query_client``) and ``require_token`` read them: a
+    stored client read once is answered from this process for ``seconds`` (by ``monotonic``;
+    at most ``size`` clients), so a token request or an API call does not read and decode the
+    whole record each time.
+
+    Its validity, for what can take a client's tokens away (docs/architecture.md, "Contract:
+    tokens, published URLs and keys"):
+
+    * **in this process**, at once: :meth:`forget` is called by :class:`Registrar`'s update
+      and delete, by every ``TokenStore.revoke_client`` (deletion, suspension by re-validation
+      or by the console) and on the ``client_*`` signals (:func:`connect_signals`);
+    * **in another process** sharing the store: a client suspended, deleted or updated there
+      is seen here within ``seconds``. A token issued here meanwhile to a client since
+      suspended or deleted stops working within the same bound: ``require_token`` refuses the
+      tokens of a client that is suspended or gone, read through this cache.
+
+    Only clients found are kept (an unknown client_id is read from the store each time: a
+    client just registered elsewhere is found at once), and a client read before a
+    :meth:`forget` of this process is not kept after it. ``seconds=0`` reads the store every
+    time. A cached client is shared: callers read it and never change it.
+    """
+
+    def __init__(
+        self,
+        store: ClientStore,
+        *,
+        seconds: float = CLIENT_CACHE_SECONDS,
+        size: int = 10_000,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if seconds < 0 or size < 1:
+            raise ValueError("seconds must be >= 0 and size >= 1")
+        self.store = store
+        self.seconds = float(seconds)
+        self.size = size
+        self.clock = clock
+        self._entries: dict[str, tuple[StoredClient, float]] = {}
+        self._generation = 0  # bumped by every forget, under the lock
+        self._lock = threading.Lock()
+
+    def get(self, client_id: str) -> StoredClient | None:
+        """The stored client, or None; errors of the store propagate (fail closed)."""
+        if self.seconds:
+            entry = self._entries.get(client_id)
+            if entry is not None:
+                if 0 <= self.clock() - entry[1] < self.seconds:
+                    return entry[0]
+                self._entries.pop(client_id, None)
+        generation = self._generation
+        client = self.store.get(client_id)
+        if client is not None and self.seconds:
+            with self._lock:
+                if generation == self._generation:  # no forget since the read began
+                    if len(self._entries) >= self.size:
+                        self._entries.clear()  # bounded; refilled by the clients in use
+                    self._entries[client_id] = (client, self.clock())
+        return client
+
+    def forget(self, client_id: str | None = None) -> None:
+        """Read ``client_id`` (None: every client) from the store next time."""
+        with self._lock:
+            self._generation += 1
+            if client_id is None:
+                self._entries.clear()
+            else:
+                self._entries.pop(client_id, None)
+
+
 class Registrar:
     """Runs the validation pipeline and keeps the store consistent with its verdicts."""
 
@@ -140,6 +215,11 @@ class Registrar:
         self.clock = clock
         self.client_id_factory = client_id_factory
         self.secret_factory = secret_factory
+        #: the clients as the token endpoint and require_token read them
+        self.clients = ClientCache(store)
+        listeners = getattr(tokens, "client_revoked", None)  # None: a store of the 0.2 protocol
+        if listeners is not None:
+            listeners.append(self.clients.forget)
 
     def validate(
         self,
@@ -238,6 +318,8 @@ class Registrar:
             self._write(self.store.replace, updated)
         except ClientNotFound:
             raise InvalidToken("The client has been deleted.", policy=STORE_CHECK) from None
+        finally:
+            self.clients.forget(client.client_id)
         return Registration(updated, self._response(updated, secret), context)
 
     def delete(self, client: StoredClient) -> bool:
@@ -255,6 +337,8 @@ class Registrar:
                 detail=repr(exc),
                 policy=STORE_CHECK,
             ) from exc
+        finally:
+            self.clients.forget(client.client_id)
 
     def _consume_jti(self, context: RegistrationContext) -> None:
         # atomic check-and-set: of two racing copies of one request, exactly one passes.

@@ -45,6 +45,8 @@ class TokenStoreContract:
 
     #: a backend whose tokens expire by themselves (Redis): purge_expired has nothing to do
     expires_by_itself = False
+    #: a backend whose tokens live in one process (memory): no other process shares them
+    process_local = False
 
     @pytest.fixture
     def token_store_factory(self) -> Callable[..., TokenStore]:
@@ -208,8 +210,97 @@ class TokenStoreContract:
         assert token_store.revoke_client("c0") == 100
         assert token_store.revoke_client("c1") == 100
 
+    # -- the backends ----------------------------------------------------------------------------
 
-# -- the backends ----------------------------------------------------------------------------
+    # -- the lookup cache (TokenStore, "The lookup cache") -----------------------------------
+
+    @pytest.fixture
+    def monotonic(self) -> FrozenClock:
+        return FrozenClock(500.0)
+
+    @pytest.fixture
+    def cached(self, token_store_factory, clock, monotonic) -> Callable[..., TokenStore]:
+        """Stores of this backend with a one-second lookup cache on a clock of the test's."""
+        return lambda: token_store_factory(clock=clock, cache_seconds=1.0, cache_clock=monotonic)
+
+    @pytest.fixture
+    def processes(self, cached) -> tuple[TokenStore, TokenStore]:
+        """(here, elsewhere): two processes sharing the backend; for a backend of one process
+        (memory) both are the same store."""
+        here = cached()
+        return (here, here) if self.process_local else (here, cached())
+
+    def test_a_revocation_elsewhere_is_seen_within_the_cache_bound(self, processes, monotonic):
+        here, elsewhere = processes
+        elsewhere.save("tok-a", **fields())
+        elsewhere.save("tok-b", **fields("c2"))
+        assert here.find("tok-a") is not None and here.find("tok-b") is not None
+        assert elsewhere.revoke_client("c1") == 1
+        elsewhere.revoke("tok-b")
+        if not self.process_local:
+            monotonic.advance(0.9)
+            assert here.find("tok-a") is not None  # still inside the bound
+            assert here.find("tok-b") is not None
+            monotonic.advance(0.1)
+        assert here.find("tok-a") is None
+        assert here.find("tok-b") is None
+
+    def test_a_revocation_here_is_seen_here_at_once(self, cached):
+        tokens = cached()
+        tokens.save("tok-a", **fields())
+        tokens.save("tok-b", **fields("c2"))
+        assert tokens.find("tok-a") is not None and tokens.find("tok-b") is not None
+        tokens.revoke("tok-a")
+        assert tokens.find("tok-a") is None
+        assert tokens.revoke_client("c2") == 1
+        assert tokens.find("tok-b") is None
+
+    def test_the_cache_keeps_no_unknown_token_and_checks_expiry(self, processes, clock):
+        here, elsewhere = processes
+        assert here.find("tok-a") is None
+        elsewhere.save("tok-a", **fields(expires_at=T0 + 10))
+        assert here.find("tok-a") is not None  # issued elsewhere: found at once
+        clock.advance(10)
+        assert here.find("tok-a") is None  # expired, cached or not
+
+    def test_a_read_overtaken_by_a_revocation_is_not_cached(self, cached):
+        tokens = cached()
+        tokens.save("tok-a", **fields())
+        read = tokens._get
+
+        def read_then_revoked(token_hash):  # the revocation lands while the read is under way
+            record = read(token_hash)
+            tokens.revoke_client("c1")
+            return record
+
+        tokens._get = read_then_revoked  # type: ignore[method-assign]
+        assert tokens.find("tok-a") is not None  # the read began before the revocation
+        tokens._get = read  # type: ignore[method-assign]
+        assert tokens.find("tok-a") is None  # and was not kept after it
+
+    def test_revoke_client_tells_its_listeners_even_when_the_backend_fails(self, cached):
+        tokens = cached()
+        told: list[str] = []
+        tokens.client_revoked.append(told.append)
+        tokens.save("tok-a", **fields())
+        assert tokens.revoke_client("c1") == 1
+        assert told == ["c1"]
+
+        def down(client_id):
+            raise ConnectionError("backend down")
+
+        tokens._revoke_client = down  # type: ignore[method-assign]
+        with pytest.raises(ConnectionError):
+            tokens.revoke_client("c2")
+        assert told == ["c1", "c2"]
+
+    def test_a_zero_second_cache_reads_the_backend_every_time(self, token_store_factory, clock):
+        here = token_store_factory(clock=clock, cache_seconds=0)
+        elsewhere = here if self.process_local else token_store_factory(clock=clock)
+        elsewhere.save("tok-a", **fields())
+        assert here.find("tok-a") is not None
+        elsewhere.revoke("tok-a")
+        assert here.find("tok-a") is None
 
 
 class _NoScans(dict):
@@ -225,6 +316,8 @@ class TestMemoryTokenStore(TokenStoreContract):
     @pytest.fixture
     def token_store_factory(self):
         return MemoryTokenStore
+
+    process_local = True
 
     def test_no_operation_scans_every_token(self, clock):
         tokens = MemoryTokenStore(clock=clock)
@@ -290,6 +383,9 @@ class TestSQLiteTokenStore(TokenStoreContract):
         one.save("tok-a", **fields())
         assert two.find("tok-a") == one.find("tok-a")
         assert two.revoke_client("c1") == 1
+        assert two.find("tok-a") is None
+        # the other process answers from its lookup cache for at most its cache_seconds
+        one.cache_seconds = 0
         assert one.find("tok-a") is None
 
 

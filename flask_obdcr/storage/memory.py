@@ -107,7 +107,7 @@ class MemoryTokenStore(TokenStore):
         with self._lock:
             self._forget(token_hash)
 
-    def revoke_client(self, client_id: str) -> int:
+    def _revoke_client(self, client_id: str) -> int:
         with self._lock:
             hashes = self._by_client.pop(client_id, set())
             for token_hash in hashes:

@@ -52,7 +52,7 @@ from .replay import (
     retry_after,
 )
 from .revocation_cache import StatusRecord
-from .tokens import AccessToken, TokenStore
+from .tokens import SHARED_CACHE_SECONDS, AccessToken, TokenStore
 
 __all__ = [
     "RedisJWKSCache",
@@ -422,6 +422,9 @@ class RedisTokenStore(TokenStore):
     propagate: the extension answers 503.
     """
 
+    #: found tokens are answered from this process a while (TokenStore, "The lookup cache")
+    default_cache_seconds = SHARED_CACHE_SECONDS
+
     default_purge_every = 0  # Redis expires the tokens and their indexes itself
     _FIELDS = ("client_id", "scope", "issued_at", "expires_at", "x5t_s256")
     # KEYS: the token, the client's index. ARGV: the record, its TTL in ms, its hash, its
@@ -465,7 +468,7 @@ class RedisTokenStore(TokenStore):
         self.client = redis_client(client_or_url)
         self.prefix = _check_prefix(prefix)
         self._save_script = self.client.register_script(self._SAVE)
-        self._revoke_client = self.client.register_script(self._REVOKE_CLIENT)
+        self._revoke_client_script = self.client.register_script(self._REVOKE_CLIENT)
 
     def _token_key(self, token_hash: str) -> str:
         return f"{self.prefix}token:{token_hash}"
@@ -498,8 +501,8 @@ class RedisTokenStore(TokenStore):
     def _delete(self, token_hash: str) -> None:
         self.client.delete(self._token_key(token_hash))
 
-    def revoke_client(self, client_id: str) -> int:
-        deleted = self._revoke_client(
+    def _revoke_client(self, client_id: str) -> int:
+        deleted = self._revoke_client_script(
             keys=[self._client_key(client_id)], args=[f"{self.prefix}token:", client_id]
         )
         return int(deleted)

@@ -40,7 +40,7 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from .base import ClientExists, ClientNotFound, ClientStore, StoredClient, StoreError
-from .tokens import AccessToken, TokenStore
+from .tokens import SHARED_CACHE_SECONDS, AccessToken, TokenStore
 
 __all__ = ["SQLAlchemyStore", "SQLAlchemyTokenStore", "make_engine"]
 
@@ -427,6 +427,9 @@ class SQLAlchemyTokenStore(TokenStore):
     ``find`` refuses them anyway.
     """
 
+    #: found tokens are answered from this process a while (TokenStore, "The lookup cache")
+    default_cache_seconds = SHARED_CACHE_SECONDS
+
     def __init__(
         self,
         url_or_engine: str | sa.URL | Engine,
@@ -494,7 +497,7 @@ class SQLAlchemyTokenStore(TokenStore):
         with self._db.writing() as conn:
             conn.execute(self.table.delete().where(self.table.c.token_hash == token_hash))
 
-    def revoke_client(self, client_id: str) -> int:
+    def _revoke_client(self, client_id: str) -> int:
         with self._db.writing() as conn:
             result = conn.execute(self.table.delete().where(self.table.c.client_id == client_id))
             return int(result.rowcount)

@@ -13,7 +13,7 @@ from typing import Any
 import sqlite_utils
 
 from .base import ClientExists, ClientNotFound, ClientStore, StoredClient
-from .tokens import AccessToken, TokenStore
+from .tokens import SHARED_CACHE_SECONDS, AccessToken, TokenStore
 
 __all__ = ["SQLiteStore", "SQLiteTokenStore", "open_connection", "retry_locked"]
 
@@ -119,9 +119,10 @@ class SQLiteStore(ClientStore):
                     raise
         clients.create_index(["software_id"], if_not_exists=True)
 
-    def token_store(self, *, clock: Callable[[], float] = time.time) -> SQLiteTokenStore:
-        """Access tokens in the same file (table ``access_tokens``)."""
-        return SQLiteTokenStore(self.path, busy_timeout=self.busy_timeout, clock=clock)
+    def token_store(self, *, clock: Callable[[], float] = time.time, **kw: Any) -> SQLiteTokenStore:
+        """Access tokens in the same file (table ``access_tokens``); ``kw`` goes to
+        :class:`SQLiteTokenStore` (``purge_every``, ``cache_seconds``...)."""
+        return SQLiteTokenStore(self.path, busy_timeout=self.busy_timeout, clock=clock, **kw)
 
     def _add(self, client: StoredClient) -> None:
         record = client.to_record()
@@ -181,6 +182,9 @@ class SQLiteTokenStore(TokenStore):
     ``purge_batch`` of them, by the ``expires_at`` index) and by :meth:`purge_expired`.
     """
 
+    #: found tokens are answered from this process a while (TokenStore, "The lookup cache")
+    default_cache_seconds = SHARED_CACHE_SECONDS
+
     _FIELDS = ("token_hash", "client_id", "scope", "issued_at", "expires_at", "x5t_s256")
 
     def __init__(
@@ -223,7 +227,7 @@ class SQLiteTokenStore(TokenStore):
     def _delete(self, token_hash: str) -> None:
         self.conn.execute("DELETE FROM access_tokens WHERE token_hash = ?", [token_hash])
 
-    def revoke_client(self, client_id: str) -> int:
+    def _revoke_client(self, client_id: str) -> int:
         cursor = self.conn.execute("DELETE FROM access_tokens WHERE client_id = ?", [client_id])
         return cursor.rowcount
 
