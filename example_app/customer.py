@@ -154,7 +154,7 @@ def customer_blueprint(journey: Journey) -> Blueprint:
         try:
             verified = journey.verify_request(request.args)
         except AuthorizationRefused as refused:
-            current_app.logger.info("authorization request refused: %s", refused.message)
+            current_app.logger.info("authorization request refused: %r", refused.message)
             return _error(refused.message, refused.status)
         session[PENDING_KEY] = {
             "request": verified.to_session(),
