@@ -13,7 +13,7 @@ from flask import Blueprint, Flask, current_app, g, has_app_context, request
 
 from .certificates import ClientCertificates, TransportCertificateVerifier, VerifiedCertificate
 from .config import Settings
-from .errors import ConfigurationError, InvalidClient, RegistrationError
+from .errors import ConfigurationError, InvalidClient, RegistrationError, TemporarilyUnavailable
 from .explain import certificate_loader, explain
 from .fetch import BoundedFetch
 from .jobs import revalidate_app
@@ -379,7 +379,12 @@ class OpenBankingDCR:
         if not isinstance(client_id, str):
             return None
         # through the client cache: within its bound, no store read per token request
-        stored = self._state().registrar.clients.get(client_id)
+        try:
+            stored = self._state().registrar.clients.get(client_id)
+        except Exception as exc:  # the store is down: a 503 at the token endpoint, never a 500
+            raise TemporarilyUnavailable(
+                "The client cannot be read right now; retry later.", detail=repr(exc)
+            ) from exc
         return None if stored is None else OBClient(stored)
 
     def save_token(self, token: dict[str, Any], request: Any) -> None:

@@ -132,12 +132,18 @@ def check_access_token(
     (docs/architecture.md, "Contract: tokens, published URLs and keys");
     ``InsufficientScope`` unless it carries ``scope``."""
     token = bearer_token(authorization)
-    record = state.tokens.find(token)
-    # through the client cache (registration.ClientCache: its bound is the most a suspension
-    # or deletion by another process takes to be seen here); a suspended client's tokens are
-    # revoked when it is suspended, and refused here too in case one was issued meanwhile
-    client = state.registrar.clients.get(record.client_id) if record is not None else None
-    if client is None or suspension(client) is not None:
+    try:
+        record = state.tokens.find(token)
+        # through the client cache (registration.ClientCache: its bound is the most a
+        # suspension or deletion by another process takes to be seen here); a suspended
+        # client's tokens are revoked when it is suspended, and refused here too in case one
+        # was issued meanwhile
+        client = state.registrar.clients.get(record.client_id) if record is not None else None
+    except Exception as exc:  # a backend is down: fail closed, and say so (503, not 500)
+        raise TemporarilyUnavailable(
+            "The access token cannot be checked right now; retry later.", detail=repr(exc)
+        ) from exc
+    if record is None or client is None or suspension(client) is not None:
         raise InvalidToken()
     if record.x5t_s256 is not None or state.settings.certificate_bound_tokens:
         if record.x5t_s256 is None:

@@ -35,6 +35,7 @@ SCENARIOS = [
     "token_revocation",
     "revalidation",
     "revocation_hot_path",
+    "token_hot_path",
 ]
 
 
