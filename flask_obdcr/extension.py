@@ -476,13 +476,14 @@ class OpenBankingDCR:
         def decorator(view: Callable) -> Callable:
             @functools.wraps(view)
             def wrapper(*args: Any, **kwargs: Any) -> Any:
-                from .views import json_response
-
+                environ = request.environ
                 try:
                     g.obdcr_token = check_access_token(
-                        self._state(), request.headers.get("Authorization"), request.environ, scope
+                        self._state(), environ.get("HTTP_AUTHORIZATION"), environ, scope
                     )
                 except RegistrationError as exc:
+                    from .views import json_response  # refusals only: no import per call
+
                     return json_response(exc.to_dict(), exc.status, exc.headers)
                 return view(*args, **kwargs)
 

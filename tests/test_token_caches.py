@@ -15,6 +15,7 @@ from test_authlib_server import assert_invalid_token, get_token, manage, registe
 
 from flask_obdcr import certificates as certificates_package
 from flask_obdcr.certificates import binding, service, source
+from flask_obdcr.errors import InvalidClient
 from flask_obdcr.registration import SUSPENDED, ClientCache
 from flask_obdcr.revalidation import StaticDirectoryStatus
 from flask_obdcr.signals import client_reinstated
@@ -250,7 +251,20 @@ def test_a_token_request_reads_its_certificate_once(
     counted.update(parse=0, verify=0, thumbprint=0)
     response = get_token(http, ob_software, registration, scope="accounts")
     assert response.status_code == 200, response.get_json()
-    assert counted == {"parse": 1, "verify": 1, "thumbprint": 1}
+    # read from the request once, verified once; the thumbprint was remembered with the
+    # verification at registration (at most once per request, never per use)
+    assert counted == {"parse": 1, "verify": 1, "thumbprint": 0}
     counted.update(parse=0, verify=0, thumbprint=0)
     assert api_get(http, response.get_json()["access_token"], ob_software).status_code == 200
-    assert counted == {"parse": 1, "verify": 1, "thumbprint": 1}
+    assert counted == {"parse": 1, "verify": 1, "thumbprint": 0}
+
+
+def test_a_certificate_verified_before_is_checked_again_outside_its_window(bank, ob_software):
+    state = bank.dcr._state()
+    certificate = state.certificates.from_environ(ob_software.environ())
+    first = state.certificates.verify(certificate)
+    assert state.certificates.verify(certificate) is first  # remembered
+    expired = certificate.not_valid_after_utc.timestamp() + 1
+    with pytest.raises(InvalidClient) as refused:
+        state.certificates.verify(certificate, now=expired)
+    assert refused.value.description == "The client certificate has expired or is not yet valid."

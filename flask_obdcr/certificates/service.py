@@ -37,6 +37,8 @@ class RevocationCheck(Protocol):
 
 #: the binding rule reported when a certificate matches a client's registered subject DN
 SUBJECT_DN_RULE = "tls_client_auth_subject_dn"
+#: certificates whose verification ClientCertificates remembers (the TPPs in use)
+_VERIFIED_CACHE_SIZE = 1024
 
 
 @dataclass(frozen=True)
@@ -77,13 +79,20 @@ class ClientCertificates:
         self.revocation = revocation
         self.header = header
         self.trusted_proxies = tuple(trusted_proxies)
+        # frozen once: the source looks the set up by value on every request
+        self._trusted = frozenset(self.trusted_proxies)
         self.clock = clock
+        # certificate -> (not before, not after: POSIX seconds, the verified chain's window,
+        # and the result): what verify() found for a certificate it verified before. For a
+        # fixed set of trust anchors only time changes the chain's verdict, as in
+        # TransportCertificateVerifier's own cache; the revocation status is asked every time.
+        self._verified: dict[x509.Certificate, tuple[float, float, VerifiedCertificate]] = {}
 
     def from_environ(self, environ: Mapping[str, Any]) -> x509.Certificate | None:
         """The certificate the request presents, not yet verified; None if it presents none.
         ``InvalidClient`` if it presents something that is not a certificate."""
         return client_certificate_from_environ(
-            environ, header=self.header, trusted_proxies=self.trusted_proxies
+            environ, header=self.header, trusted_proxies=self._trusted
         )
 
     def loader(self, environ: Mapping[str, Any]) -> Callable[[], x509.Certificate | None]:
@@ -101,13 +110,24 @@ class ClientCertificates:
         is not trusted, not valid now, has a weak key or lacks the clientAuth usage;
         ``revoked_error`` (401) if its chain's OCSP responder or CRL says it is revoked;
         ``TemporarilyUnavailable`` (503) if that status is unknown under "require"."""
-        at = datetime.datetime.fromtimestamp(
-            self.clock() if now is None else now, datetime.timezone.utc
-        )
-        chain = self.verifier.verify(certificate, now=at)
+        seconds = self.clock() if now is None else now
+        known = self._verified.get(certificate)
+        if known is not None and known[0] <= seconds <= known[1]:
+            verified = known[2]  # the same verification, with the same answer
+        else:
+            at = datetime.datetime.fromtimestamp(seconds, datetime.timezone.utc)
+            chain = self.verifier.verify(certificate, now=at)
+            verified = VerifiedCertificate(certificate, chain, thumbprint_sha256(certificate))
+            if len(self._verified) >= _VERIFIED_CACHE_SIZE:
+                self._verified.clear()  # bounded; refilled by the certificates in use
+            self._verified[certificate] = (
+                max(c.not_valid_before_utc for c in chain).timestamp(),
+                min(c.not_valid_after_utc for c in chain).timestamp(),
+                verified,
+            )
         if self.revocation is not None:
-            self.revocation.check(chain, revoked_error=revoked_error)
-        return VerifiedCertificate(certificate, chain, thumbprint_sha256(certificate))
+            self.revocation.check(verified.chain, revoked_error=revoked_error)
+        return verified
 
     def verified(
         self, environ: Mapping[str, Any], *, now: float | None = None
