@@ -94,18 +94,21 @@ CONFIG_FILE = "anybank.json"
 #: the settings ``serve --audience/--auth-method`` chose, kept across restarts
 KEPT = ("OBDCR_AUDIENCES", "OBDCR_TOKEN_ENDPOINT_AUTH_METHODS")
 #: endpoints reachable without a client certificate
-PUBLIC_ENDPOINTS = frozenset(
-    {
-        "index",
-        "discovery",
-        "static",
-        "jwks",
-        # the customer's browser pages of the consent journey (a browser has no certificate)
-        "customer.authorize",
-        "customer.sign_in",
-        "customer.consent",
-    }
-) | BROWSER_ENDPOINTS  # the operator console and its sign-in (a sandbox operator's browser)
+PUBLIC_ENDPOINTS = (
+    frozenset(
+        {
+            "index",
+            "discovery",
+            "static",
+            "jwks",
+            # the customer's browser pages of the consent journey (a browser has no certificate)
+            "customer.authorize",
+            "customer.sign_in",
+            "customer.consent",
+        }
+    )
+    | BROWSER_ENDPOINTS
+)  # the operator console and its sign-in (a sandbox operator's browser)
 #: endpoints that judge an access token: a revoked certificate there is invalid_token
 TOKEN_ENDPOINTS = frozenset(
     {

@@ -33,7 +33,7 @@ from example_app.bank_store import BankStore
 from flask_obdcr.testing import REMOVE, JWKSServer, SandboxDirectory, Software, sign_jwt
 
 ISSUER = "https://bank.anybank.test"
-# the DCR policy refuses loopback redirect URIs (DESIGN 2): a TPP host, not make serve's page
+# a TPP host: loopback redirect URIs (make serve's TPP page) need OBDCR_LOOPBACK_REDIRECT_URIS
 REDIRECT_URI = "https://tpp.example.com/callback"
 CONSENTS = "/open-banking/v3.1/aisp/account-access-consents"
 ACCOUNTS = "/open-banking/v3.1/aisp/accounts"
@@ -756,6 +756,7 @@ def test_the_customer_journey_in_a_browser(browser, bank, tpp, directory):
         browser.fill("#user", "mits")
         browser.fill("#password", "wrong")
         browser.click("#sign-in")
+        browser.wait_for("#sign-in-error")  # the page after the POST, not the one before
         assert "wrong" in browser.text("#sign-in-error")
         browser.fill("#password", "sandbox")
         browser.click("#sign-in")
