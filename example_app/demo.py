@@ -15,6 +15,14 @@ straight through). ``--keep`` (``KEEP=1``) keeps the temporary working folder an
 tls_client_auth, and shows the assertion it signs. ``--threads`` runs the servers in this
 process.
 
+After the registration and a client_credentials token, the customer's consent journey (OB
+Read/Write API v3.1 AISP, FAPI 1 Advanced): ``obdcr-tpp consent``, the customer's part at the
+bank's sign-in and consent pages played with ``requests`` as a browser would (each form fetched,
+then posted with its CSRF token; two of the sandbox customer's three accounts chosen), ``obdcr-tpp
+callback`` with the address the bank sends the browser back to, the accounts and balances of
+exactly those accounts, ``refresh``, ``revoke-consent`` and the refusal after it. The sandbox
+runs the TPP's web page too: its ``/callback`` is the first redirect URI the software lists.
+
 The last step revokes the TPP's transport certificate at the Directory and shows the bank
 refusing it; so that it need not wait the default five minutes, the demo's bank refreshes its
 cached revocation answers after :data:`REVOCATION_CACHE_SECONDS` seconds.
@@ -26,6 +34,7 @@ import argparse
 import contextlib
 import io
 import json
+import os
 import re
 import shlex
 import shutil
@@ -34,11 +43,14 @@ import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from html.parser import HTMLParser
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import click
+import requests
 
 from ._util import abbreviate, decode_jwt, pretty, read_json
 from .sandbox import Sandbox
@@ -48,6 +60,8 @@ TPP_PROG = ".venv/bin/obdcr-tpp"  # as typed in the checkout: works from a fresh
 DIRECTORY_PROG = ".venv/bin/obdcr-directory"
 #: the demo bank's OBDCR_REVOCATION_CACHE_SECONDS (a real bank's default is 300)
 REVOCATION_CACHE_SECONDS = 2
+#: how many steps the story has (step mode counts them)
+STEPS = 22
 #: a registration request lives 5 minutes: in step mode, one older than this is signed again
 REQUEST_FRESH_SECONDS = 240
 
@@ -172,6 +186,134 @@ def _wrap_command(words: list[str]) -> str:
     return "\n".join([*lines, current])
 
 
+# -- the customer's browser at the bank's pages ------------------------------------------------
+
+#: the sandbox customer the demo signs in as, and the accounts (2 of their 3) they share
+CUSTOMER = ("mits", "sandbox")
+CHOSEN_ACCOUNTS = ("22289", "42281")
+
+
+@dataclass
+class Page:
+    """What a browser shows of one HTML page: the status and address, each form (its action
+    and fields), the text of each element with an id, the checkboxes with their labels and
+    the list items."""
+
+    status: int
+    url: str
+    forms: list[dict[str, Any]] = field(default_factory=list)
+    texts: dict[str, str] = field(default_factory=dict)
+    checkboxes: list[tuple[str, str, str]] = field(default_factory=list)
+    items: list[str] = field(default_factory=list)
+
+    def text(self, element_id: str) -> str:
+        return " ".join(self.texts.get(element_id, "").split())
+
+    def form(self) -> dict[str, Any]:
+        if not self.forms:
+            raise StepFailed(f"{self.url} shows no form: {self.text('error-message')}")
+        return self.forms[0]
+
+    def hidden_fields(self) -> dict[str, str]:
+        return {
+            name: value for name, value, kind in self.form()["fields"] if kind == "hidden" and name
+        }
+
+
+class _PageParser(HTMLParser):
+    """Reads an HTML page into a :class:`Page` (the standard library's parser; the pages are
+    the bank's own, server-rendered)."""
+
+    def __init__(self, page: Page) -> None:
+        super().__init__(convert_charrefs=True)
+        self.page = page
+        self.open_ids: list[tuple[str, str]] = []  # (tag, id) of the elements being read
+        self.label: list[str] | None = None
+        self.checkbox: tuple[str, str] | None = None
+        self.item: list[str] | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        named = {key: value or "" for key, value in attrs}
+        if tag == "form":
+            self.page.forms.append({"action": named.get("action", ""), "fields": []})
+        elif tag in ("input", "button") and self.page.forms:
+            kind = named.get("type", "text" if tag == "input" else "submit")
+            self.page.forms[-1]["fields"].append((named.get("name"), named.get("value", ""), kind))
+            if kind == "checkbox":
+                self.checkbox = (named.get("name", ""), named.get("value", ""))
+        if tag == "label":
+            self.label, self.checkbox = [], None
+        if tag == "li":
+            self.item = []
+        if "id" in named and tag not in ("input", "button", "img", "br"):
+            self.open_ids.append((tag, named["id"]))
+            self.page.texts.setdefault(named["id"], "")
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "label" and self.label is not None:
+            if self.checkbox is not None:
+                text = " ".join(" ".join(self.label).split())
+                self.page.checkboxes.append((*self.checkbox, text))
+            self.label, self.checkbox = None, None
+        if tag == "li" and self.item is not None:
+            self.page.items.append(" ".join(" ".join(self.item).split()))
+            self.item = None
+        if self.open_ids and self.open_ids[-1][0] == tag:
+            self.open_ids.pop()
+
+    def handle_data(self, data: str) -> None:
+        for _tag, element_id in self.open_ids:
+            self.page.texts[element_id] += data
+        for collecting in (self.label, self.item):
+            if collecting is not None:
+                collecting.append(data)
+
+
+def read_page(response: requests.Response) -> Page:
+    page = Page(response.status_code, response.url)
+    parser = _PageParser(page)
+    parser.feed(response.text)
+    parser.close()
+    return page
+
+
+class Browser:
+    """The customer's browser, as far as the bank's pages need one: a cookie jar (the bank's
+    session), the sandbox CA trusted, redirects followed, except the last one, back to the
+    TPP, whose address (with its #fragment) is what the TPP's page would read."""
+
+    def __init__(self, ca_file: str | os.PathLike[str]) -> None:
+        self.session = requests.Session()
+        # given with each call: a Session's own verify gives way to REQUESTS_CA_BUNDLE
+        self.ca_file = str(ca_file)
+
+    def open(self, url: str) -> requests.Response:
+        """GET, the redirect the answer asks for not followed."""
+        return self.session.get(url, verify=self.ca_file, timeout=10, allow_redirects=False)
+
+    def get(self, url: str) -> Page:
+        return read_page(self.session.get(url, verify=self.ca_file, timeout=10))
+
+    def submit(self, page: Page, fields: dict[str, Any]) -> requests.Response:
+        """POST the page's form with its hidden fields (the CSRF token) and ``fields``; the
+        redirect the answer asks for is not followed."""
+        form = page.form()
+        action = urljoin(page.url, form["action"])
+        data = {**page.hidden_fields(), **fields}
+        return self.session.post(
+            action, data=data, verify=self.ca_file, timeout=10, allow_redirects=False
+        )
+
+    def follow(self, response: requests.Response) -> Page:
+        """Where a 303 (POST/redirect/GET) sends the browser, within the bank."""
+        return self.get(urljoin(response.url, response.headers["Location"]))
+
+
+def _path(url: str) -> str:
+    parts = urlsplit(url)
+    return parts.path + (f"?{parts.query}" if parts.query else "")
+
+
 class Walkthrough:
     def __init__(
         self,
@@ -179,7 +321,7 @@ class Walkthrough:
         *,
         verbose: bool = False,
         pause: bool = False,
-        total: int = 16,
+        total: int = STEPS,
     ) -> None:
         self.sandbox = sandbox
         self.verbose = verbose
@@ -266,6 +408,8 @@ class Walkthrough:
             if not self.verbose:
                 body = result.body
                 error_body = _pick(body, "error", "error_description")
+                if isinstance(body, dict) and isinstance(body.get("Errors"), list):
+                    error_body = _pick(body["Errors"][0], "ErrorCode", "Message")  # OB's
                 print(result.status or "", json.dumps(error_body) if error_body else "")
             print(f"(refused, as it should be: {error.format_message()})")
             return result
@@ -343,12 +487,14 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     tpp_folder = sandbox.tpp_folder
     quiet = not walk.verbose
 
+    page_callback = f"{sandbox.tpp_url}/callback"
     walk.step(
         "The TPP's technical contact adds new software at the Directory",
-        """The PTC of the TPP registers its organisation and its new software with the Open
+        f"""The PTC of the TPP registers its organisation and its new software with the Open
         Banking Directory: a name, the redirect URIs and the roles it will play, here AISP.
-        The Directory assigns an org_id and a software_id. No certificate is attached
-        yet.""",
+        The first redirect URI is the TPP's own web page ({page_callback}), where the bank
+        will send the customer back. The Directory assigns an org_id and a software_id. No
+        certificate is attached yet.""",
     )
     onboarded = walk.directory(
         "onboard",
@@ -363,9 +509,9 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
         "--role",
         "AISP",
         "--redirect-uri",
-        "https://tpp.example.com/callback",
+        page_callback,
         "--redirect-uri",
-        "https://tpp.example.com/oauth/return",
+        "https://tpp.example.com/callback",
     )
     software = onboarded.value
     org_id, software_id = software["org_id"], software["software_id"]
@@ -584,11 +730,13 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
         """This token is the TPP's own (client_credentials): no customer stands behind it,
         so the accounts API refuses it (403 UK.OBIE.Resource.ConsentMismatch). Account data
         needs the customer's consent: the TPP creates an account-access-consent with this
-        token, and the customer approves it at the bank (obdcr-tpp consent, or the TPP's web
-        page: make serve). Without the certificate the call is refused before that.""",
+        token, and the customer approves it at the bank (the next steps). Without the
+        certificate the call is refused before that.""",
     )
     walk.tpp("accounts", "--client-credentials", expect_failure=True)
     walk.tpp("accounts", "--client-credentials", "--no-cert", expect_failure=True)
+
+    consent_journey(walk, page_callback=page_callback)
 
     walk.step(
         "Read, update and delete the registration",
@@ -600,9 +748,7 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     read = walk.tpp("registration", "get", "--brief")
     if quiet:
         _print_answer(read)
-    updated = walk.tpp(
-        "registration", "update", "--brief", "--redirect-uri", "https://tpp.example.com/callback"
-    )
+    updated = walk.tpp("registration", "update", "--brief", "--redirect-uri", page_callback)
     if quiet:
         _print_answer(updated)
     deleted = walk.tpp("registration", "delete")
@@ -646,10 +792,188 @@ def run(walk: Walkthrough, *, auth_method: str) -> None:
     walk.tpp("token", "--scope", "accounts", expect_failure=True)
 
 
+def consent_journey(walk: Walkthrough, *, page_callback: str) -> None:
+    """The customer's consent journey (OB Read/Write API v3.1 AISP, FAPI 1 Advanced): the
+    consent, the customer at the bank's pages, the callback, accounts and balances, refresh,
+    and the consent revoked."""
+    quiet = not walk.verbose
+
+    walk.step(
+        "The TPP asks the bank for a consent, and signs where to send the customer",
+        """With its client_credentials token, over mTLS, the TPP creates an
+        account-access-consent: what it wants to read (the permissions) and until when. The
+        bank answers 201 with a ConsentId, Status AwaitingAuthorisation: only the customer
+        can authorise it, at the bank. So the TPP sends the customer's browser to the bank's
+        authorization endpoint with a request object: a JWT signed with its signing key (the
+        algorithm it registered) naming the consent (openbanking_intent_id), its redirect
+        URI, and a state and a nonce it will check when the browser comes back.""",
+    )
+    asked = walk.tpp("consent")
+    authorize_url = asked.value["authorize_url"]
+    if quiet:
+        for line in asked.lines("ConsentId", "  Permissions", "  ExpirationDateTime"):
+            print(line)
+        print(f"the authorize URL: {abbreviate(authorize_url, 60)}")
+        request_object = dict(parse_qsl(urlsplit(authorize_url).query))["request"]
+        _header, claims = walk.jwt(
+            "its request object",
+            request_object,
+            ("alg", "kid"),
+            ("aud", "redirect_uri", "response_type", "scope", "state", "nonce"),
+        )
+        print(f"and the claims it asks for in the id_token: {json.dumps(claims.get('claims'))}")
+
+    walk.step(
+        "The customer signs in at AnyBank and chooses two of their three accounts",
+        f"""This part is the customer's, in a browser: the demo plays it with requests, as a
+        browser would (it GETs each form and POSTs it with its CSRF token). The bank checks
+        the request object's signature with the software's keys and shows its sign-in page;
+        the sandbox customer {CUSTOMER[0]} signs in; the consent page names the software (from
+        its software statement), what it asks for and the customer's accounts; the customer
+        approves two of them. The bank sends the browser back to the redirect URI with a
+        code and an id_token in the address's #fragment (the OIDC hybrid flow, response_type
+        "code id_token").""",
+    )
+    location = customer_approves(walk, authorize_url)
+
+    walk.step(
+        "Back at the TPP: the id_token checked, the code exchanged",
+        f"""A browser would now load the TPP's page ({page_callback}), which hands the
+        fragment to its server. The same by hand: `callback` with the address. The TPP checks
+        the id_token (signed by the bank's key from its jwks_uri, iss, aud, exp, the nonce it
+        sent, c_hash of the code, s_hash of the state, openbanking_intent_id its consent),
+        then exchanges the code at the token endpoint over mTLS. The access token and the
+        refresh token are kept in consent.json and never printed: the answer shows only the
+        certificate the access token is bound to (cnf).""",
+    )
+    called_back = walk.tpp("callback", location)
+    if quiet:
+        _header, claims = decode_jwt(dict(parse_qsl(urlsplit(location).fragment))["id_token"])
+        print("the id_token's claims:")
+        walk.show(
+            _pick(claims, "iss", "aud", "sub", "openbanking_intent_id", "acr", "c_hash", "s_hash")
+        )
+        for line in called_back.lines("id_token valid", "code exchanged"):
+            print(line)
+
+    walk.step(
+        "The accounts the customer chose, and their balances",
+        """With the consent's access token, over mTLS: GET /accounts lists the accounts the
+        customer chose, and only those; GET /accounts/{AccountId}/balances each one's
+        balance.""",
+    )
+    read = walk.tpp("accounts")
+    shown = _accounts_shown(read)
+    if quiet:
+        for account_id, line in shown.items():
+            print(f"{account_id}  {line}")
+    if sorted(shown) != sorted(CHOSEN_ACCOUNTS):
+        raise StepFailed(f"the accounts API showed {sorted(shown)}, not {list(CHOSEN_ACCOUNTS)}")
+    accounts_step = walk.number
+
+    walk.step(
+        "A new access token for the same consent",
+        """An access token lives an hour; the refresh token the code gave gets a new one for
+        the same consent (the refresh_token grant, over mTLS with the registered
+        authentication), bound to the same certificate. No customer is needed for that.""",
+    )
+    refreshed = walk.tpp("refresh")
+    if quiet:
+        for line in refreshed.lines("new access token"):
+            print(line)
+    walk.tpp("accounts", left_out=f"the same accounts as in step {accounts_step}")
+
+    walk.step(
+        "The consent revoked: the bank refuses its tokens",
+        """The customer (at the bank) or the TPP can end the consent at any time: the TPP
+        DELETEs it with its client_credentials token. The bank marks it Revoked, and the
+        consent's tokens open nothing any more: 403 UK.OBIE.Resource.InvalidConsentStatus.""",
+    )
+    revoked = walk.tpp("revoke-consent")
+    if quiet:
+        print(revoked.status or "HTTP 204 No Content")
+        for line in revoked.lines("consent "):
+            print(line)
+    refused = walk.tpp("accounts", expect_failure=True)
+    if "InvalidConsentStatus" not in refused.text:
+        raise StepFailed(f"after revoke-consent, accounts: {refused.text[-400:]}")
+
+
+def _accounts_shown(result: Result) -> dict[str, str]:
+    """Each account `accounts` printed, by AccountId: its name and balances, in one line."""
+    bodies = result.bodies
+    listed = bodies[0].get("Data", {}).get("Account", []) if bodies else []
+    balances: dict[str, list[str]] = {}
+    for body in bodies[1:]:
+        for balance in body.get("Data", {}).get("Balance", []):
+            amount = balance.get("Amount", {})
+            sign = "-" if balance.get("CreditDebitIndicator") == "Debit" else ""
+            text = f"{balance.get('Type')} {sign}{amount.get('Amount')} {amount.get('Currency')}"
+            balances.setdefault(balance.get("AccountId"), []).append(text)
+    return {
+        account["AccountId"]: f"{account.get('Nickname')} ({account.get('AccountSubType')}):"
+        f" {', '.join(balances.get(account['AccountId'], ['no balance']))}"
+        for account in listed
+    }
+
+
+def customer_approves(walk: Walkthrough, authorize_url: str) -> str:
+    """The customer's part at the bank, as a browser plays it: the authorize URL, the
+    sign-in page, the consent page, Approve with :data:`CHOSEN_ACCOUNTS`. Returns the address
+    the bank sends the browser back to (the redirect URI with its #fragment)."""
+    browser = Browser(walk.sandbox.ca_bundle)
+    print("\n(the browser's requests; the customer's clicks in brackets)")
+    opened = browser.open(authorize_url)
+    print(f"GET  {urlsplit(authorize_url).path}?client_id=...&request=...  (the authorize URL)")
+    if opened.status_code != 303:
+        refused = read_page(opened)
+        raise StepFailed(
+            f"the bank's authorization endpoint answered {opened.status_code}:"
+            f" {refused.text('error-title')}: {refused.text('error-message')}"
+        )
+    print(f"  -> {opened.status_code} to {opened.headers['Location']}")
+    sign_in = browser.follow(opened)
+    print(f"GET  {_path(sign_in.url)}")
+    print(
+        f"  -> {sign_in.status} {sign_in.text('tpp-name')!r} wants to see some of your"
+        " account information: sign in"
+    )
+    user, password = CUSTOMER
+    signed_in = browser.submit(sign_in, {"user": user, "password": password})
+    print(f"POST {_path(sign_in.url)}  [user {user}, password {password}, Sign in]")
+    if signed_in.status_code != 303:
+        raise StepFailed(f"signing in as {user}: HTTP {signed_in.status_code}")
+    print(f"  -> {signed_in.status_code} to {signed_in.headers['Location']}")
+    consent = browser.follow(signed_in)
+    print(
+        f"GET  {_path(consent.url)}\n  -> {consent.status} {consent.text('tpp-name')!r}"
+        f" (provided by {consent.text('tpp-org')!r}) wants to see your account information"
+    )
+    for item in consent.items:
+        print(f"     it will be able to: {item}")
+    print(f"     until {consent.text('expiry')}")
+    for _name, value, label in consent.checkboxes:
+        mark = "x" if value in CHOSEN_ACCOUNTS else " "
+        print(f"     [{mark}] {label}")
+    approved = browser.submit(consent, {"account": list(CHOSEN_ACCOUNTS), "decision": "approve"})
+    print(f"POST {_path(consent.url)}  [the two accounts ticked, Approve]")
+    location = approved.headers.get("Location", "")
+    if approved.status_code != 302 or "#" not in location:
+        raise StepFailed(f"approving: HTTP {approved.status_code} {location}")
+    fragment = dict(parse_qsl(urlsplit(location).fragment))
+    print(
+        f"  -> {approved.status_code} to {location.split('#')[0]}#"
+        + "&".join(f"{key}={abbreviate(value, 8)}" for key, value in fragment.items())
+    )
+    return location
+
+
 INTRO = """A TPP registers its software with AnyBank, an ASPSP, by Open Banking dynamic client
 registration (DCR): an API call over mutual TLS that carries what the Open Banking Directory
-gave the TPP: certificates and a signed software statement. The commands are shown as you
-would type them in the checkout (the command lines are in .venv/bin: nothing to activate)."""
+gave the TPP: certificates and a signed software statement. Then a customer of the bank
+connects their accounts to the TPP: they consent at the bank, and the TPP reads what they
+chose. The commands are shown as you would type them in the checkout (the command lines are
+in .venv/bin: nothing to activate)."""
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -698,6 +1022,7 @@ def main(argv: list[str] | None = None) -> int:
         sandbox.start()
         print(f"sandbox Open Banking Directory: {sandbox.directory_url}")
         print(f"AnyBank (asks for client certificates): {sandbox.bank_url}")
+        print(f"the TPP's web page (its redirect URI: /callback): {sandbox.tpp_url}")
         print(f"sandbox CA bundle (trusted by both sides): {sandbox.ca_bundle}")
         run(walk, auth_method=args.auth_method)
         status = 0

@@ -42,13 +42,16 @@ run next and the working folder, and exits with status 1.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime
 import hashlib
+import ipaddress
 import json
 import os
 import re
 import secrets
 import shlex
+import socket
 import textwrap
 import time
 import uuid
@@ -1016,10 +1019,7 @@ def status(tpp: TPP) -> list[tuple[str, bool, str]]:
     elif next_step is None:
         click.echo(f"next: `{p} accounts` (every step is done)")
     elif next_step == "consent":
-        click.echo(
-            f"next: the customer connects: `{p} web`, then open"
-            f" https://127.0.0.1:{DEFAULT_WEB_PORT}/ (or `{p} consent`)"
-        )
+        click.echo(f"next: the customer connects: {connect_hint(tpp)} (or `{p} consent`)")
     else:
         click.echo(f"next: `{p} {next_step}`")
     return rows
@@ -1841,10 +1841,71 @@ def authorize_url(tpp: TPP, claims: dict[str, Any], request_object: str) -> str:
 
 
 def redirect_uri_of(tpp: TPP) -> str:
-    """The redirect URI to use: the web page's default if registered, else the first
-    registered one."""
+    """The redirect URI to use: the web page's (:func:`web_page`) if registered, else the
+    first registered one."""
     uris = list(_registration(tpp).get("redirect_uris") or [])
-    return DEFAULT_REDIRECT_URI if DEFAULT_REDIRECT_URI in uris or not uris else uris[0]
+    page = web_page(tpp)[0] + "/callback"
+    return page if page in uris or not uris else uris[0]
+
+
+#: the file ``web`` writes its URL to while it runs (and removes when it stops)
+WEB_URL_FILE = "web.url"
+
+
+def _answers(url: str) -> bool:
+    """Whether something accepts connections at the URL's host and port."""
+    parts = urlsplit(url)
+    try:
+        socket.create_connection((parts.hostname, parts.port or 443), timeout=1).close()
+    except (OSError, ValueError):
+        return False
+    return True
+
+
+def _loopback_page(uri: str) -> str | None:
+    """The page's URL of a redirect URI ``https://<loopback address>:<port>/callback``."""
+    parts = urlsplit(uri)
+    try:
+        loopback = ipaddress.ip_address(parts.hostname or "").is_loopback
+    except ValueError:
+        return None
+    if parts.scheme != "https" or not loopback or parts.path != "/callback":
+        return None
+    return f"https://{parts.netloc}"
+
+
+def web_page(tpp: TPP) -> tuple[str, bool]:
+    """Where this working folder's web page is, and whether it runs now: the page a sandbox
+    runs for this folder (``make serve``: ``<instance>/run/sandbox.json``), or the one
+    `web` started (its ``web.url``); else the page of a registered loopback redirect URI;
+    else ``make serve``'s default (port 7443)."""
+    from .sandbox import running
+
+    found = []
+    if tpp.workdir.name == "tpp":  # a sandbox's TPP folder: <instance>/tpp
+        info = running(tpp.workdir.parent) or {}
+        found.append(info.get("tpp_url"))
+    with contextlib.suppress(OSError):
+        found.append(tpp.path(WEB_URL_FILE).read_text().strip())
+    for url in found:
+        if url and _answers(url):
+            return url.rstrip("/"), True
+    registration = read_json(tpp.path("registration.json")) or {}
+    for uri in registration.get("redirect_uris") or []:
+        page = _loopback_page(uri)
+        if page:
+            return page, False
+    return DEFAULT_REDIRECT_URI.removesuffix("/callback"), False
+
+
+def connect_hint(tpp: TPP) -> str:
+    """How the customer connects: open the running page, or start it first."""
+    url, runs = web_page(tpp)
+    if runs:
+        return f"open {url}/ in a browser and Connect"
+    port = urlsplit(url).port
+    option = f" --port {port}" if port != DEFAULT_WEB_PORT else ""
+    return f"`{prog()} web{option}`, then open {url}/"
 
 
 def start_authorization(
@@ -2148,9 +2209,8 @@ def consented(tpp: TPP) -> dict[str, Any]:
             "no access token from a customer's consent yet",
             cause="account data needs the customer's consent, and no customer has connected"
             " (`token`'s client_credentials token opens the consents API only)",
-            remedy=f"connect through the TPP's web page first (`{p} web`, then open"
-            f" https://127.0.0.1:{DEFAULT_WEB_PORT}/), or `{p} consent` and open the URL it"
-            " prints",
+            remedy=f"connect through the TPP's web page first ({connect_hint(tpp)}), or"
+            f" `{p} consent` and open the URL it prints",
         )
     return record
 
@@ -2236,9 +2296,15 @@ def consent(
     )
     click.echo("open in a browser (the customer signs in at the bank and chooses accounts):")
     click.echo(url)
+    page, runs = web_page(tpp)
+    serves = (
+        "the TPP's page there finishes the journey"
+        if runs and uri == f"{page}/callback"
+        else f"`{p} web` serves that page"
+    )
     click.echo(
-        f"the bank sends the browser back to {uri}: `{p} web` serves that page; without it,"
-        f" copy the whole address the browser shows, then `{p} callback 'ADDRESS'`"
+        f"the bank sends the browser back to {uri}: {serves}; without it, copy the whole"
+        f" address the browser shows, then `{p} callback 'ADDRESS'`"
     )
     return {**data, "authorize_url": url, "state": claims["state"]}
 
@@ -2359,16 +2425,22 @@ def web(
         raise click.UsageError("give --cert and --key together (or neither)")
     if cert_file is None or key_file is None:
         cert_file, key_file = (str(path) for path in web_certificate(tpp, host))
-    serve_until_stopped(
-        name="tpp-web",
-        title="the TPP's web page",
-        host=host,
-        port=port,
-        ssl_context=tls_context(cert_file, key_file),
-        make_app=lambda url: create_tpp_web_app(tpp.workdir, redirect_uri=f"{url}/callback"),
-        url_file=url_file,
-        parent_pid=os.getppid() if exit_with_parent else None,
-    )
+    # the hints of the other commands (`status`, `accounts`) name the page where it runs
+    own_url_file = url_file is None
+    try:
+        serve_until_stopped(
+            name="tpp-web",
+            title="the TPP's web page",
+            host=host,
+            port=port,
+            ssl_context=tls_context(cert_file, key_file),
+            make_app=lambda url: create_tpp_web_app(tpp.workdir, redirect_uri=f"{url}/callback"),
+            url_file=str(tpp.path(WEB_URL_FILE)) if own_url_file else url_file,
+            parent_pid=os.getppid() if exit_with_parent else None,
+        )
+    finally:
+        if own_url_file:
+            tpp.path(WEB_URL_FILE).unlink(missing_ok=True)
 
 
 @cli.group()

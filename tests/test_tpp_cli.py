@@ -91,14 +91,12 @@ def directory(*args: str, status: int = 0) -> str:
     return result.output
 
 
-#: a redirect URI every bank accepts (https, not loopback), for the tests that are not about
-#: the consent journey; the default is the TPP's web page on loopback
-REGISTRABLE_REDIRECT_URI = "https://tpp.example.com/cb"
+#: onboard's default redirect URI: the TPP's web page under make serve (a loopback address,
+#: which the sandbox bank registers: OBDCR_LOOPBACK_REDIRECT_URIS)
+PAGE_CALLBACK = tpp_module.DEFAULT_REDIRECT_URI
 
 
 def onboard(sandbox: Sandbox, workdir: Path, *extra: str) -> dict:
-    if "--redirect-uri" not in extra:
-        extra = (*extra, "--redirect-uri", REGISTRABLE_REDIRECT_URI)
     tpp(
         workdir,
         "onboard",
@@ -494,7 +492,7 @@ def test_register_brief_is_one_line_of_the_fields_that_matter(sandbox, tmp_path)
         "client_id": client_id,
         "token_endpoint_auth_method": "tls_client_auth",
         "scope": "openid accounts",
-        "redirect_uris": ["https://tpp.example.com/cb"],
+        "redirect_uris": [PAGE_CALLBACK],
     }
     assert re.fullmatch(
         r"\(and 25 claims of the software statement and \d+ more fields, left out: --brief\)",
@@ -948,7 +946,7 @@ def test_conformance_config_is_written_from_the_working_folder(sandbox, tmp_path
     assert config["private_key"] == (workdir / "signing.key").read_text()
     assert config["transport_cert"] == (workdir / "transport.pem").read_text()
     assert config["transport_key"] == (workdir / "transport.key").read_text()
-    assert config["redirect_uris"] == ["https://tpp.example.com/cb"]
+    assert config["redirect_uris"] == [PAGE_CALLBACK]
     assert (config["get_implemented"], config["put_implemented"], config["delete_implemented"]) == (
         True,
         True,
@@ -1156,3 +1154,113 @@ def test_status_shows_what_the_files_and_the_registration_allow(sandbox, tmp_pat
         f"next: `obdcr-tpp token` (the registration {client_id} stays)"
     )
     assert tpp(other, "status").splitlines()[-1] == "next: `obdcr-tpp token`"
+
+
+# -- the customer's consent journey, by hand ---------------------------------------------------
+
+
+def _authorize_url(output: str) -> str:
+    """The URL `consent` prints for the customer to open."""
+    urls = [line for line in output.splitlines() if line.startswith("https://")]
+    assert len(urls) == 1 and "/authorize?" in urls[0], output
+    return urls[0]
+
+
+@pytest.mark.parametrize("auth_method", ["tls_client_auth", "private_key_jwt"])
+def test_the_consent_journey_by_hand(sandbox, tmp_path, auth_method):
+    """consent, the customer's part at the bank's pages (as a browser: each form fetched and
+    posted with its CSRF token; two of three accounts chosen), callback with the address the
+    bank sends the browser to, accounts and balances of exactly those two, refresh,
+    revoke-consent and the refusal after it, with either auth method."""
+    from example_app.demo import CHOSEN_ACCOUNTS, Browser
+
+    workdir = tmp_path / "tpp"
+    onboard(sandbox, workdir)
+    for step in FLOW:
+        tpp(workdir, *((step, "--auth-method", auth_method) if step == "request" else (step,)))
+    asked = tpp(workdir, "consent")
+    consent_id = re.search(r"^ConsentId (\S+)  Status AwaitingAuthorisation$", asked, re.M)[1]
+    url = _authorize_url(asked)
+    assert f"redirect_uri {PAGE_CALLBACK}, valid 5 minutes" in asked
+    # no page runs for this folder: the hint says how to start it
+    assert "`obdcr-tpp web` serves that page; without it, copy the whole address" in asked
+
+    browser = Browser(sandbox.ca_bundle)
+    sign_in = browser.follow(browser.open(url))
+    assert sign_in.status == 200 and sign_in.text("tpp-name") == "My TPP"
+    consent_page = browser.follow(browser.submit(sign_in, {"user": "mits", "password": "sandbox"}))
+    assert [value for _name, value, _label in consent_page.checkboxes] == [
+        "22289",
+        "31820",
+        "42281",
+    ]
+    approved = browser.submit(
+        consent_page, {"account": list(CHOSEN_ACCOUNTS), "decision": "approve"}
+    )
+    assert approved.status_code == 302
+    location = approved.headers["Location"]
+    assert location.startswith(f"{PAGE_CALLBACK}#code=")
+
+    called_back = tpp(workdir, "callback", location)
+    assert f"id_token valid: iss {sandbox.bank_url}, sub {consent_id}," in called_back
+    record = json.loads((workdir / "consent.json").read_text())
+    assert record["status"] == "Authorised" and record["consent_id"] == consent_id
+    assert (workdir / "consent.json").stat().st_mode & 0o077 == 0
+    for secret in (record["access_token"], record["refresh_token"]):
+        assert secret not in called_back
+    assert called_back.splitlines()[-1] == "next: `obdcr-tpp accounts`"
+    # the same answer twice: its state was used
+    replayed = tpp(workdir, "callback", location, status=1)
+    assert "the bank's answer names no authorization this TPP started" in replayed
+
+    def listed(output: str) -> list[str]:
+        return re.findall(r'^ +"AccountId": "(\d+)",$', output, flags=re.M)
+
+    read = tpp(workdir, "accounts")
+    assert sorted(set(listed(read))) == sorted(CHOSEN_ACCOUNTS)
+    balances = re.findall(r"^GET \S+/accounts/(\d+)/balances$", read, flags=re.M)
+    assert sorted(balances) == sorted(CHOSEN_ACCOUNTS)
+    refused = tpp(workdir, "accounts", "--account-id", "31820", status=1)
+    assert "the accounts API: the server answered HTTP 404 UK.OBIE.Resource.NotFound" in refused
+
+    first_token = record["access_token"]
+    refreshed = tpp(workdir, "refresh")
+    assert f"new access token for consent {consent_id}" in refreshed
+    assert json.loads((workdir / "consent.json").read_text())["access_token"] != first_token
+    assert sorted(set(listed(tpp(workdir, "accounts")))) == sorted(CHOSEN_ACCOUNTS)
+
+    revoked = tpp(workdir, "revoke-consent")
+    assert f"consent {consent_id} Revoked" in revoked
+    after = tpp(workdir, "accounts", status=1)
+    assert "UK.OBIE.Resource.InvalidConsentStatus" in after
+    rows = [line for line in tpp(workdir, "status").splitlines() if "consent " in line]
+    assert rows == [f"  [ ] consent     consent {consent_id} Revoked"]
+
+
+def test_the_hints_name_the_page_where_it_runs(sandbox, tmp_path):
+    """`status` and `accounts` say how the customer connects: the page the sandbox runs for
+    this folder (on its own port), else the registered loopback redirect URI's page (with
+    `web --port`), else make serve's default."""
+    running = sandbox.tpp_folder  # the folder the sandbox's page reads
+    onboard(sandbox, running, "--redirect-uri", f"{sandbox.tpp_url}/callback", "--force")
+    for step in FLOW:
+        tpp(running, step)
+    assert sandbox.tpp_url != "https://127.0.0.1:7443"
+    assert tpp(running, "status").splitlines()[-1] == (
+        f"next: the customer connects: open {sandbox.tpp_url}/ in a browser and Connect (or"
+        " `obdcr-tpp consent`)"
+    )
+    refused = tpp(running, "accounts", status=1)
+    assert f"connect through the TPP's web page first (open {sandbox.tpp_url}/ in a" in refused
+    asked = tpp(running, "consent")
+    assert f"redirect_uri {sandbox.tpp_url}/callback," in asked
+    assert "the TPP's page there finishes the journey" in asked
+
+    elsewhere = tmp_path / "tpp"
+    onboard(sandbox, elsewhere, "--redirect-uri", "https://127.0.0.1:7444/callback")
+    for step in FLOW:
+        tpp(elsewhere, step)
+    assert tpp(elsewhere, "status").splitlines()[-1] == (
+        "next: the customer connects: `obdcr-tpp web --port 7444`, then open"
+        " https://127.0.0.1:7444/ (or `obdcr-tpp consent`)"
+    )

@@ -26,7 +26,7 @@ import pytest
 import requests
 from test_example_app import read_serve_banner
 
-from example_app.demo import GLOSSARY
+from example_app.demo import CHOSEN_ACCOUNTS, GLOSSARY, STEPS
 
 REPO = Path(__file__).resolve().parent.parent
 BIN = os.path.dirname(sys.executable)
@@ -101,6 +101,47 @@ def _steps(out: str) -> dict[int, str]:
     """The text of each step, by number."""
     parts = re.split(r"^== (\d+)\. ", out, flags=re.M)
     return {int(number): text for number, text in zip(parts[1::2], parts[2::2], strict=True)}
+
+
+#: the step in which the customer (the demo, as a browser) signs in and consents at the bank
+BROWSER_STEP = 16
+
+
+def assert_consent_journey(steps: dict[int, str], tpp: str) -> None:
+    """Steps 14-20 of a quiet demo: the client_credentials token refused at the accounts API
+    (why a consent is needed), the consent, the customer at the bank choosing 2 of 3
+    accounts, the callback, exactly those accounts with balances, refresh, revoke-consent
+    and the refusal after it."""
+    assert "UK.OBIE.Resource.ConsentMismatch" in steps[14]
+    assert f"$ .venv/bin/obdcr-tpp --workdir {tpp} accounts --client-credentials\n" in steps[14]
+    consent = steps[15]
+    assert f"$ .venv/bin/obdcr-tpp --workdir {tpp} consent\n" in consent
+    created = re.search(r"^ConsentId (urn-anybank-intent-\S+)  Status AwaitingAuthorisation$",
+                        consent, flags=re.M)  # fmt: skip
+    assert created, consent
+    consent_id = created.group(1)
+    assert '"openbanking_intent_id": {"value": "' + consent_id in consent
+    bank = steps[BROWSER_STEP]
+    assert "POST /sign-in  [user mits, password sandbox, Sign in]" in bank
+    assert "'Sandbox TPP - AISP' (provided by 'Sandbox TPP Ltd')" in bank
+    ticked = re.findall(r"^     \[(x| )\] ", bank, flags=re.M)
+    assert sorted(ticked) == [" ", "x", "x"], bank
+    assert re.search(r"-> 302 to https://127\.0\.0\.1:\d+/callback#code=", bank)
+    callback = steps[17]
+    assert re.search(rf"^\$ \.venv/bin/obdcr-tpp --workdir {re.escape(tpp)} callback 'https://"
+                     r"127\.0\.0\.1:\d+/callback#code=[^']+&id_token=[^']+&state=[^']+'$",
+                     callback, flags=re.M)  # fmt: skip
+    assert "id_token valid: iss https://127.0.0.1:" in callback
+    assert f"sub {consent_id}, acr urn:openbanking:psd2:sca" in callback
+    assert "refresh token kept in consent.json" in callback
+    shown = re.findall(r"^(\d{5})  \S.*: InterimAvailable -?[\d.]+ [A-Z]{3}$", steps[18], re.M)
+    assert sorted(shown) == sorted(CHOSEN_ACCOUNTS)
+    assert f"new access token for consent {consent_id}" in steps[19]
+    assert "HTTP 200 OK (output left out: the same accounts as in step 18)" in steps[19]
+    revoked = steps[20]
+    assert f"consent {consent_id} Revoked" in revoked
+    assert "HTTP 403 Forbidden" in revoked and "UK.OBIE.Resource.InvalidConsentStatus" in revoked
+    assert "refused, as it should be" in revoked
 
 
 # -- make demo: what it installs ------------------------------------------------------------------
@@ -228,7 +269,7 @@ def test_demo_needs_nothing_beyond_the_demo_extra_and_verbose_prints_everything(
     assert '"organisation_competent_authority_claims"' in out  # the SSA's every claim
     assert "Content-Type: application/json" in out  # the HTTP exchanges
     assert "make demo VERBOSE=1 prints everything" not in out
-    assert sorted(_steps(out)) == list(range(1, 17))
+    assert sorted(_steps(out)) == list(range(1, STEPS + 1))
     assert_acronyms_explained_once(out)
     assert f"working folder kept: {workdir}" in out
     assert (workdir / "tpp" / "tpp.json").exists()
@@ -250,15 +291,17 @@ def test_make_demo_is_quiet_and_shows_each_command_with_its_working_folder(tmp_p
         assert "-- Enter:" not in out
 
         # quiet: a title, the commands, what matters; the rest one VERBOSE=1 away
-        assert len(out.splitlines()) < 330, len(out.splitlines())
+        assert len(out.splitlines()) < 450, len(out.splitlines())
         assert '"organisation_competent_authority_claims"' not in out
         assert "Content-Type:" not in out
         assert "make demo VERBOSE=1 prints everything" in out
         steps = _steps(out)
-        assert sorted(steps) == list(range(1, 17))
+        assert sorted(steps) == list(range(1, STEPS + 1))
         for number, text in steps.items():
             title = text.splitlines()[0].rstrip("= ")
-            assert title and "\n$ " in text, f"step {number}: no title or no command"
+            # the customer's part is a browser's: its requests, not a command line
+            done_by = "\nPOST /consent  [" if number == BROWSER_STEP else "\n$ "
+            assert title and done_by in text, f"step {number}: no title or no command"
         tpp = f"{workdir}/tpp"
         commands = [line for line in out.splitlines() if line.startswith("$ .venv/bin/obdcr-tpp")]
         assert len(commands) >= 20
@@ -287,6 +330,7 @@ def test_make_demo_is_quiet_and_shows_each_command_with_its_working_folder(tmp_p
         assert claims["jti"] and claims["exp"] > claims["iat"]
         assert token.index("client assertion header:") < token.index("HTTP 200 OK")
 
+        assert_consent_journey(steps, tpp)
         assert_acronyms_explained_once(out)
 
         # KEEP=1: the folder stays, and the demo says where and how to remove it
@@ -340,14 +384,14 @@ def test_demo_step_mode_waits_for_enter_on_a_terminal():
         return True
 
     try:
-        assert read_until(rb"-- Enter: step 2 of 16", 60), output.decode()[-2000:]
+        assert read_until(rf"-- Enter: step 2 of {STEPS}".encode(), 60), output.decode()[-2000:]
         assert b"== 2. " not in output
         assert not read_until(rb"== 2\. ", 1.0)  # it waits
-        for number in range(2, 17):
+        for number in range(2, STEPS + 1):
             os.write(master, b"\n")
             assert read_until(rf"== {number}\. ".encode(), 30), output.decode()[-2000:]
-            if number < 16:
-                assert read_until(rf"-- Enter: step {number + 1} of 16".encode(), 30)
+            if number < STEPS:
+                assert read_until(rf"-- Enter: step {number + 1} of {STEPS}".encode(), 30)
         assert read_until(rb"demo complete", 60), output.decode()[-2000:]
         assert process.wait(timeout=30) == 0
     finally:
