@@ -452,7 +452,8 @@ class OpenBankingDCR:
     def console_blueprint(
         self, *, authorize: Callable[[], bool], keep_refused: int = 50
     ) -> Blueprint:
-        """The operator console (docs/architecture.md, "Console pages")::
+        """The operator console (docs/architecture.md, "Contract: console and consent
+        discovery")::
 
             bp = dcr.console_blueprint(authorize=can_see_console)  # before every page -> bool
             app.register_blueprint(bp, url_prefix="/console")

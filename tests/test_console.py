@@ -1,4 +1,4 @@
-"""The operator console (docs/architecture.md, "Console pages and the consent journey")."""
+"""The operator console (docs/architecture.md, "Contract: console and consent discovery")."""
 
 import re
 
