@@ -23,9 +23,11 @@ client_registered = _signals.signal("obdcr.client-registered")
 registration_rejected = _signals.signal("obdcr.registration-rejected")
 #: PUT /register/<id> succeeded: ``client``, ``previous``, ``context``
 client_updated = _signals.signal("obdcr.client-updated")
-#: DELETE /register/<id> succeeded: ``client``
+#: DELETE /register/<id> (or the console's delete) succeeded: ``client``
 client_deleted = _signals.signal("obdcr.client-deleted")
-#: re-validation suspended a client: ``client`` (as stored now), ``reason``
+#: re-validation or an operator (the console) suspended a client: ``client`` (as stored
+#: now), ``reason``
 client_suspended = _signals.signal("obdcr.client-suspended")
-#: re-validation found a suspended client sound again: ``client``
+#: re-validation found a suspended client sound again, or an operator reinstated it:
+#: ``client``
 client_reinstated = _signals.signal("obdcr.client-reinstated")

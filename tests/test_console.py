@@ -721,3 +721,46 @@ def test_the_extension_passes_keep_refused_on(ob_app_factory, ob_directory, ob_s
         request = ob_directory.registration_request(ob_software, aud=f"https://bank-{n}.example")
         refuse(app, request, software=ob_software)
     assert len(refusals_of(app)) == 2
+
+
+def test_operator_actions_send_the_extensions_signals(console_app, registered):
+    """Suspend, reinstate and delete from the console are heard as re-validation's and DELETE
+    /register/<id>'s are: audit receivers, and the client cache of this process."""
+    from flask_obdcr.signals import client_deleted, client_reinstated, client_suspended
+
+    heard: list[tuple[str, str, str | None]] = []
+
+    def receiver(name):
+        def receive(sender, client, reason=None, **extra):
+            assert sender is console_app
+            heard.append((name, client.client_id, reason))
+
+        return receive
+
+    receivers = {
+        signal: receiver(name)
+        for signal, name in (
+            (client_suspended, "suspended"),
+            (client_reinstated, "reinstated"),
+            (client_deleted, "deleted"),
+        )
+    }
+    for signal, receive in receivers.items():
+        signal.connect(receive, sender=console_app)
+    try:
+        http = console_app.test_client()
+        client_id = registered["client_id"]
+        page = http.get(f"/console/clients/{client_id}/suspend").get_data(as_text=True)
+        http.post(f"/console/clients/{client_id}/suspend", data={"csrf_token": csrf_of(page)})
+        page = http.get(f"/console/clients/{client_id}").get_data(as_text=True)
+        http.post(f"/console/clients/{client_id}/reinstate", data={"csrf_token": csrf_of(page)})
+        page = http.get(f"/console/clients/{client_id}/delete").get_data(as_text=True)
+        http.post(f"/console/clients/{client_id}/delete", data={"csrf_token": csrf_of(page)})
+    finally:
+        for signal, receive in receivers.items():
+            signal.disconnect(receive, sender=console_app)
+    assert heard == [
+        ("suspended", client_id, "suspended by an operator"),
+        ("reinstated", client_id, None),
+        ("deleted", client_id, None),
+    ]

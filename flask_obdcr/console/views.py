@@ -31,6 +31,7 @@ from flask import (
 
 from ..errors import RegistrationError, TemporarilyUnavailable
 from ..registration import SUSPENDED, TRUST, suspension
+from ..signals import client_deleted, client_reinstated, client_suspended
 from ..state import EXTENSION_KEY, DCRState
 from ..storage import StoredClient
 from .refusals import DEFAULT_LIMIT, refusal_log
@@ -81,6 +82,11 @@ BAD_CSRF = "The form's CSRF token is missing or wrong: reload the page and try a
 
 def _state() -> DCRState:
     return current_app.extensions[EXTENSION_KEY]
+
+
+def _app() -> Any:
+    """The app itself (the sender of the extension's signals), not the proxy."""
+    return current_app._get_current_object()  # type: ignore[attr-defined]
 
 
 def _hidden(key: str, value: Any) -> bool:
@@ -307,9 +313,13 @@ def console_blueprint(
         client = client_or_404(client_id)
         extra = dict(client.extra)
         extra[SUSPENDED] = {"reason": OPERATOR_REASON, "since": int(state.clock())}
+        suspended = client.with_changes(extra=extra)
         with _store_failures_as_503("suspended"):
-            state.store.replace(client.with_changes(extra=extra))
+            state.store.replace(suspended)
             state.tokens.revoke_client(client.client_id)
+        # as re-validation does: audit receivers hear of it, and this process's client cache
+        # forgets the client at once
+        client_suspended.send(_app(), client=suspended, reason=OPERATOR_REASON)
         return redirect(url_for(".client_page", client_id=client.client_id), 303)
 
     @bp.post("/clients/<client_id>/reinstate")
@@ -317,14 +327,15 @@ def console_blueprint(
         state = _state()
         client = client_or_404(client_id)
         extra = {k: v for k, v in client.extra.items() if k != SUSPENDED}
+        reinstated = client.with_changes(extra=extra)
         with _store_failures_as_503("reinstated"):
-            state.store.replace(client.with_changes(extra=extra))
+            state.store.replace(reinstated)
+        client_reinstated.send(_app(), client=reinstated)
         return redirect(url_for(".client_page", client_id=client.client_id), 303)
 
     @bp.get("/refused")
     def refused() -> str:
-        app = current_app._get_current_object()  # type: ignore[attr-defined]
-        log = refusal_log(app, keep_refused)
+        log = refusal_log(_app(), keep_refused)
         return render_template("obdcr_console/refused.html", refusals=log.recent(), limit=log.limit)
 
     @bp.get("/settings")
@@ -341,6 +352,7 @@ def console_blueprint(
         state = _state()
         client = client_or_404(client_id)
         state.registrar.delete(client)  # its tokens first, then the client
+        client_deleted.send(_app(), client=client)
         return redirect(url_for(".index"), 303)
 
     return bp
