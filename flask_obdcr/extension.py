@@ -248,20 +248,23 @@ class OpenBankingDCR:
         from .views import blueprint, explain_blueprint
 
         app.register_blueprint(blueprint, url_prefix=self.url_prefix or None)
+        sandbox_only = []
         if settings.explain_endpoint:
             # sandboxes only (docs/architecture.md, "Contract: explain"): it tells what the
             # wire withholds
             app.register_blueprint(explain_blueprint, url_prefix=self.url_prefix or None)
-            log.warning(
-                "OBDCR_EXPLAIN_ENDPOINT is on: POST %s/register/explain reports every"
-                " registration check with the detail refusals withhold; for sandboxes only",
-                self.url_prefix,
+            sandbox_only.append(
+                f"OBDCR_EXPLAIN_ENDPOINT is on: POST {self.url_prefix}/register/explain reports"
+                " every registration check with the detail refusals withhold"
             )
         if settings.loopback_redirect_uris:
-            log.warning(
+            sandbox_only.append(
                 "OBDCR_LOOPBACK_REDIRECT_URIS is on: redirect URIs on loopback addresses are"
-                " registered; for sandboxes only"
+                " registered"
             )
+        if sandbox_only:
+            # one line, however many: a sandbox's every command prints it
+            log.warning("%s; for sandboxes only", "; ".join(sandbox_only))
         app.cli.add_command(obdcr_cli)
 
     def _revocation_checker(self, settings: Settings, redis: Any) -> RevocationChecker:

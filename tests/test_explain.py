@@ -484,3 +484,12 @@ def test_one_row_per_policy_of_the_pipeline_in_order(dcr, ob_directory, ob_softw
     body = ob_directory.registration_request(ob_software, aud=issuer)
     report = dcr.explain(body, certificate=ob_software.transport_certificate)
     assert [row["policy"] for row in report] == dcr.pipeline.names
+
+
+def test_sandbox_only_settings_are_logged_in_one_line(ob_app_factory, caplog):
+    with caplog.at_level(logging.WARNING, logger="flask_obdcr"):
+        ob_app_factory(OBDCR_EXPLAIN_ENDPOINT=True, OBDCR_LOOPBACK_REDIRECT_URIS=True)
+    lines = [r.getMessage() for r in caplog.records if "for sandboxes only" in r.getMessage()]
+    assert len(lines) == 1
+    assert "OBDCR_EXPLAIN_ENDPOINT is on" in lines[0]
+    assert "OBDCR_LOOPBACK_REDIRECT_URIS is on" in lines[0]
