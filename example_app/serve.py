@@ -34,6 +34,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from .directory.cli import directory_command, installed_command, shown_path
+from .operator import SANDBOX_PASSWORD, SANDBOX_USER
 from .sandbox import Sandbox, SandboxError, SandboxRunning, running
 from .serving import wait_for_signal
 
@@ -96,12 +97,13 @@ def banner(sandbox: Sandbox) -> str:
     bank_port = urlsplit(bank_url).port
     tpp_port = urlsplit(tpp_url).port if tpp_url else None
     ports = f"DIRECTORY_PORT={directory_port} BANK_PORT={bank_port} TPP_PORT={tpp_port}"
+    operator = f"{SANDBOX_USER} / {SANDBOX_PASSWORD}"  # the sandbox's; its page says so
     return f"""
 Sandbox Open Banking Directory  {sandbox.directory_url}
   portal                        {sandbox.directory_url}/portal/
 AnyBank                         {sandbox.bank_url}
   discovery                     {sandbox.bank_url}/.well-known/openid-configuration
-  console                       {sandbox.bank_url}/console/  (operator + the sandbox password)
+  console                       {sandbox.bank_url}/console/  (sign in: {operator})
 The TPP's web page              {tpp_url or "(not started)"}/
   its redirect URI              {tpp_url or "(none)"}/callback
 sandbox CA bundle               {sandbox.ca_bundle}
@@ -113,10 +115,12 @@ Try, in another terminal, in this checkout (nothing to activate; each step print
 sends and gets, and what to run next):
   {onboard}
   {tpp} keys      (then: upload-csr, download, jwks, ssa, discover,
-      request, explain, register, token, accounts, registration get|update|delete)
+      request, explain, register, token, registration get|update|delete)
   {tpp} status    (what is done, the org_id and software_id, what is next)
-  then the customer connects: open {tpp_url or DEFAULT_TPP_URL}/ (Connect: sign in at AnyBank as
-      mits / sandbox, choose accounts), or {tpp} consent; then {tpp} accounts
+  then the customer connects: open {tpp_url or DEFAULT_TPP_URL}/ in a browser, Connect, sign in
+      at AnyBank as mits / sandbox, choose accounts (the browser warns about the sandbox CA:
+      proceed, or trust {ca}); or {tpp} consent
+  {tpp} accounts  (then: refresh, revoke-consent)
   {flask} obdcr clients list
   curl --cacert {ca} {sandbox.bank_url}/.well-known/openid-configuration
 

@@ -493,6 +493,13 @@ def test_make_serve_banner_prints_the_readme_commands_for_a_fresh_shell(monkeypa
         line.startswith("console") and "https://127.0.0.1:9443/console/" in line for line in lines
     )
     assert "portal                        https://127.0.0.1:8443/portal/" in lines
+    console = "https://127.0.0.1:9443/console/  (sign in: operator / anybank-sandbox-only)"
+    assert any(line.endswith(console) for line in lines)
+    # the customer's journey: the page, the sandbox CA a browser warns about, the commands
+    flat = _flat(banner(sandbox))  # type: ignore[arg-type]
+    assert "open https://127.0.0.1:7443/ in a browser, Connect, sign in at AnyBank as mits" in flat
+    assert "proceed, or trust instance/directory/ca-bundle.pem" in flat
+    assert f"{tpp} accounts (then: refresh, revoke-consent)" in flat
     assert any(line.startswith(f"{tpp} keys ") for line in lines)
     assert any(line.startswith(f"{tpp} status ") for line in lines)
     assert any(line.startswith(f"{tpp} revoke ") for line in lines)
