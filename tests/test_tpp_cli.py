@@ -1264,3 +1264,46 @@ def test_the_hints_name_the_page_where_it_runs(sandbox, tmp_path):
         "next: the customer connects: `obdcr-tpp web --port 7444`, then open"
         " https://127.0.0.1:7444/ (or `obdcr-tpp consent`)"
     )
+
+
+def test_web_says_where_it_runs_while_it_runs(sandbox, tmp_path):
+    """`obdcr-tpp web` on a free port: while it runs, `status` names its URL (web.url in the
+    working folder); stopped, the file is gone and the hint says how to start it."""
+    workdir = tmp_path / "tpp"
+    onboard(sandbox, workdir)
+    for step in FLOW:
+        tpp(workdir, step)
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    command = [sys.executable, "-m", "example_app.tpp", "--workdir", str(workdir), "web"]
+    server = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [*command, "--port", "0"],
+        cwd=REPO,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    url_file = workdir / tpp_module.WEB_URL_FILE
+    try:
+        deadline = time.monotonic() + 30
+        while not (url_file.exists() and url_file.read_text().strip()):
+            assert server.poll() is None, server.communicate()[1]
+            assert time.monotonic() < deadline, "web did not start"
+            time.sleep(0.05)
+        url = url_file.read_text().strip()
+        assert re.fullmatch(r"https://127\.0\.0\.1:\d+", url) and not url.endswith(":7443")
+        page = requests.get(f"{url}/", verify=str(sandbox.ca_bundle), timeout=10)
+        assert page.status_code == 200 and "Connect your AnyBank accounts" in page.text
+        assert tpp(workdir, "status").splitlines()[-1] == (
+            f"next: the customer connects: open {url}/ in a browser and Connect (or"
+            " `obdcr-tpp consent`)"
+        )
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
+    assert not url_file.exists()
+    assert tpp(workdir, "status").splitlines()[-1] == (
+        "next: the customer connects: `obdcr-tpp web`, then open https://127.0.0.1:7443/ (or"
+        " `obdcr-tpp consent`)"
+    )
