@@ -1,9 +1,10 @@
 """The whole registration story over real HTTPS: ``python -m example_app.demo`` (``make demo``).
 
-Starts the sandbox Open Banking Directory and AnyBank on free loopback ports (each in its own
-process, with certificates from the sandbox PKI), then plays the TPP with the same commands a
-workshop attendee types (``.venv/bin/obdcr-tpp --workdir <folder>/tpp ...``), and stops both
-servers. Exit status 0 when every step did what it should (including the refusals).
+Starts the sandbox Open Banking Directory, AnyBank and the TPP's web page on free loopback
+ports (each in its own process, with certificates from the sandbox PKI), then plays the TPP
+with the same commands a workshop attendee types (``.venv/bin/obdcr-tpp --workdir
+<folder>/tpp ...``), and stops the servers. Exit status 0 when every step did what it should
+(including the refusals).
 
 Each step prints its title, what it is about, each command as you would type it (the working
 folder included) and the two or three things in its answer that matter; ``--verbose``
