@@ -734,3 +734,42 @@ def test_a_tpp_folder_of_other_software_is_left_alone(sandbox, fresh_tpp_folder)
     assert shown[0].startswith(f".venv/bin/obdcr-tpp --workdir {other} init ")
     page = text(get(portal, f"/portal/software/{second}"))
     assert f"{fresh_tpp_folder} already holds software {first}" in page
+
+
+# -- the logo the Directory draws for software without one --------------------------------------
+
+
+def unverified_claims(token: str) -> dict:
+    from flask_obdcr.jose import peek
+
+    return peek(token)[1]
+
+
+def test_a_software_without_a_logo_gets_one_drawn_by_the_directory(client, state):
+    org_id = new_organisation(client)
+    software_id = new_software(client, org_id, client_name=f"Budget {HOSTILE}")
+    claims = unverified_claims(state.ssa(software_id))
+    logo = claims["software_logo_uri"]
+    assert logo == f"https://127.0.0.1:18443/logos/{software_id}.svg"
+    response = get(client, f"/logos/{software_id}.svg")
+    assert response.mimetype == "image/svg+xml"
+    assert response.headers["Content-Security-Policy"] == "default-src 'none'"
+    assert response.headers["X-Content-Type-Options"] == "nosniff"
+    svg = response.get_data(as_text=True)
+    assert "<script" not in svg and "&lt;script&gt;" in svg  # the name escaped as XML
+    assert ">B</text>" in svg  # the initials of the words that start with a letter or digit
+    missing = client.get("/logos/nope.svg", base_url=BASE)
+    assert missing.status_code == 404 and missing.get_json()["error"] == "not_found"
+
+
+def test_a_software_with_its_own_logo_keeps_it(state):
+    org_id = state.add_organisation("Logo Ltd")["org_id"]
+    software = state.add_software(
+        org_id,
+        client_name="Has A Logo",
+        roles=["AISP"],
+        redirect_uris=["https://tpp.example.com/cb"],
+        logo_uri="https://tpp.example.com/logo.png",
+    )
+    claims = unverified_claims(state.ssa(software["software_id"]))
+    assert claims["software_logo_uri"] == "https://tpp.example.com/logo.png"

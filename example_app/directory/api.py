@@ -115,6 +115,15 @@ def create_directory_app(
     def directory_jwks():
         return key_set(state.sandbox.jwks())
 
+    @app.get("/logos/<software_id>.svg")
+    def logo(software_id: str):
+        # a bank's consent page shows it in the customer's browser: an image, nothing active
+        response = Response(state.logo_svg(software_id), mimetype="image/svg+xml")
+        response.headers["Content-Security-Policy"] = "default-src 'none'"
+        response.headers["X-Content-Type-Options"] = "nosniff"
+        response.headers["Cache-Control"] = "max-age=300"
+        return response
+
     # -- the issuing CA's CRL and OCSP responder -------------------------------------------
 
     @app.get(CRL_PATH)

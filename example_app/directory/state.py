@@ -32,6 +32,7 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+from xml.sax.saxutils import escape as xml_escape
 
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
@@ -93,6 +94,10 @@ OCSP_VALIDITY = datetime.timedelta(hours=1)
 #: the portal's session key, in the state folder; its length in random bytes
 PORTAL_SECRET_FILE = "portal-secret.key"
 PORTAL_SECRET_BYTES = 32
+
+
+#: the backgrounds of the logos the Directory draws
+LOGO_COLOURS = ("#0b3d91", "#1b7f5f", "#8a3ffc", "#b3361b", "#00607a")
 
 
 class DirectoryError(Exception):
@@ -165,6 +170,27 @@ class DirectoryState:
     @base_url.setter
     def base_url(self, value: str) -> None:
         self._base_url = self.sandbox.base_url = value.rstrip("/")
+
+    def logo_url(self, software_id: str) -> str | None:
+        """The logo this Directory draws for a software without one of its own."""
+        return f"{self.base_url}/logos/{software_id}.svg" if self.base_url else None
+
+    def logo_svg(self, software_id: str) -> str:
+        """That logo: the software's initials on a square, as SVG (its name escaped as XML)."""
+        record = self.software(software_id)
+        words = [w for w in record["client_name"].split() if w[:1].isalnum()]
+        initials = "".join(w[0] for w in words[:2]).upper() or "?"
+        # one of a few colours, always the same for the same software
+        colour = LOGO_COLOURS[sum(software_id.encode()) % len(LOGO_COLOURS)]
+        return (
+            '<svg xmlns="http://www.w3.org/2000/svg" width="128" height="128"'
+            ' viewBox="0 0 128 128" role="img">'
+            f"<title>{xml_escape(record['client_name'])}</title>"
+            f'<rect width="128" height="128" rx="20" fill="{colour}"/>'
+            '<text x="64" y="82" font-family="DejaVu Sans, Arial, sans-serif" font-size="52"'
+            f' font-weight="bold" fill="#fff" text-anchor="middle">{xml_escape(initials)}</text>'
+            "</svg>"
+        )
 
     @property
     def crl_url(self) -> str | None:
@@ -325,12 +351,14 @@ class DirectoryState:
         description: str | None = None,
         version: str = "1.0",
         client_uri: str = "https://tpp.example.com",
-        logo_uri: str = "https://tpp.example.com/logo.png",
+        logo_uri: str | None = None,
         policy_uri: str = "https://tpp.example.com/policy",
         tos_uri: str = "https://tpp.example.com/tos",
         software_id: str | None = None,
     ) -> dict[str, Any]:
-        """The "Add new statement" form: a new software of ``org_id``."""
+        """The "Add new statement" form: a new software of ``org_id``. Without ``logo_uri`` the
+        SSA names the logo this Directory draws for it (:meth:`logo_url`): a sandbox has no
+        other place a bank's consent page could load one from."""
         self.organisation(org_id)
         if not isinstance(client_name, str) or not client_name.strip():
             raise DirectoryError(400, "invalid_request", "client_name is required.")
@@ -637,7 +665,7 @@ class DirectoryState:
             software_client_description=record["description"],
             software_version=record["version"],
             software_client_uri=record["client_uri"],
-            software_logo_uri=record["logo_uri"],
+            software_logo_uri=record["logo_uri"] or self.logo_url(record["software_id"]),
             software_policy_uri=record["policy_uri"],
             software_tos_uri=record["tos_uri"],
             org_status=organisation["org_status"],
