@@ -1227,14 +1227,21 @@ def upload_csr(tpp: TPP, types: tuple[str, ...], eidas: bool) -> None:
 @pass_tpp
 def download(tpp: TPP) -> None:
     """Download the issued certificates as transport.pem and signing.pem."""
-    certificates = tpp.config.get("certificates", {})
+    certificates = tpp.config.setdefault("certificates", {})
     for cert_type in CERT_TYPES:
         if cert_type not in certificates:
-            raise tpp.fail(
-                f"no {cert_type} certificate issued yet",
-                cause=f"the {cert_type} CSR has not been sent to the Directory",
-                remedy=f"run `{prog()} upload-csr`",
-            )
+            # the CSR may have been pasted into the Directory's portal instead of upload-csr
+            found = _issued_for_key(tpp, cert_type)
+            if found is None:
+                raise tpp.fail(
+                    f"no {cert_type} certificate issued yet",
+                    cause=f"the Directory has issued no active {cert_type} certificate for"
+                    f" {cert_type}.key",
+                    remedy=f"run `{prog()} upload-csr` (or paste {cert_type}.csr into the"
+                    " Directory's portal, then run this again)",
+                )
+            certificates[cert_type] = found
+            tpp.save()
         response = tpp.http("GET", certificates[cert_type]["pem_url"], mtls=False)
         expect(
             tpp, response, 200, what=f"downloading the {cert_type} certificate", step="directory"
@@ -1262,6 +1269,29 @@ def download(tpp: TPP) -> None:
         )
     else:
         click.echo(f"next: `{prog()} ssa`")
+
+
+def _issued_for_key(tpp: TPP, cert_type: str) -> dict[str, Any] | None:
+    """The newest active certificate of ``cert_type`` the Directory issued for this folder's
+    ``<cert_type>.key`` (its kid, pem_url and profile, as upload-csr records them), or None."""
+    key = serialization.load_pem_private_key(
+        tpp.read(f"{cert_type}.key", "keys").encode(), password=None
+    )
+    response = tpp.http("GET", tpp.directory(f"/api/software/{tpp.software_id}"), mtls=False)
+    expect(tpp, response, 200, what="looking the software up", step="directory")
+    for record in reversed(response.json().get("certificates") or []):
+        if record.get("type") != cert_type or record.get("status") != "active":
+            continue
+        issued = tpp.http("GET", record["pem_url"], mtls=False)
+        expect(tpp, issued, 200, what=f"downloading the {cert_type} certificate", step="directory")
+        certificate = x509.load_pem_x509_certificate(issued.content)
+        if certificate.public_key().public_numbers() == key.public_key().public_numbers():  # type: ignore[union-attr]
+            return {
+                "kid": record["kid"],
+                "pem_url": record["pem_url"],
+                "profile": record.get("profile", "ob"),
+            }
+    return None
 
 
 def _dn(name: x509.Name) -> str:

@@ -694,16 +694,6 @@ def test_the_presenters_path_with_upload_csr_and_the_portals_ssa(sandbox, fresh_
     assert sandbox.bank_app.extensions["obdcr"].store.get(registration["client_id"]) is not None
 
 
-class DownloadFindsNoPastedCertificate(Exception):
-    """``obdcr-tpp download`` refused the certificates issued for CSRs pasted in the portal."""
-
-
-@pytest.mark.xfail(
-    strict=True,
-    raises=DownloadFindsNoPastedCertificate,
-    reason="obdcr-tpp download knows only the certificates upload-csr recorded in tpp.json;"
-    " it needs to find the ones issued for pasted CSRs at the Directory (example_app/tpp.py)",
-)
 def test_the_presenters_path_with_the_csrs_pasted_into_the_portal(sandbox, fresh_tpp_folder):
     portal = portal_of(sandbox)
     org_id, sid, shown = onboard_in_the_portal(portal)
@@ -715,11 +705,8 @@ def test_the_presenters_path_with_the_csrs_pasted_into_the_portal(sandbox, fresh
         pem = (fresh_tpp_folder / f"{cert_type}.csr").read_text()
         assert upload(portal, sid, cert_type, pem).status_code == 303
     assert len(sandbox.directory_state.software(sid)["certificates"]) == 2
-    try:
-        tpp(download)
-    except AssertionError as refused:
-        assert "no transport certificate issued yet" in str(refused)
-        raise DownloadFindsNoPastedCertificate(str(refused)) from None
+    # download finds the certificates issued for the pasted CSRs at the Directory
+    assert "transport.pem" in tpp(download)
     tpp(ssa)
     tpp(request)
     assert "HTTP 201" in tpp(register)
