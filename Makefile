@@ -29,18 +29,19 @@ INSTANCE ?= instance
 .PHONY: help demo serve reset test lint bench clean
 
 help:
-	@echo "make demo     the whole registration story, offline, in a few seconds: a sandbox Open"
-	@echo "              Banking Directory and a bank (AnyBank) on free loopback ports, a TPP"
-	@echo "              taking every step; each step's title, its command and what matters"
+	@echo "make demo     the whole story, offline, in a few seconds: a sandbox Open Banking"
+	@echo "              Directory, a bank (AnyBank) and a TPP's page on free loopback ports; the"
+	@echo "              TPP registers, then a customer consents and the TPP reads the accounts"
+	@echo "              chosen; each step's title, its command and what matters"
 	@echo "                VERBOSE=1   everything each command prints"
 	@echo "                STEP=1      pause after each step (Enter goes on; not without a terminal)"
 	@echo "                KEEP=1      keep the working folder (its path is printed)"
 	@echo "                AUTH_METHOD=private_key_jwt   a signed client assertion, not the certificate"
-	@echo "make serve    both servers kept running for a workshop; Ctrl-C stops them"
+	@echo "make serve    the three servers kept running for a workshop; Ctrl-C stops them"
 	@echo "                DIRECTORY_PORT=$(DIRECTORY_PORT)  the sandbox Directory's HTTPS port"
 	@echo "                BANK_PORT=$(BANK_PORT)       AnyBank's HTTPS port"
 	@echo "                TPP_PORT=$(TPP_PORT)        the TPP's web page (its redirect URI: /callback)"
-	@echo "                (0: any free port; taken or shared machine: another pair, e.g. 8444 9444)"
+	@echo "                (0: any free port; taken or shared machine: others, e.g. 8444 9444 7444)"
 	@echo "                INSTANCE=$(INSTANCE)   the workshop state: PKI, registry, clients, TPP files"
 	@echo "              a second make serve on the same INSTANCE prints the running one's URLs"
 	@echo "make reset    remove the workshop state (INSTANCE) once no make serve runs on it"
@@ -82,7 +83,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -e ".[bench]"
-	$(BIN)/python benchmarks/registration.py
+	$(BIN)/python -m benchmarks.registration
 
 clean:
 	rm -rf $(VENV) .pytest_cache build *.egg-info

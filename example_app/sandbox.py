@@ -371,7 +371,9 @@ class Sandbox:
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
             env=env,
-            cwd=str(self.folder),
+            # where make serve runs: the folder in which the commands the servers print (the
+            # portal's next commands) are typed; every path they are given is absolute
+            cwd=os.getcwd(),
         )
         self._processes.append((name, process, log))
         deadline = time.monotonic() + self.startup_timeout

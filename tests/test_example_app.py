@@ -1295,8 +1295,10 @@ def test_make_demo(tmp_path):
     bank_url = re.search(r"AnyBank \(asks for client certificates\): (\S+)", out).group(1)
     workdir = Path(re.search(r"working folder: (\S+)", out).group(1))
 
+    from example_app.demo import STEPS
+
     steps = re.findall(r"^== (\d+)\. ", out, flags=re.M)
-    assert steps == [str(n) for n in range(1, 17)]
+    assert steps == [str(n) for n in range(1, STEPS + 1)]
     # the decoded SSA, with its software_jwks_endpoint on the Directory service
     assert '"iss": "OpenBanking Ltd"' in out
     endpoint = re.search(r'"software_jwks_endpoint": "([^"]+)"', out).group(1)
@@ -1312,10 +1314,11 @@ def test_make_demo(tmp_path):
     # the token, its binding, the API response
     assert '"access_token": "' in out
     assert '"cnf": {\n    "x5t#S256": "' in out
-    assert '"AccountId": "22289"' in out
+    # the consented accounts with their balances (the customer chose 22289 and 42281)
+    assert re.search(r"^22289  Bills \(CurrentAccount\): InterimAvailable 1230\.00 GBP$", out, re.M)
     assert "HTTP 204 No Content" in out
     # the last step: the transport certificate revoked at the Directory, the bank refusing it
-    last = out[out.index("== 16. ") :]
+    last = out[out.index(f"== {STEPS}. ") :]
     assert re.search(
         r"\$ \.venv/bin/obdcr-tpp --workdir \S+ register\nHTTP 201 Created \(output", last
     )
@@ -1358,6 +1361,8 @@ def test_make_serve_runs_until_interrupted(tmp_path):
             "--directory-port",
             "0",
             "--bank-port",
+            "0",
+            "--tpp-port",
             "0",
         ],
         cwd=REPO,
