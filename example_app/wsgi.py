@@ -54,7 +54,7 @@ Flask's instance folder, as ``behind_nginx()``)::
 ``--blocking-threads 1`` runs one request at a time in each worker's Python, as gunicorn's
 sync workers do; ``--http 1`` is what nginx speaks to its upstream; ``--respawn-failed-workers``
 replaces a worker that dies, as gunicorn does. ``tests/test_granian.py`` runs this command
-line behind the rendered ``anybank.conf``.
+line (two workers, a free port) behind the rendered ``anybank.conf``.
 
 granian (2.x) copies its whole process environment into every request's WSGI environ (the
 request's own keys on top), so a variable named like request data would be every request's:
@@ -66,15 +66,16 @@ every request without one. :func:`granian_behind_nginx` therefore refuses to sta
 ``SSL_CLIENT_`` prefixes, RFC 3875's request variables, and any name with a dot (``wsgi.*``).
 An outbound proxy for the Directory's URLs goes in lowercase ``https_proxy``, which requests
 reads too. Every other variable (``PATH``, ``ANYBANK_INSTANCE``) is in every environ as well;
-the bank reads none of them from there, and its configuration and secrets live in
-``anybank.json``, not in the server's environment.
+the bank reads none of them from there, and its configuration and keys live in the instance
+folder, not in the server's environment: keep secrets out of that environment.
 
 **granian terminating TLS itself** is not usable for the bank: it verifies client certificates
 (``--ssl-ca``, ``--ssl-client-verify``) but passes none to a WSGI app (its environ has no
-certificate key), so the bank could neither check ``tls_client_auth`` or the software
-statement's certificate nor bind a token; and its verification is all or nothing (a
-connection without a certificate is refused at the handshake, discovery included), where the
-bank needs "optional". Put nginx in front, or run gunicorn with its own TLS.
+certificate key), so the bank could neither authenticate ``tls_client_auth`` clients, nor
+match the certificate to the software statement, nor bind a token; and its verification is
+all or nothing (a connection without a certificate is refused at the handshake, discovery
+included), where the bank needs "optional". Put nginx in front, or run gunicorn with its own
+TLS.
 """
 
 from __future__ import annotations
