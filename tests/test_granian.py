@@ -195,8 +195,8 @@ class Granian:
 
 
 class FromAddress(HTTPAdapter):
-    """requests' adapter whose connections leave from ``address`` (a loopback address other
-    than 127.0.0.1: a peer that is not the bank's proxy)."""
+    """requests' adapter whose connections leave from ``address``, the ``REMOTE_ADDR`` the
+    bank sees (127.0.0.2 on Linux's loopback: a peer that is not the bank's proxy)."""
 
     def __init__(self, address: str) -> None:
         self.address = address
