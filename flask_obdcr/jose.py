@@ -26,6 +26,7 @@ import re
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jwcrypto import jwk, jws
@@ -167,17 +168,58 @@ def _is_compact(token: str) -> bool:
     return 0 < first < last - 1 < len(text) - 2
 
 
-def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-    """The header and claims of a compact JWS, NOT verified. Raises :class:`MalformedJWS`."""
+@dataclass(frozen=True, eq=False)
+class CompactJWS:
+    """A compact JWS split and decoded once by :func:`decode`, NOT verified.
+
+    :func:`verify` takes one in place of the token text and then does not split, check and
+    decode the token again. It relies only on what this object fixed at decoding (the
+    parts, ``alg``, ``kid``), never on :attr:`header`, which is the caller's to change.
+    """
+
+    token: str
+    #: the decoded header and payload: the caller's to read and change
+    header: dict[str, Any]
+    claims: dict[str, Any]
+    #: the header's alg (a string: :func:`decode` refuses a token without one)
+    alg: str
+    #: the header's kid when it is a string, else None
+    kid: str | None
+    header_b64: str
+    payload_b64: str
+    signature_b64: str
+
+
+def decode(token: Any) -> CompactJWS:
+    """A compact JWS split and decoded, NOT verified: its header (a JSON object with a
+    string ``alg``, no ``crit``, no ``b64``) and its claims (a JSON object), under the rules
+    of the module docstring. Raises :class:`MalformedJWS`."""
     if not isinstance(token, str) or not _is_compact(token):
         raise MalformedJWS("not a compact JWS (three base64url parts)")
-    header_b64, payload_b64, _ = token.split(".")
+    header_b64, payload_b64, signature_b64 = token.split(".")
     header = _json_object(header_b64, "JOSE header")
     claims = _json_object(payload_b64, "payload")
-    if not isinstance(header.get("alg"), str):
+    alg = header.get("alg")
+    if not isinstance(alg, str):
         raise MalformedJWS("the JOSE header has no alg")
     _check_header(header)
-    return header, claims
+    kid = header.get("kid")
+    return CompactJWS(
+        token,
+        header,
+        claims,
+        alg,
+        kid if isinstance(kid, str) else None,
+        header_b64,
+        payload_b64,
+        signature_b64,
+    )
+
+
+def peek(token: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The header and claims of a compact JWS, NOT verified. Raises :class:`MalformedJWS`."""
+    decoded = decode(token)
+    return decoded.header, decoded.claims
 
 
 # Longest encodings worth decoding (base64url, padded or not, one leading zero octet
@@ -237,9 +279,10 @@ def _each_key(keys: Iterable[Any], kid: Any) -> Iterator[jwk.JWK]:
             yield key
 
 
-def verify(token: str, keys: Iterable[jwk.JWK | jwk.JWKSet], alg: str) -> jwk.JWK:
+def verify(token: str | CompactJWS, keys: Iterable[jwk.JWK | jwk.JWKSet], alg: str) -> jwk.JWK:
     """Check the signature of ``token`` with ``alg`` against each candidate key in turn;
-    return the key that verifies it.
+    return the key that verifies it. ``token`` is the compact text, or what :func:`decode`
+    made of it (then it is not split and decoded again).
 
     The caller has already checked ``alg`` against its allow-list; jwcrypto is told the
     single algorithm to accept, so the header cannot choose another one. Keys below the
@@ -250,12 +293,21 @@ def verify(token: str, keys: Iterable[jwk.JWK | jwk.JWKSet], alg: str) -> jwk.JW
     JSON object without ``crit`` (the rules of :func:`peek` for the header),
     :class:`BadSignature` if no key verifies it.
     """
-    if not isinstance(token, str) or not _is_compact(token):
-        raise MalformedJWS("not a compact JWS (three base64url parts)")
-    header_b64, payload_b64, signature_b64 = token.split(".")
-    header = _json_object(header_b64, "JOSE header")
-    _check_header(header)
-    if header.get("alg") != alg:
+    header_alg: Any
+    kid: Any
+    if isinstance(token, CompactJWS):
+        # decode() checked the form and the header; its alg and kid are its own strings
+        header_b64, payload_b64 = token.header_b64, token.payload_b64
+        signature_b64, header_alg, kid = token.signature_b64, token.alg, token.kid
+        token = token.token
+    else:
+        if not isinstance(token, str) or not _is_compact(token):
+            raise MalformedJWS("not a compact JWS (three base64url parts)")
+        header_b64, payload_b64, signature_b64 = token.split(".")
+        header = _json_object(header_b64, "JOSE header")
+        _check_header(header)
+        header_alg, kid = header.get("alg"), header.get("kid")
+    if header_alg != alg:
         # what jwcrypto does with a pinned alg the header does not name
         raise BadSignature(f"the JOSE header does not name {alg}")
     signature = b64url_decode(signature_b64)
@@ -293,7 +345,7 @@ def verify(token: str, keys: Iterable[jwk.JWK | jwk.JWKSet], alg: str) -> jwk.JW
             return True
 
     tried = 0
-    for key in _each_key(keys, header.get("kid")):
+    for key in _each_key(keys, kid):
         if kty is not None and key.get("kty") != kty:
             continue  # would fail in cryptography anyway; refuse it up front, uncounted
         if jws_key_problem(key) is not None:

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
 
     from ..certificates import ClientCertificates
     from ..config import RuleSettings
+    from ..jose import CompactJWS
     from ..jwks import JWKSClient
     from ..revoked_keys import RevokedKeys
     from ..storage import ReplayCache, StoredClient
@@ -62,6 +63,9 @@ class RegistrationContext:
     request_jwt: str = ""
     request_header: dict[str, Any] = field(default_factory=dict)
     request_claims: dict[str, Any] = field(default_factory=dict)
+    #: ``request_jwt`` as the request_jwt policy decoded it, so that the signature check
+    #: does not decode it again (used only while it is of the current ``request_jwt``)
+    request_jws: CompactJWS | None = None
     software_statement: str = ""
     ssa_header: dict[str, Any] = field(default_factory=dict)
     ssa_claims: dict[str, Any] = field(default_factory=dict)

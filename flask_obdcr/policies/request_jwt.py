@@ -21,12 +21,12 @@ class RequestJWT:
 
     def __call__(self, context: RegistrationContext) -> None:
         try:
-            header, claims = jose.peek(context.request_jwt)
+            decoded = jose.decode(context.request_jwt)
         except jose.MalformedJWS as exc:
             raise InvalidClientMetadata(
                 "The request body is not a signed JWT.", detail=str(exc)
             ) from None
-        alg = header["alg"]
+        header, claims, alg = decoded.header, decoded.claims, decoded.alg
         if alg not in context.rules.signing_algs:
             raise InvalidClientMetadata(
                 f"The request JWT is signed with {alg!r}; accepted:"
@@ -39,6 +39,7 @@ class RequestJWT:
                 f" ({', '.join(bearing)}); keys come from the software JWKS."
             )
         context.request_header, context.request_claims = header, claims
+        context.request_jws = decoded
         statement = claims.get("software_statement")
         if not isinstance(statement, str) or not statement:
             raise InvalidSoftwareStatement("The request has no software_statement.")

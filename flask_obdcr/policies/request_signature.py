@@ -46,8 +46,12 @@ class RequestSignature:
             raise InvalidSoftwareStatement(
                 "The software JWKS cannot be fetched.", detail=str(exc)
             ) from None
+        token: str | jose.CompactJWS = context.request_jwt
+        decoded = context.request_jws
+        if decoded is not None and decoded.token == token:
+            token = decoded  # decoded once, by the request_jwt policy
         try:
-            context.request_key = jose.verify(context.request_jwt, keys, alg)
+            context.request_key = jose.verify(token, keys, alg)
         except (jose.BadSignature, jose.MalformedJWS):
             raise InvalidClientMetadata(
                 "The request JWT is not signed with a key of the software JWKS.",
