@@ -16,9 +16,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from cryptography import x509
-from cryptography.hazmat.primitives.serialization import Encoding
 
-from .certificates import ClientCertificates, thumbprint_sha256
+from .certificates import ClientCertificates, pem_text, thumbprint_sha256
 from .config import RuleSettings
 from .errors import InvalidClientMetadata, InvalidToken, TemporarilyUnavailable, TooManyRequests
 from .jwks import JWKSClient
@@ -95,7 +94,7 @@ def trust_record(context: RegistrationContext) -> dict[str, Any]:
         "certificate_binding": context.certificate_binding,
     }
     if certificate is not None:
-        record["certificate"] = certificate.public_bytes(Encoding.PEM).decode("ascii")
+        record["certificate"] = pem_text(certificate)
         record["x5t#S256"] = thumbprint_sha256(certificate)
     return record
 

@@ -14,7 +14,7 @@ Protocol core: no Flask imports. One module per concern:
 
 from .binding import certificate_belongs_to_software, psd_identifier, thumbprint_sha256
 from .dn import dn_matches, parse_dn
-from .load import load_certificate
+from .load import load_certificate, pem_text
 from .service import ClientCertificates, VerifiedCertificate
 from .source import HEADER_FORMATS, client_certificate_from_environ, header_format
 from .verify import TransportCertificateVerifier
@@ -30,6 +30,7 @@ __all__ = [
     "header_format",
     "load_certificate",
     "parse_dn",
+    "pem_text",
     "psd_identifier",
     "thumbprint_sha256",
 ]

@@ -6,8 +6,9 @@ import functools
 
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
+from cryptography.hazmat.primitives.serialization import Encoding
 
-__all__ = ["load_certificate", "load_der"]
+__all__ = ["load_certificate", "load_der", "pem_text"]
 
 # A TPP presents the same transport certificate on every request, so parsed certificates are
 # kept by their exact input (the PEM text or DER bytes as received; equal input, equal parse) in
@@ -47,6 +48,14 @@ def load_der(der: bytes) -> x509.Certificate:
 @functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
 def _load_der_cached(der: bytes) -> x509.Certificate:
     return _fully_parsed(x509.load_der_x509_certificate(der))
+
+
+@functools.lru_cache(maxsize=_CERT_CACHE_SIZE)
+def pem_text(certificate: x509.Certificate) -> str:
+    """``certificate`` as PEM text. Kept for the certificates in use (by their DER, which a
+    certificate's hash and equality are): a registration keeps its transport certificate with
+    the client, and a TPP presents the same one on every request."""
+    return certificate.public_bytes(Encoding.PEM).decode("ascii")
 
 
 def _load_certificate(data: str | bytes) -> x509.Certificate:

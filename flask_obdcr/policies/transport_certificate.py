@@ -25,7 +25,8 @@ class TransportCertificate:
             raise InvalidClient("A client certificate is required (mutual TLS).")
         context.certificates.verify(certificate, now=context.now)
         try:
-            software_jwks = context.jwks.document(context.software_jwks_endpoint)
+            # the cache's own document, not a copy: the binding rules only read it
+            software_jwks = context.jwks.shared_document(context.software_jwks_endpoint)
         except JWKSError:
             software_jwks = None
         rule = context.certificates.binding(
