@@ -122,12 +122,12 @@ class StoredClient:
             "software_id": self.software_id,
             "org_id": self.org_id,
             # key order kept: GET /register/<id> shows the claims in the order POST did
-            "metadata": json.dumps(self.metadata, separators=(",", ":")),
-            "ssa_claims": json.dumps(self.ssa_claims, separators=(",", ":")),
+            "metadata": _COMPACT.encode(self.metadata),
+            "ssa_claims": _COMPACT.encode(self.ssa_claims),
             "client_secret_hash": self.client_secret_hash,
             "registration_access_token_hash": self.registration_access_token_hash,
             "updated_at": self.updated_at,
-            "extra": json.dumps(self.extra, sort_keys=True, separators=(",", ":")),
+            "extra": _COMPACT_SORTED.encode(self.extra),
         }
 
     @classmethod
@@ -142,6 +142,12 @@ class StoredClient:
             updated_at=None if record.get("updated_at") is None else int(record["updated_at"]),
             extra=_json(record.get("extra") or "{}"),
         )
+
+
+# One encoder each for every record: json.dumps with any option builds a new one per call.
+# An encoder keeps no state between calls, so threads share them.
+_COMPACT = json.JSONEncoder(separators=(",", ":"))
+_COMPACT_SORTED = json.JSONEncoder(separators=(",", ":"), sort_keys=True)
 
 
 def _json(value: Any) -> dict[str, Any]:

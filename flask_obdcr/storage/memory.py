@@ -6,6 +6,7 @@ caches of fetched documents, the default).
 from __future__ import annotations
 
 import copy
+import dataclasses
 import heapq
 import threading
 from collections import OrderedDict
@@ -27,6 +28,36 @@ __all__ = [
 ]
 
 
+#: leaves a copy may share: nothing can change them
+_IMMUTABLE_LEAVES = frozenset({str, int, float, bool, type(None)})
+
+
+def _copied_tree(value: Any) -> Any:
+    """A deep copy of ``value``: new dicts and lists, shared immutable leaves, and
+    ``copy.deepcopy`` for anything else. The same result as ``copy.deepcopy`` on the JSON
+    trees a client holds, without its memo and dispatch on every string."""
+    kind = type(value)
+    if kind is dict:
+        return {key: _copied_tree(member) for key, member in value.items()}
+    if kind is list:
+        return [_copied_tree(member) for member in value]
+    if kind in _IMMUTABLE_LEAVES:
+        return value
+    return copy.deepcopy(value)
+
+
+def _copied(client: StoredClient) -> StoredClient:
+    """``client`` with copies of its nested values (its other fields are immutable)."""
+    if type(client) is not StoredClient:  # a subclass may hold more: copy all of it
+        return copy.deepcopy(client)
+    return dataclasses.replace(
+        client,
+        metadata=_copied_tree(client.metadata),
+        ssa_claims=_copied_tree(client.ssa_claims),
+        extra=_copied_tree(client.extra),
+    )
+
+
 class MemoryStore(ClientStore):
     """Clients in a dict. Like every backend it keeps its own copies: changing a client's
     nested metadata after ``add`` or ``get`` does not change what is stored."""
@@ -39,7 +70,7 @@ class MemoryStore(ClientStore):
         self._lock = threading.Lock()
 
     def _add(self, client: StoredClient) -> None:
-        client = copy.deepcopy(client)
+        client = _copied(client)
         with self._lock:
             if client.client_id in self._clients:
                 raise ClientExists(client.client_id)
@@ -47,17 +78,17 @@ class MemoryStore(ClientStore):
 
     def _get(self, client_id: str) -> StoredClient | None:
         client = self._clients.get(client_id)
-        return None if client is None else copy.deepcopy(client)
+        return None if client is None else _copied(client)
 
     def _list(self) -> Iterator[StoredClient]:
         with self._lock:
             clients = list(self._clients.values())
         # issue order, as the SQL backends list them
         clients.sort(key=lambda client: (client.client_id_issued_at, client.client_id))
-        return iter([copy.deepcopy(client) for client in clients])
+        return iter([_copied(client) for client in clients])
 
     def _replace(self, client: StoredClient) -> None:
-        client = copy.deepcopy(client)
+        client = _copied(client)
         with self._lock:
             if client.client_id not in self._clients:
                 raise ClientNotFound(client.client_id)

@@ -31,6 +31,11 @@ _COLUMNS = {
 }
 _NAMES = tuple(_COLUMNS)
 _SELECT = f"SELECT {', '.join(_NAMES)} FROM clients"  # noqa: S608 - constant names
+# The statements' text is built once: sqlite3 keeps each connection's prepared statements by
+# their text (cached_statements), so every insert after the first reuses one compiled statement.
+_INSERT = f"INSERT INTO clients ({', '.join(_NAMES)}) VALUES ({', '.join('?' * len(_NAMES))})"  # noqa: S608
+_UPDATE_NAMES = tuple(name for name in _NAMES if name != "client_id")
+_UPDATE = f"UPDATE clients SET {', '.join(f'{n} = ?' for n in _UPDATE_NAMES)} WHERE client_id = ?"  # noqa: S608
 
 
 def retry_locked(operation: Callable[[], object], timeout: float) -> None:
@@ -126,12 +131,8 @@ class SQLiteStore(ClientStore):
 
     def _add(self, client: StoredClient) -> None:
         record = client.to_record()
-        sql = (
-            f"INSERT INTO clients ({', '.join(_NAMES)}) "  # noqa: S608 - constant names
-            f"VALUES ({', '.join('?' * len(_NAMES))})"
-        )
         try:
-            self.db.execute(sql, [record[name] for name in _NAMES])
+            self.db.execute(_INSERT, [record[name] for name in _NAMES])
         except sqlite3.IntegrityError as exc:
             raise ClientExists(client.client_id) from exc
 
@@ -147,9 +148,7 @@ class SQLiteStore(ClientStore):
 
     def _replace(self, client: StoredClient) -> None:
         record = client.to_record()
-        names = [name for name in _NAMES if name != "client_id"]
-        sql = f"UPDATE clients SET {', '.join(f'{n} = ?' for n in names)} WHERE client_id = ?"  # noqa: S608
-        cursor = self.db.execute(sql, [record[n] for n in names] + [client.client_id])
+        cursor = self.db.execute(_UPDATE, [*(record[n] for n in _UPDATE_NAMES), client.client_id])
         if cursor.rowcount != 1:
             raise ClientNotFound(client.client_id)
 
