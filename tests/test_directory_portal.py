@@ -760,3 +760,11 @@ def test_a_software_with_its_own_logo_keeps_it(state):
     )
     claims = unverified_claims(state.ssa(software["software_id"]))
     assert claims["software_logo_uri"] == "https://tpp.example.com/logo.png"
+
+
+def test_the_new_software_form_offers_the_tpps_own_page_as_redirect_uri(client):
+    from example_app.tpp import DEFAULT_REDIRECT_URI
+
+    org_id = new_organisation(client)
+    page = get(client, f"/portal/organisations/{org_id}/software/new").get_data(as_text=True)
+    assert shown(page, "redirect_uris").strip() == DEFAULT_REDIRECT_URI

@@ -265,12 +265,15 @@ def portal_blueprint() -> Blueprint:
     def software_form(
         org_id: str, status: int = 200, *, error: str | None = None, form: Any = None
     ) -> tuple[str, int]:
+        from ..tpp import DEFAULT_REDIRECT_URI
+
         organisation = _state().organisation(org_id)
         values = {
             "client_name": "",
             "description": "",
             "roles": ["AISP"],
-            "redirect_uris": "https://tpp.example.com/cb",
+            # the TPP's own page under make serve, where the customer comes back to
+            "redirect_uris": DEFAULT_REDIRECT_URI,
         }
         if form is not None:
             values = {
