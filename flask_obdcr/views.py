@@ -31,30 +31,22 @@ def _state() -> DCRState:
     return current_app.extensions[EXTENSION_KEY]
 
 
-#: what every DCR answer carries (RFC 7591 section 3.2.1, RFC 6749 section 5.1)
-_NO_STORE = (("Cache-Control", "no-store"), ("Pragma", "no-cache"))
-
-
 def json_response(body: Any, status: int, headers: dict[str, str] | None = None) -> Response:
-    # the app's JSON provider (app.json): a bank that installs a faster one gets it here too
     response = current_app.response_class(
-        json.dumps(body), status=status, mimetype="application/json", headers=_NO_STORE
+        json.dumps(body), status=status, mimetype="application/json"
     )
-    if headers:
-        response.headers.update(headers)  # a refusal's own headers replace ours
+    response.headers["Cache-Control"] = "no-store"
+    response.headers["Pragma"] = "no-cache"
+    response.headers.update(headers or {})
     return response
 
 
 def read_body(limit: int) -> bytes:
-    """The body, and never more than ``limit`` + 1 bytes of it: enough to tell that it is
-    too large without ever buffering an attacker's gigabyte."""
-    declared = request.content_length
-    if declared is not None and declared > limit:
+    """At most ``limit`` + 1 bytes of the body: enough to tell that it is too large
+    without ever buffering an attacker's gigabyte."""
+    if request.content_length is not None and request.content_length > limit:
         raise RequestTooLarge(f"The request body is larger than {limit} bytes.", policy=BODY_CHECK)
-    # a declared length is all the stream gives (Werkzeug or the server ends it there): ask
-    # for that, not for limit + 1, which allocates and zeroes a buffer of the limit each time.
-    # Without one (chunked), limit + 1 bytes tell a body too large from one that fits.
-    body = request.stream.read(limit + 1 if declared is None else declared)
+    body = request.stream.read(limit + 1)
     setattr(g, _BODY_READ, body)
     return body
 
