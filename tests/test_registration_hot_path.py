@@ -189,6 +189,34 @@ def test_a_request_jwt_replaced_after_decoding_is_the_one_verified(
     _refused(response, 400, "invalid_client_metadata", store)
 
 
+# -- redirect URIs ---------------------------------------------------------------------------------
+
+
+def test_a_hosts_loopback_verdict_is_kept_apart_from_each_apps_setting(
+    ob_app_factory, ob_directory, ob_software, issuer, post_registration
+):
+    # the verdict on a host is remembered; whether a loopback literal may register is each
+    # app's setting, asked on every request
+    page = "https://127.0.0.1:7443/callback"
+    ssa = ob_directory.ssa(ob_software, software_redirect_uris=[page, "https://localhost/cb"])
+    default_store, sandbox_store = MemoryStore(), MemoryStore()
+    default = ob_app_factory(store=default_store)
+    sandbox = ob_app_factory(store=sandbox_store, OBDCR_LOOPBACK_REDIRECT_URIS=True)
+
+    def post(app, uri):
+        body = ob_directory.registration_request(
+            ob_software, aud=issuer, software_statement=ssa, redirect_uris=[uri]
+        )
+        return post_registration(body, software=ob_software, app=app)
+
+    for _ in range(2):
+        _refused(post(default, page), 400, "invalid_redirect_uri", default_store)
+        _refused(post(sandbox, "https://localhost/cb"), 400, "invalid_redirect_uri", sandbox_store)
+    assert post(sandbox, page).status_code == 201
+    _refused(post(default, page), 400, "invalid_redirect_uri", default_store)
+    assert len(sandbox_store) == 1
+
+
 # -- the certificate and the software JWKS --------------------------------------------------------
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import socket
@@ -14,7 +15,10 @@ MAX_URI_LENGTH = 256
 _VISIBLE_ASCII = re.compile(r"[!-~]+")
 
 
+@functools.lru_cache(maxsize=1024)
 def _is_local(host: str) -> bool:
+    # a verdict on the host's text alone (no lookup), and a TPP registers the same hosts each
+    # time: kept, since a name costs ipaddress two refused parses and a regex
     host = host.rstrip(".")  # "localhost." is the fully qualified "localhost"
     if host == "localhost" or host.endswith(".localhost"):
         return True
