@@ -156,12 +156,12 @@ def stack(request, nginx_install, sandbox, tmp_path_factory):
     running = None
     try:
         upstream = bank.start()
-        url = nginx.start(
-            port=port,
-            ca_bundle=str(sandbox.ca_bundle),
-            values=template_values(sandbox, folder, port=port, upstream=upstream),
+        nginx.start(
+            template_values(sandbox, folder, port=port, upstream=upstream),
+            url=issuer,
+            ca_bundle=sandbox.ca_bundle,
+            timeout=START_TIMEOUT,
         )
-        assert url == issuer
         running = Stack(
             header=header,
             bank_url=issuer,
