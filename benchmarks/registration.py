@@ -577,12 +577,22 @@ PROFILE_POINTS: list[tuple[str, str, str]] = [
     ),
     ("          transport_certificate", "policies/transport_certificate.py", "__call__"),
     ("        SQLiteStore._add", "flask_obdcr/storage/sqlite.py", "_add"),
-    ("        StoredClient.to_record (3 json.dumps)", "flask_obdcr/storage/base.py", "to_record"),
+    (
+        "        StoredClient.to_record (3 JSON encodings)",
+        "flask_obdcr/storage/base.py",
+        "to_record",
+    ),
     ("      json_response (json.dumps of the body)", "flask_obdcr/views.py", "json_response"),
-    ("      url_for (registration_client_uri)", "flask_obdcr/views.py", "_with_client_uri"),
+    (
+        "      registration_client_uri (from configuration)",
+        "flask_obdcr/views.py",
+        "_with_client_uri",
+    ),
+    ("      read_body", "flask_obdcr/views.py", "read_body"),
     ("      blinker signals", "blinker/base.py", "send"),
     ("by function, wherever called:", "", ""),
-    ("  jose.peek (request, SSA)", "flask_obdcr/jose.py", "peek"),
+    ("  jose.decode (the request; an SSA not remembered)", "flask_obdcr/jose.py", "decode"),
+    ("  jose.peek, VerifiedTokens.peek (the SSA)", "flask_obdcr/jose.py", "peek"),
     ("  jose.verify (request, SSA)", "flask_obdcr/jose.py", "verify"),
     ("  jwcrypto JWS() objects", "jwcrypto/jws.py", "__init__"),
     ("  JWKSClient.candidate_keys", "flask_obdcr/jwks.py", "candidate_keys"),
@@ -667,6 +677,97 @@ def profile(name: str, directory: SandboxDirectory, n: int, out_dir: Path, top: 
     print("```")
 
 
+# --------------------------------------------------------------------------- SQLite settings
+
+#: (label, pragmas before the file's first write, pragmas after WAL + NORMAL, table variant).
+#: The first row is what SQLiteStore ships; OFF is there to show what durability costs.
+SQLITE_SETTINGS: list[tuple[str, tuple[str, ...], tuple[str, ...], str]] = [
+    ("as shipped: WAL, synchronous=NORMAL, 4 KiB pages", (), (), "rowid"),
+    ("synchronous=FULL (fsync of the WAL at every commit)", (), ("synchronous=FULL",), "rowid"),
+    ("synchronous=OFF (not durable; for comparison)", (), ("synchronous=OFF",), "rowid"),
+    ("page_size=8192 (a record fits one page)", ("page_size=8192",), (), "rowid"),
+    ("page_size=16384", ("page_size=16384",), (), "rowid"),
+    ("wal_autocheckpoint=10000 pages", (), ("wal_autocheckpoint=10000",), "rowid"),
+    ("WITHOUT ROWID (rows in the client_id b-tree)", (), (), "without_rowid"),
+    ("no software_id index", (), (), "no_index"),
+    ("no file (:memory:): all but the write itself", (), (), "memory"),
+]
+
+
+def _settings_connection(directory: str, pre: Sequence[str], post: Sequence[str], table: str):
+    import sqlite3
+
+    from flask_obdcr.storage import sqlite as store_sqlite
+
+    path = ":memory:" if table == "memory" else os.path.join(directory, f"{uuid.uuid4()}.db")
+    conn = sqlite3.connect(path, isolation_level=None)
+    for pragma in pre:
+        conn.execute(f"PRAGMA {pragma}")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")  # as store_sqlite.open_connection
+    for pragma in post:
+        conn.execute(f"PRAGMA {pragma}")
+    # the shipped schema, read from a database SQLiteStore made
+    shipped = SQLiteStore(os.path.join(directory, f"schema-{uuid.uuid4()}.db"))
+    schema = [
+        sql
+        for (sql,) in shipped.db.execute(
+            "SELECT sql FROM sqlite_master WHERE tbl_name = 'clients' AND sql IS NOT NULL"
+        ).fetchall()
+    ]
+    shipped.close()
+    for sql in schema:
+        if sql.startswith("CREATE INDEX") and table == "no_index":
+            continue
+        if sql.startswith("CREATE TABLE") and table == "without_rowid":
+            sql += " WITHOUT ROWID"
+        conn.execute(sql)
+    return conn, store_sqlite._INSERT, store_sqlite._NAMES
+
+
+def sqlite_settings(directory: SandboxDirectory, n: int, repeat: int) -> None:
+    """One client record (a real registration's) inserted under each setting, interleaved."""
+    scenario = build_scenario("PS256", directory)
+    try:
+        post_runner(scenario)(sign_bodies(scenario, 1))
+        record = next(iter(scenario.store.list())).to_record()
+        with tempfile.TemporaryDirectory(prefix="obdcr-sqlite-") as work:
+            conns = [
+                _settings_connection(work, pre, post, table)
+                for _, pre, post, table in SQLITE_SETTINGS
+            ]
+            cpu: list[list[float]] = [[] for _ in SQLITE_SETTINGS]
+            wall: list[list[float]] = [[] for _ in SQLITE_SETTINGS]
+            for r in range(repeat + 1):  # the first round warms each file up, untimed
+                for i, (conn, insert, names) in enumerate(conns):
+                    rows = [
+                        [str(uuid.uuid4()) if k == "client_id" else record[k] for k in names]
+                        for _ in range(n)
+                    ]
+                    gc.disable()
+                    started_cpu, started_wall = time.process_time(), time.perf_counter()
+                    for row in rows:
+                        conn.execute(insert, row)
+                    elapsed_cpu = time.process_time() - started_cpu
+                    elapsed_wall = time.perf_counter() - started_wall
+                    gc.enable()
+                    if r:
+                        cpu[i].append(elapsed_cpu / n)
+                        wall[i].append(elapsed_wall / n)
+            for conn, _, _ in conns:
+                conn.close()
+    finally:
+        scenario.close()
+    size = sum(len(v) for v in record.values() if isinstance(v, str))
+    print(f"\n## SQLite: one client record ({size:,} characters) per INSERT, autocommit\n")
+    print(f"{n} inserts x {repeat} repeats, interleaved; median µs per insert\n")
+    print("| setting | CPU µs | wall µs | CPU vs shipped |\n|---|---:|---:|---:|")
+    base = statistics.median(cpu[0])
+    for (label, *_), c, w in zip(SQLITE_SETTINGS, cpu, wall, strict=True):
+        c_med, w_med = statistics.median(c), statistics.median(w)
+        print(f"| {label} | {c_med * 1e6:,.1f} | {w_med * 1e6:,.1f} | {c_med / base:.2f}x |")
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -693,6 +794,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--profile-n", type=int, default=300, help="registrations profiled (300)")
     parser.add_argument("--top", type=int, default=25, help="functions listed by the profile")
     parser.add_argument("--no-bench", action="store_true", help="profile only")
+    parser.add_argument(
+        "--sqlite-settings",
+        action="store_true",
+        help="also time one client record's INSERT under each SQLite setting considered",
+    )
     parser.add_argument("--out", type=Path, default=OUT_DIR, help="output directory")
     parser.add_argument("--json", action="store_true", help="write the raw series to OUT/*.json")
     parser.add_argument(
@@ -746,6 +852,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.profile:
         for name in variants:
             profile(name, directory, args.profile_n, args.out, args.top)
+    if args.sqlite_settings:
+        sqlite_settings(directory, args.n, args.repeat)
     if args.check and any(r.ratio >= TARGET_RATIO for r in results):
         return 1
     return 0

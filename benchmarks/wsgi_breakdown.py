@@ -94,11 +94,11 @@ def timed_steps(totals: dict[str, float]) -> None:
     wrap(registration.Registrar, "register", "Registrar.register (all of the core)")
     wrap(storage_base.ClientStore, "add", "store add (record encoding + insert)")
     wrap(jose, "verify", "  of which: signature verification")
-    wrap(jose, "peek", "  of which: JWT decoding")
+    wrap(jose, "decode", "  of which: JWT decoding")
     wrap(certificates.TransportCertificateVerifier, "verify", "  of which: chain check")
     wrap(views, "json_response", "view: JSON response")
     wrap(views, "read_body", "view: read body")
-    wrap(views, "_with_client_uri", "view: url_for")
+    wrap(views, "_with_client_uri", "view: registration_client_uri")
 
 
 def main(argv: list[str] | None = None) -> int:
