@@ -1,49 +1,69 @@
-"""Token endpoint requests per second with private_key_jwt: flask-obdcr against node-oidc-provider.
+"""Token endpoint requests per second, per client auth method: flask-obdcr vs node-oidc-provider.
 
 The same set-up as ``benchmarks.http_registration`` (wrk with ``benchmarks/wrk/post_lines.lua``,
 both servers side by side on loopback, 1 and 8 connections), for ``POST /token`` with
-``grant_type=client_credentials`` and a ``private_key_jwt`` client assertion (RFC 7523,
-PS256, a different ``jti`` on every call: both servers refuse a replayed assertion):
+``grant_type=client_credentials``, one client per auth method (``--auth``, repeatable; all
+three by default), each answered by both servers:
+
+* **private_key_jwt** (RFC 7523): a PS256 client assertion, a different ``jti`` on every call
+  (both servers refuse a replayed assertion), signed before each cell (signing is the
+  client's cost) with ``exp`` 10 minutes ahead (flask-obdcr refuses longer-lived ones);
+* **tls_client_auth** (RFC 8705): ``client_id`` in the form, the client authenticated by its
+  certificate matching the registered ``tls_client_auth_subject_dn``; the same request on
+  every call;
+* **client_secret_basic** (RFC 6749): the client's id and secret in an ``Authorization:
+  Basic`` header (kept in a file only wrk reads, never printed); the same request on every
+  call.
+
+Every request of both servers carries the transport certificate in ``X-SSL-Client-Cert``
+(URL-escaped, as nginx's ``$ssl_client_escaped_cert``), honoured from loopback only, and both
+servers bind every token to it (RFC 8705 ``cnf`` ``x5t#S256``):
 
 * **flask-obdcr**: the example bank under gunicorn or granian (``--server``) behind an
-  (imagined) nginx, the client certificate in ``X-SSL-Client-Cert``. The client was registered
-  through ``POST /register`` first; its keys come from the software's JWKS at the sandbox
-  Directory (HTTPS), fetched once per worker and then cached (warm: the warm-up run fills the
-  cache). Per call: the bank checks the transport certificate's chain, verifies the assertion
-  with the cached key, looks the client up in the store, checks the jti, issues an access token
-  bound to the certificate (RFC 8705 ``cnf``) and stores it (hashed) in the same database as the
-  clients.
-* **node-oidc-provider**: ``features.clientCredentials``, the client registered through its
-  registration endpoint with the same public key inline (``jwks``); per call it verifies the
-  assertion, checks the jti and stores an opaque token in its in-memory adapter.
-
-Assertions are signed before each cell (signing is the client's cost) with ``exp`` 10 minutes
-ahead (flask-obdcr refuses longer-lived ones).
+  (imagined) nginx. Clients are registered through ``POST /register`` first; their keys come
+  from the software's JWKS at the sandbox Directory (HTTPS), fetched once per worker and then
+  cached (warm: the warm-up run fills the cache). Per call the bank checks the transport
+  certificate's chain (remembered per certificate), authenticates the client, looks it up,
+  checks a jti, issues an access token bound to the certificate and stores it (hashed) in
+  the same database as the clients.
+* **node-oidc-provider** (``benchmarks/oidc_provider/server.mjs``): ``features.clientCredentials``
+  and ``features.mTLS`` (``tlsClientAuth``, ``certificateBoundAccessTokens``, the certificate
+  from the same header); clients registered through its registration endpoint with the same
+  public key inline and ``tls_client_certificate_bound_access_tokens``. It trusts the proxy to
+  have verified the chain. Before the load the script checks, through node's introspection
+  endpoint, that its token is bound to the certificate.
 
     .venv/bin/python -m benchmarks.token_endpoint
-    .venv/bin/python -m benchmarks.token_endpoint --only flask-sqlite --connections 8
+    .venv/bin/python -m benchmarks.token_endpoint --auth tls_client_auth --connections 8
     .venv/bin/python -m benchmarks.token_endpoint --server gunicorn --server granian
-    .venv/bin/python -m benchmarks.token_endpoint --profile --gunicorn sync:2   # py-spy
+    .venv/bin/python -m benchmarks.token_endpoint --profile --auth tls_client_auth   # py-spy
 
-Output: a markdown table on stdout, ``benchmarks/out/token_endpoint.{json,png}``;
-``--profile``: ``benchmarks/out/profile-token-<store>.{svg,txt}`` and ``-summary.md``.
+Output: one markdown table per auth method on stdout (requests/s, the ratio to
+node-oidc-provider paired per repeat, server CPU per request), ``benchmarks/out/
+token_endpoint.{json,png}``; ``--profile``: ``benchmarks/out/profile-token-<auth>-<store>.
+{svg,txt}`` and ``-summary.md``.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
 import json
 import os
 import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from urllib.parse import quote, urlencode
+
+import requests
 
 from .harness.common import CERT_HEADER, ISSUER, OUT_DIR
 from .harness.onboarding import (
+    AUTH_METHODS,
     Onboarded,
     onboard,
     register_at_bank,
@@ -58,24 +78,54 @@ from .harness.servers import Running, ServerOptions, start_target, start_wsgi, s
 from .harness.signing import write_assertions
 from .harness.wrk import Load, run_wrk
 
+FORM = "application/x-www-form-urlencoded"
+NODE = "node-oidc-provider"
 WORK = {
-    "node-oidc-provider": "PS256 verification; opaque token in memory",
-    "flask-obdcr": (
-        "PS256 verification + certificate chain check; certificate-bound token, durable store"
-    ),
+    "private_key_jwt": {
+        NODE: "PS256 verification, jti; token bound, in memory",
+        "flask-obdcr": "PS256 verification, jti, certificate chain; token bound, durable store",
+    },
+    "tls_client_auth": {
+        NODE: "subject DN match (chain trusted to the proxy); token bound, in memory",
+        "flask-obdcr": "certificate chain + subject DN match; token bound, durable store",
+    },
+    "client_secret_basic": {
+        NODE: "secret comparison; token bound, in memory",
+        "flask-obdcr": "secret hash check, certificate chain; token bound, durable store",
+    },
 }
 
 
 @dataclass
+class Client:
+    """A client registered at a server under test, with what its token requests carry."""
+
+    client_id: str
+    secret: str = field(default="", repr=False)
+
+
+@dataclass
 class Target:
-    """A server under test kept running through the run, with its registered client."""
+    """A server under test kept running through the run, with one client per auth method."""
 
     name: str  # node-oidc-provider | flask-sqlite | flask-postgres
     running: Running
-    client_id: str
-    aud: str
-    count: int
-    header: tuple[str, Path] | tuple[None, None]
+    clients: dict[str, Client]
+
+    @property
+    def aud(self) -> str:
+        """The client assertion's audience: node wants its token endpoint, the bank its
+        issuer."""
+        return f"{self.running.url}/token" if self.name == NODE else ISSUER
+
+    @property
+    def server(self) -> str:
+        return NODE if self.name == NODE else "flask-obdcr"
+
+
+def register(url: str, tpp: Onboarded, name: str, auth: str) -> Client:
+    registered = (register_at_node if name == NODE else register_at_bank)(url, tpp, auth)
+    return Client(registered["client_id"], registered.get("client_secret", ""))
 
 
 def start(
@@ -86,35 +136,118 @@ def start(
     name: str,
     server: ServerOptions,
 ) -> Target:
-    """A server, and one client_credentials client registered at it."""
+    """A server, one client_credentials client per auth method registered at it, and one
+    token request per method (a server that refuses one would make a meaningless run)."""
     running = start_target(
         procs, work, tpp, name, server=server, pg_url=args.pg_url, redis_url=args.redis_url
     )
-    if name == "node-oidc-provider":
-        client_id = register_at_node(running.url, tpp)["client_id"]
-        return Target(
-            name, running, client_id, f"{running.url}/token", args.assertions_node, (None, None)
+    target = Target(name, running, {})
+    for auth in args.auth:
+        target.clients[auth] = register(running.url, tpp, name, auth)
+        smoke_test(target, tpp, auth)
+    return target
+
+
+def token_form(target: Target, auth: str) -> str:
+    """The form of a tls_client_auth or client_secret_basic token request (the same on every
+    call: nothing in it is refused when seen again)."""
+    form = {"grant_type": "client_credentials", "scope": "accounts"}
+    if auth == "tls_client_auth":
+        form["client_id"] = target.clients[auth].client_id
+    return urlencode(form)
+
+
+def auth_headers(target: Target, auth: str) -> dict[str, str]:
+    """The headers of every token request besides the certificate's (RFC 6749 section 2.3.1:
+    id and secret form-encoded, then joined for HTTP Basic)."""
+    if auth != "client_secret_basic":
+        return {}
+    client = target.clients[auth]
+    pair = f"{quote(client.client_id, safe='')}:{quote(client.secret, safe='')}"
+    return {"Authorization": "Basic " + base64.b64encode(pair.encode()).decode()}
+
+
+def smoke_test(target: Target, tpp: Onboarded, auth: str) -> None:
+    """One token request with ``auth``, answered 200; at node, its token bound to the
+    transport certificate (introspection's ``cnf``), as the bank binds every token."""
+    headers = {
+        "Content-Type": FORM,
+        CERT_HEADER: tpp.escaped_transport_pem,
+        **auth_headers(target, auth),
+    }
+    if auth == "private_key_jwt":
+        path = Path(tempfile.mkdtemp(prefix="obdcr-token-smoke-")) / "one.form"
+        try:
+            write_assertions(tpp, path, target.clients[auth].client_id, target.aud, 1)
+            body = path.read_text().strip()
+        finally:
+            shutil.rmtree(path.parent, ignore_errors=True)
+    else:
+        body = token_form(target, auth)
+    url = target.running.url
+    response = requests.post(f"{url}/token", data=body, headers=headers, timeout=30)
+    if response.status_code != 200:
+        raise SystemExit(
+            f"{target.name}, {auth}: token request {response.status_code}: {response.text}"
         )
-    client_id = register_at_bank(running.url, tpp)["client_id"]
+    if target.name != NODE:
+        return
+    # introspection needs an authenticated client: the tls_client_auth one needs no secret
+    # and no assertion, only the certificate header every request carries anyway
+    introspector = target.clients.get("tls_client_auth")
+    if introspector is None:
+        return
+    introspected = requests.post(
+        f"{url}/token/introspection",
+        data={"token": response.json()["access_token"], "client_id": introspector.client_id},
+        headers={CERT_HEADER: tpp.escaped_transport_pem},
+        timeout=30,
+    ).json()
+    bound = (introspected.get("cnf") or {}).get("x5t#S256")
+    if not introspected.get("active") or bound != tpp.transport_thumbprint:
+        raise SystemExit(f"{NODE}, {auth}: the token is not bound to the certificate")
+
+
+def target_load(
+    args: argparse.Namespace, work: Path, tpp: Onboarded, target: Target, auth: str
+) -> tuple[Load, str]:
+    """The cell's load (fresh assertions for private_key_jwt), and a note for its line."""
+    url = target.running.url
     header = (CERT_HEADER, work / "client-cert.header")
-    return Target(name, running, client_id, ISSUER, args.assertions_flask, header)
+    if auth == "private_key_jwt":
+        count = args.assertions_node if target.name == NODE else args.assertions_flask
+        path = work / f"assertions-{target.name}.form"
+        t0 = time.perf_counter()
+        write_assertions(tpp, path, target.clients[auth].client_id, target.aud, count)
+        note = f"  (signed in {time.perf_counter() - t0:.0f} s)"
+        return Load(url, "/token", path, 0, count, FORM, 200, *header), note
+    path = work / f"{auth}-{target.name}.form"
+    path.write_text(token_form(target, auth) + "\n")
+    load = Load(
+        url, "/token", path, 0, 1, FORM, 200, *header,
+        headers=auth_headers(target, auth), reuse=True,
+    )  # fmt: skip
+    return load, ""
 
 
 def run_cell(
-    args: argparse.Namespace, work: Path, tpp: Onboarded, target: Target, conns: int, repeat: int
+    args: argparse.Namespace,
+    work: Path,
+    tpp: Onboarded,
+    target: Target,
+    auth: str,
+    conns: int,
+    repeat: int,
 ) -> Cell:
-    """Fresh assertions, a warm-up run and a measured run against a running server."""
-    path = work / f"assertions-{target.name}.form"
-    t0 = time.perf_counter()
-    write_assertions(tpp, path, target.client_id, target.aud, target.count)
-    signed_in = time.perf_counter() - t0
+    """A warm-up run and a measured run against a running server."""
+    if target.name == NODE:
+        # node's in-memory adapter keeps clients and tokens in one LRU of 1,000 entries: the
+        # tokens of the previous cells have pushed this method's client out; a new one is in
+        target.clients[auth] = register(target.running.url, tpp, target.name, auth)
+    load, note = target_load(args, work, tpp, target, auth)
     if args.quiet_wait > 0:
         wait_for_quiet(args.quiet_wait)
-    load = Load(
-        target.running.url, "/token", path, 0, target.count,
-        "application/x-www-form-urlencoded", 200, *target.header,
-    )  # fmt: skip
-    warm, measured = load.split(target.count // 4)
+    warm, measured = load.split(load.count // 4) if not load.reuse else (load, load)
     if args.warmup > 0:
         run_wrk(warm, connections=conns, duration=args.warmup)
     result = run_wrk(
@@ -124,18 +257,16 @@ def run_cell(
         server_pid=target.running.process.pid,
         database_process="postgres" if target.running.store == "postgres" else None,
     )
-    name = target.name if target.name.startswith("node") else "flask-obdcr"
-    cell = Cell(name, target.running.store, target.running.setup, conns, repeat, result)
-    note = f"  (signed in {signed_in:.0f} s)" + (
-        " (ran out of assertions)" if result.wrapped else ""
-    )
-    print(cell.line(200, note), file=sys.stderr)
+    cell = Cell(target.server, target.running.store, target.running.setup, conns, repeat, result)
+    if result.wrapped:
+        note += " (ran out of assertions)"
+    print(f"  {auth:19}" + cell.line(200, note), file=sys.stderr)
     return cell
 
 
 def profile(args: argparse.Namespace, server: ServerOptions, connections: int = 8) -> None:
-    """py-spy on the bank's workers while wrk drives token requests."""
-    store = args.profile_store
+    """py-spy on the bank's workers while wrk drives token requests of the first ``--auth``."""
+    store, auth = args.profile_store, args.auth[0]
     work = Path(tempfile.mkdtemp(prefix="obdcr-token-profile-"))
     try:
         with Processes() as procs:
@@ -148,22 +279,17 @@ def profile(args: argparse.Namespace, server: ServerOptions, connections: int = 
                     pg_url=args.pg_url, redis_url=args.redis_url,
                 )  # fmt: skip
                 try:
-                    client_id = register_at_bank(running.url, tpp)["client_id"]
-                    path = work / "assertions.form"
-                    write_assertions(tpp, path, client_id, ISSUER, args.assertions_flask)
-                    load = Load(
-                        running.url, "/token", path, 0, args.assertions_flask,
-                        "application/x-www-form-urlencoded", 200, CERT_HEADER,
-                        work / "client-cert.header",
-                    )  # fmt: skip
-                    warm, measured = load.split(args.assertions_flask // 4)
+                    target = Target(f"flask-{store}", running, {})
+                    target.clients[auth] = register(running.url, tpp, target.name, auth)
+                    load, _ = target_load(args, work, tpp, target, auth)
+                    warm, measured = load.split(load.count // 4) if not load.reuse else (load, load)
                     run_wrk(warm, connections=connections, duration=args.warmup)
                     profiled_run(
                         running.process.pid,
                         measured,
                         connections=connections,
                         duration=args.duration,
-                        output=OUT_DIR / f"profile-token-{store}.{suffix}",
+                        output=OUT_DIR / f"profile-token-{auth}-{store}.{suffix}",
                         fmt=fmt,
                         gil=server.multithreaded,
                     )
@@ -171,7 +297,7 @@ def profile(args: argparse.Namespace, server: ServerOptions, connections: int = 
                     stop(procs, running)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    write_profile_summary(OUT_DIR / f"profile-token-{store}.txt")
+    write_profile_summary(OUT_DIR / f"profile-token-{auth}-{store}.txt")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -179,44 +305,75 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.token_endpoint", description=__doc__.split("\n\n")[0]
     )
     add_run_arguments(parser, gunicorn="sync:2")
+    parser.add_argument("--only", action="append", choices=[NODE, "flask-sqlite", "flask-postgres"])
     parser.add_argument(
-        "--only", action="append", choices=["node-oidc-provider", "flask-sqlite", "flask-postgres"]
+        "--auth",
+        action="append",
+        choices=AUTH_METHODS,
+        help="the client auth method (repeatable; default: all three)",
     )
     parser.add_argument(
         "--assertions-flask",
         type=int,
         default=40000,
-        help="assertions signed per flask-obdcr cell (warm-up + measured)",
+        help="private_key_jwt assertions signed per flask-obdcr cell (warm-up + measured)",
     )
     parser.add_argument(
         "--assertions-node",
         type=int,
         default=60000,
-        help="assertions signed per node-oidc-provider cell",
+        help="private_key_jwt assertions signed per node-oidc-provider cell",
     )
     parser.add_argument(
         "--profile",
         action="store_true",
-        help="instead of the comparison: py-spy on flask-obdcr's token endpoint (8 connections,"
-        " the first server setting; use --gunicorn sync:2)",
+        help="instead of the comparison: py-spy on flask-obdcr's token endpoint with the first"
+        " --auth (8 connections, the first server setting; use --gunicorn sync:2)",
     )
     return parser
 
 
+def report(args: argparse.Namespace, cells: dict[str, list[Cell]]) -> None:
+    """One table per auth method, the JSON record, one chart per auth method."""
+    for auth, auth_cells in cells.items():
+        print()
+        print(
+            f"Token endpoint, client_credentials with {auth}, over HTTP on loopback"
+            f" ({os.cpu_count()} cores, wrk, {args.duration:g} s per cell after"
+            f" {args.warmup:g} s warm-up, best of {args.repeat}; the ratio column pairs each"
+            f" run with {NODE}'s run of the same repeat); successful (200) only; both servers"
+            " bind every token to the certificate."
+        )
+        print()
+        print(table(auth_cells, work=WORK[auth], noun="token request", cpu_ratio=True))
+        chart(
+            auth_cells,
+            OUT_DIR / f"token_endpoint-{auth}.png",
+            f"client_credentials + {auth} over HTTP (loopback)",
+        )
+    record = {
+        "machine": machine(),
+        "options": vars(args),
+        "cells": {auth: cells_record(auth_cells) for auth, auth_cells in cells.items()},
+    }
+    (OUT_DIR / "token_endpoint.json").write_text(json.dumps(record, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    args.auth = list(dict.fromkeys(args.auth or AUTH_METHODS))
     settings = server_settings(args)
     if args.profile:
         require_tools(node=False, servers=[settings[0].kind])
         profile(args, settings[0])
         return 0
 
-    targets = args.only or ["node-oidc-provider", "flask-sqlite", "flask-postgres"]
+    targets = args.only or [NODE, "flask-sqlite", "flask-postgres"]
     connections = [int(c) for c in args.connections.split(",")]
-    require_tools(node="node-oidc-provider" in targets, servers=sorted({s.kind for s in settings}))
+    require_tools(node=NODE in targets, servers=sorted({s.kind for s in settings}))
     OUT_DIR.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="obdcr-token-bench-"))
-    cells: list[Cell] = []
+    cells: dict[str, list[Cell]] = {auth: [] for auth in args.auth}
     try:
         with Processes() as procs:
             directory_url, ca_file = start_directory(procs, work)
@@ -225,43 +382,19 @@ def main(argv: list[str] | None = None) -> int:
             # every server up at once (idle servers cost nothing), so the cells can alternate
             running: list[Target] = []
             for name in targets:
-                for server in settings if name != "node-oidc-provider" else settings[:1]:
+                for server in settings if name != NODE else settings[:1]:
                     running.append(start(args, procs, work, tpp, name, server))
             for repeat in range(args.repeat):
                 for conns in connections:
-                    for target in running:
-                        cell = run_undisturbed(
-                            args,
-                            partial(run_cell, args, work, tpp, target, conns, repeat),
-                        )
-                        cells.append(cell)
+                    for auth in args.auth:
+                        for target in running:
+                            run = partial(run_cell, args, work, tpp, target, auth, conns, repeat)
+                            cells[auth].append(run_undisturbed(args, run))
             for target in running:
                 stop(procs, target.running)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-
-    print()
-    print(
-        f"Token endpoint, client_credentials with private_key_jwt (PS256), over HTTP on"
-        f" loopback ({os.cpu_count()} cores, wrk, {args.duration:g} s per cell after"
-        f" {args.warmup:g} s warm-up, best of {args.repeat}; the ratio column pairs each run"
-        " with node-oidc-provider's run of the same repeat); successful (200) only."
-    )
-    print()
-    print(table(cells, work=WORK, noun="token request"))
-    print()
-    print(
-        "flask-obdcr does more per token request: it also checks the transport certificate's"
-        " chain (mutual TLS behind the proxy), binds the token to the certificate and stores"
-        " it durably; both verify the PS256 assertion with a cached key and check its jti."
-    )
-    record = {"machine": machine(), "options": vars(args), "cells": cells_record(cells)}
-    (OUT_DIR / "token_endpoint.json").write_text(json.dumps(record, indent=1))
-    chart(
-        cells,
-        OUT_DIR / "token_endpoint.png",
-        "client_credentials + private_key_jwt over HTTP (loopback)",
-    )
+    report(args, cells)
     return 0
 
 

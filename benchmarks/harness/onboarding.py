@@ -3,6 +3,8 @@ registered at the servers under test."""
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from dataclasses import dataclass
@@ -14,10 +16,14 @@ import requests
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.x509.oid import ObjectIdentifier
 
 from . import signing
 from .common import CERT_HEADER, ISSUER, PYTHON, REDIRECT_URIS, ROLES, ROOT
 from .processes import Processes, ready_text, wait_until
+
+#: the token endpoint auth methods the token scenarios compare (RFC 8705, RFC 7523, RFC 6749)
+AUTH_METHODS = ("private_key_jwt", "tls_client_auth", "client_secret_basic")
 
 
 @dataclass
@@ -33,6 +39,23 @@ class Onboarded:
     transport_pem: str
     ssa: str
     signing_jwk_public: dict[str, Any]
+
+    @property
+    def subject_dn(self) -> str:
+        """The transport certificate's subject as RFC 4514 writes it (what a
+        ``tls_client_auth`` client registers as ``tls_client_auth_subject_dn``)."""
+        certificate = x509.load_pem_x509_certificate(self.transport_pem.encode())
+        return certificate.subject.rfc4514_string(
+            {ObjectIdentifier("2.5.4.97"): "organizationIdentifier"}
+        )
+
+    @property
+    def transport_thumbprint(self) -> str:
+        """RFC 8705's ``x5t#S256`` of the transport certificate: what a bound token's ``cnf``
+        holds."""
+        certificate = x509.load_pem_x509_certificate(self.transport_pem.encode())
+        digest = hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     @property
     def escaped_transport_pem(self) -> str:
@@ -145,12 +168,39 @@ def onboard(directory_url: str, ca_file: str) -> Onboarded:
     )
 
 
-def register_at_bank(url: str, tpp: Onboarded, **metadata: Any) -> dict[str, Any]:
-    """One client registered at the bank through ``POST /register`` (``metadata`` overrides
-    the request's claims, e.g. ``token_endpoint_auth_method``); its registration response."""
+def auth_metadata(tpp: Onboarded, method: str) -> dict[str, Any]:
+    """The client metadata of ``method`` (one of :data:`AUTH_METHODS`); None drops a claim."""
+    if method not in AUTH_METHODS:
+        raise ValueError(f"unknown auth method {method!r}: one of {', '.join(AUTH_METHODS)}")
+    if method == "private_key_jwt":
+        return {"token_endpoint_auth_method": method, "token_endpoint_auth_signing_alg": "PS256"}
+    metadata: dict[str, Any] = {
+        "token_endpoint_auth_method": method,
+        "token_endpoint_auth_signing_alg": None,
+    }
+    if method == "tls_client_auth":
+        metadata["tls_client_auth_subject_dn"] = tpp.subject_dn
+    return metadata
+
+
+def _apply(claims: dict[str, Any], metadata: dict[str, Any]) -> dict[str, Any]:
+    for name, value in metadata.items():
+        if value is None:
+            claims.pop(name, None)
+        else:
+            claims[name] = value
+    return claims
+
+
+def register_at_bank(
+    url: str, tpp: Onboarded, auth_method: str = "private_key_jwt", **metadata: Any
+) -> dict[str, Any]:
+    """One client registered at the bank through ``POST /register`` with ``auth_method``
+    (``metadata`` overrides the request's claims further; None drops one); its registration
+    response (with ``client_secret`` for a secret-based method)."""
     signing.init_signer(tpp.signing_key_pem, tpp.signing_kid)
     claims = signing.registration_claims(tpp, aud=ISSUER, now=int(time.time()), lifetime=300)
-    claims.update(metadata)
+    _apply(claims, {**auth_metadata(tpp, auth_method), **metadata})
     response = requests.post(
         url + "/register",
         data=signing.sign_ps256(claims),
@@ -162,12 +212,17 @@ def register_at_bank(url: str, tpp: Onboarded, **metadata: Any) -> dict[str, Any
     return response.json()
 
 
-def register_at_node(url: str, tpp: Onboarded, **metadata: Any) -> dict[str, Any]:
-    """One client_credentials client registered at node-oidc-provider (``POST /reg``)."""
+def register_at_node(
+    url: str, tpp: Onboarded, auth_method: str = "private_key_jwt", **metadata: Any
+) -> dict[str, Any]:
+    """One client_credentials client registered at node-oidc-provider (``POST /reg``) with
+    ``auth_method``, its tokens bound to the transport certificate (RFC 8705
+    ``tls_client_certificate_bound_access_tokens``, as the bank binds every token)."""
     body = signing.node_registration_metadata(tpp, 0)
     body.update(grant_types=["client_credentials"], response_types=[], scope="accounts")
     body.pop("redirect_uris", None)
-    body.update(metadata)
+    body["tls_client_certificate_bound_access_tokens"] = True
+    _apply(body, {**auth_metadata(tpp, auth_method), **metadata})
     response = requests.post(url + "/reg", json=body, timeout=30)
     if response.status_code != 201:
         raise SystemExit(f"registration at oidc-provider: {response.status_code} {response.text}")

@@ -71,6 +71,23 @@ def paired_ratios(cells: list[Cell], baseline: str) -> dict[tuple[str, str, int]
     return ratios
 
 
+def paired_cpu_ratios(cells: list[Cell], baseline: str) -> dict[tuple[str, str, int], list[float]]:
+    """Server CPU per request / the baseline's in the same repeat and at the same concurrency
+    (what a request costs, against what the baseline's costs)."""
+    base = {
+        (c.repeat, c.connections): c.result.server_cpu_us_per_request
+        for c in cells
+        if c.label == baseline and c.result.good and c.result.server_cpu_s > 0
+    }
+    ratios: dict[tuple[str, str, int], list[float]] = defaultdict(list)
+    for c in cells:
+        if (c.repeat, c.connections) in base and c.result.good:
+            ratios[(c.label, c.setup, c.connections)].append(
+                c.result.server_cpu_us_per_request / base[(c.repeat, c.connections)]
+            )
+    return ratios
+
+
 def ratio_text(values: list[float]) -> str:
     """``0.52x``, or ``0.50-0.55x`` when the repeats differ."""
     if not values:
@@ -96,24 +113,30 @@ def table(
     baseline: str = "node-oidc-provider",
     work: dict[str, str] | None = None,
     noun: str = "registration",
+    cpu_ratio: bool = False,
 ) -> str:
     """A markdown table: the best repeat of each cell, its ratio to ``baseline`` per repeat,
-    server CPU per request, what each server does per ``noun``."""
+    server CPU per request (with ``cpu_ratio``, also as a ratio to the baseline's, paired per
+    repeat), what each server does per ``noun``."""
     ratios = paired_ratios(cells, baseline)
+    cpu_ratios = paired_cpu_ratios(cells, baseline) if cpu_ratio else {}
     best = best_cells(cells)
     work = work or {}
+    cpu_head = f" | CPU/req vs {baseline} (per repeat)" if cpu_ratio else ""
     lines = [
         "| server | store | setup | conns | req/s | p50 ms | p99 ms | server CPU µs/req"
-        f" | vs {baseline} (per repeat) | other load | work per {noun} |",
-        "|---|---|---|---:|---:|---:|---:|---:|---:|---:|---|",
+        f" | req/s vs {baseline} (per repeat){cpu_head} | other load | work per {noun} |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * cpu_ratio + "---:|---|",
     ]
     for cell in sorted(best, key=lambda c: (c.connections, ROW_ORDER.get(c.label, 9), c.label)):
         r = cell.result
+        key = (cell.label, cell.setup, cell.connections)
+        cpu_cell = f" {ratio_text(cpu_ratios.get(key, []))} |" if cpu_ratio else ""
         lines.append(
             f"| {cell.server} | {cell.store} | {cell.setup} | {cell.connections} |"
             f" {r.good_rps:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} |"
             f" {r.cpu_text()} |"
-            f" {ratio_text(ratios.get((cell.label, cell.setup, cell.connections), []))} |"
+            f" {ratio_text(ratios.get(key, []))} |{cpu_cell}"
             f" {r.other_cpu_cores:.2f} |"
             f" {work.get(cell.server, '')} |"
         )

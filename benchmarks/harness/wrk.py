@@ -7,8 +7,9 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import requests
@@ -61,10 +62,16 @@ class WrkResult:
 
 @dataclass
 class Load:
-    """One wrk run: which lines of which file go to which endpoint."""
+    """One wrk run: which lines of which file go to which endpoint, and how.
+
+    ``headers`` are sent on every call (an ``Authorization`` header: written to a file only
+    the run's user can read, for the run only; never in wrk's environment or command line).
+    ``reuse``: the bodies may be sent again (a ``tls_client_auth`` or ``client_secret_basic``
+    token request carries nothing a server refuses to see twice)."""
 
     url: str
     path: str
+    #: one body per line (not read for a GET, which sends none)
     body_file: Path
     start: int
     count: int
@@ -72,6 +79,9 @@ class Load:
     expect: int
     header_name: str | None = None
     header_file: Path | None = None
+    headers: dict[str, str] = field(default_factory=dict)
+    method: str = "POST"
+    reuse: bool = False
 
     def split(self, warm_lines: int) -> tuple[Load, Load]:
         """A warm-up load of the first ``warm_lines`` lines, and the rest for the measured run
@@ -97,20 +107,55 @@ def run_wrk(
 ) -> WrkResult:
     """Drive ``load`` for ``duration`` seconds; the server's CPU (``server_pid`` and its
     descendants) and the database's (processes named ``database_process``) around it."""
-    threads = wrk_threads(connections)
+    with tempfile.NamedTemporaryFile("w", prefix="obdcr-wrk-headers-", suffix=".txt") as handle:
+        # NamedTemporaryFile is created readable by its owner only
+        handle.write("".join(f"{name}: {value}\n" for name, value in load.headers.items()))
+        handle.flush()
+        return _run_wrk(
+            load,
+            connections=connections,
+            duration=duration,
+            server_pid=server_pid,
+            database_process=database_process,
+            headers_file=handle.name if load.headers else None,
+        )
+
+
+def wrk_environment(load: Load, threads: int, headers_file: str | None) -> dict[str, str]:
+    """What ``post_lines.lua`` reads: the load, as environment variables (no secret in them:
+    extra headers travel in ``headers_file``)."""
     env = {
-        **os.environ,
-        "BENCH_FILE": str(load.body_file),
         "BENCH_START": str(load.start),
         "BENCH_COUNT": str(load.count),
         "BENCH_THREADS": str(threads),
+        "BENCH_METHOD": load.method,
         "BENCH_PATH": load.path,
         "BENCH_CONTENT_TYPE": load.content_type,
         "BENCH_EXPECT": str(load.expect),
     }
+    if load.method != "GET":
+        env["BENCH_FILE"] = str(load.body_file)
     if load.header_name and load.header_file:
         env["BENCH_HEADER_NAME"] = load.header_name
         env["BENCH_HEADER_FILE"] = str(load.header_file)
+    if headers_file:
+        env["BENCH_HEADERS_FILE"] = headers_file
+    if load.reuse:
+        env["BENCH_REUSE"] = "1"
+    return env
+
+
+def _run_wrk(
+    load: Load,
+    *,
+    connections: int,
+    duration: float,
+    server_pid: int | None,
+    database_process: str | None,
+    headers_file: str | None,
+) -> WrkResult:
+    threads = wrk_threads(connections)
+    env = {**os.environ, **wrk_environment(load, threads, headers_file)}
     argv = [
         "wrk",
         "-t",
