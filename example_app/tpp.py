@@ -937,12 +937,21 @@ def init(
                 cause=f"the Directory says its org_id is {response.json().get('org_id')}",
                 remedy="pass the org_id the Directory printed with this software",
             )
-        tpp.config.update(org_id=org_id, software_id=software_id)
+        found = response.json()
+        # what onboard remembers too: the TPP's page and status name the software by them
+        tpp.config.update(
+            org_id=org_id,
+            software_id=software_id,
+            client_name=found.get("client_name"),
+            roles=found.get("roles") or [],
+        )
     tpp.save()
     click.echo(f"TPP working directory: {tpp.workdir}")
     click.echo(pretty(tpp.config))
     if "software_id" not in tpp.config:
         click.echo(f"next: `{p} onboard`")
+    else:
+        click.echo(f"next: `{p} keys`")
 
 
 @cli.command()

@@ -103,16 +103,29 @@ def certificate_summary(software: dict[str, Any]) -> str:
     return ", ".join(f"{r['type']} {r['status']}" for r in records)
 
 
-def _bank_url(state: DirectoryState) -> str | None:
-    """The bank's URL, when this Directory runs in a sandbox folder with a bank (``make serve``
-    writes both URLs in ``<sandbox>/run/sandbox.json``)."""
+def _sandbox_url(state: DirectoryState, name: str) -> str | None:
+    """The URL of the sandbox's ``bank_url`` or ``tpp_url``, when this Directory runs in a
+    sandbox folder (``make serve`` writes them in ``<sandbox>/run/sandbox.json``)."""
     if state.folder.name != "directory":
         return None
     from ..sandbox import running  # the sandbox module imports this package
 
     info = running(state.folder.parent) or {}
-    url = info.get("bank_url")
-    return url if isinstance(url, str) and url else None
+    url = info.get(name)
+    return url.rstrip("/") if isinstance(url, str) and url else None
+
+
+def _bank_url(state: DirectoryState) -> str | None:
+    return _sandbox_url(state, "bank_url")
+
+
+def _redirect_uri(state: DirectoryState) -> str:
+    """The redirect URI a new software statement is offered: the callback of the TPP's page
+    this sandbox runs (another TPP_PORT included), else make serve's default."""
+    from ..tpp import DEFAULT_REDIRECT_URI
+
+    tpp_url = _sandbox_url(state, "tpp_url")
+    return f"{tpp_url}/callback" if tpp_url else DEFAULT_REDIRECT_URI
 
 
 def tpp_folder(state: DirectoryState, software: dict[str, Any]) -> tuple[Path, str | None]:
@@ -265,15 +278,13 @@ def portal_blueprint() -> Blueprint:
     def software_form(
         org_id: str, status: int = 200, *, error: str | None = None, form: Any = None
     ) -> tuple[str, int]:
-        from ..tpp import DEFAULT_REDIRECT_URI
-
         organisation = _state().organisation(org_id)
         values = {
             "client_name": "",
             "description": "",
             "roles": ["AISP"],
             # the TPP's own page under make serve, where the customer comes back to
-            "redirect_uris": DEFAULT_REDIRECT_URI,
+            "redirect_uris": _redirect_uri(_state()),
         }
         if form is not None:
             values = {
