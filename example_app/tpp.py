@@ -1597,6 +1597,9 @@ def register(tpp: TPP, no_cert: bool, brief: bool) -> None:
         pass
     tpp.save()
     click.echo(f"client_id {registration['client_id']}; next: `{prog()} token`")
+    if "authorization_code" in (registration.get("grant_types") or []):
+        page, _running = web_page(tpp)
+        click.echo(f"and a customer's consent: open {page}/ in a browser (or `{prog()} consent`)")
 
 
 def _registration(tpp: TPP) -> dict[str, Any]:

@@ -498,8 +498,13 @@ def test_register_brief_is_one_line_of_the_fields_that_matter(sandbox, tmp_path)
         r"\(and 25 claims of the software statement and \d+ more fields, left out: --brief\)",
         lines[at + 2],
     )
-    assert lines[-1] == f"client_id {client_id}; next: `obdcr-tpp token`"
-    assert len(lines) <= 6, output
+    assert lines[-2] == f"client_id {client_id}; next: `obdcr-tpp token`"
+    # the consent journey's start, where the TPP's page is
+    assert lines[-1] == (
+        f"and a customer's consent: open {PAGE_CALLBACK.removesuffix('/callback')}/ in a"
+        " browser (or `obdcr-tpp consent`)"
+    )
+    assert len(lines) <= 7, output
     for left_out in ("software_statement", "registration_access_token", '"exp"', '"aud"'):
         assert left_out not in output
     assert saved["registration_access_token"] not in output
