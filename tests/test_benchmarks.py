@@ -1,33 +1,44 @@
 """The benchmark package: every module imports, every scenario's ``--help`` works as
 ``python -m benchmarks.<scenario>``, one scenario runs in process (tiny), and the harness's
-pure parts (server command lines, wrk's output, the Authlib peer) behave as the scenarios
-rely on. No server is started and no load is sent here: the real runs are in
-benchmarks/README.md."""
+pure parts (server command lines, wrk's output, the reports, the Authlib peer, the protected
+API of ``require_token_http``) behave as the scenarios rely on. No server under test is
+started here; wrk's script is run once against a small recording server on loopback (one
+second per load) to prove what it sends. The real runs are in benchmarks/README.md."""
 
 from __future__ import annotations
 
+import base64
 import importlib
 import json
+import os
 import pkgutil
+import shutil
 import sqlite3
+import stat
 import subprocess
 import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 
 import benchmarks
 import benchmarks.harness
-from benchmarks.harness import apps
-from benchmarks.harness.common import INSTANCE_ENV, ROOT
-from benchmarks.harness.report import Cell, paired_ratios, ratio_text, table
+from benchmarks import token_endpoint
+from benchmarks.harness import apps, onboarding, wrk
+from benchmarks.harness.common import CERT_HEADER, INSTANCE_ENV, ISSUER, ROOT
+from benchmarks.harness.report import Cell, paired_cpu_ratios, paired_ratios, ratio_text, table
 from benchmarks.harness.servers import ServerOptions, parse_servers
 from benchmarks.harness.wrk import Load, WrkResult, parse_wrk_output
 from flask_obdcr.testing import SandboxDirectory
+from flask_obdcr.testing.server import JWKSServer
 
 SCENARIOS = [
     "http_registration",
     "token_endpoint",
+    "require_token_http",
     "wsgi_breakdown",
     "store_lookup",
     "registration",
@@ -70,7 +81,7 @@ def test_every_scenario_help_runs_as_a_module():
         assert f"python -m benchmarks.{name}" in out, name
 
 
-@pytest.mark.parametrize("name", ["http_registration", "token_endpoint"])
+@pytest.mark.parametrize("name", ["http_registration", "token_endpoint", "require_token_http"])
 def test_http_scenarios_take_both_servers(name):
     module = importlib.import_module(f"benchmarks.{name}")
     args = module.parser().parse_args(["--server", "granian", "--server", "gunicorn"])
@@ -138,13 +149,15 @@ def test_a_load_splits_into_disjoint_warm_and_measured_lines():
     assert (measured.start, measured.count) == (21, 79)
 
 
-def _cell(server: str, rps: float, repeat: int) -> Cell:
+def _cell(
+    server: str, rps: float, repeat: int, setup: str = "granian 2x1", cpu_s: float | None = None
+) -> Cell:
     result = WrkResult(
         requests=int(rps), duration_s=1.0, rps=rps, good=int(rps), bad=0, wrapped=0,
         socket_errors=0, timeouts=0, p50_ms=1.0, p90_ms=2.0, p99_ms=3.0, mean_ms=1.0,
-        bad_statuses={}, server_cpu_s=rps * 1e-3,
+        bad_statuses={}, server_cpu_s=rps * 1e-3 if cpu_s is None else cpu_s,
     )  # fmt: skip
-    return Cell(server, "sqlite", "granian 2x1", 8, repeat, result)
+    return Cell(server, "sqlite", setup, 8, repeat, result)
 
 
 def test_report_pairs_ratios_per_repeat():
@@ -222,3 +235,245 @@ def test_authlib_peer_refuses_metadata_the_server_does_not_support(authlib_peer)
     assert response.status_code == 400
     assert response.get_json()["error"] == "invalid_client_metadata"
     assert _rows(db) == 0
+
+
+def test_report_pairs_cpu_per_request_within_each_server_setting():
+    # require_token_http: each GET against the unchecked GET under the same server
+    open_, guarded = "GET, no check", "GET, require_token"
+    cells = [
+        _cell(open_, 4000, 0, "granian 2x1", cpu_s=0.8),  # 200 us per request
+        _cell(guarded, 3000, 0, "granian 2x1", cpu_s=0.75),  # 250 us: 1.25x
+        _cell(open_, 2000, 0, "gunicorn 2 sync", cpu_s=0.8),  # 400 us
+        _cell(guarded, 1800, 0, "gunicorn 2 sync", cpu_s=0.792),  # 440 us: 1.10x
+    ]
+    rps = paired_ratios(cells, open_, same_setup=True)
+    assert rps[(guarded, "granian 2x1", 8)] == [0.75]
+    assert rps[(guarded, "gunicorn 2 sync", 8)] == [0.9]
+    cpu = paired_cpu_ratios(cells, open_, same_setup=True)
+    assert cpu[(guarded, "granian 2x1", 8)] == [pytest.approx(1.25)]
+    assert cpu[(guarded, "gunicorn 2 sync", 8)] == [pytest.approx(1.1)]
+    text = table(cells, baseline=open_, cpu_ratio=True, same_setup=True)
+    rows = [line for line in text.splitlines()[2:]]
+    # each setting's rows together, the baseline first; both ratio columns
+    assert [r.split(" | ")[0] + " " + r.split(" | ")[2] for r in rows] == [
+        f"| {open_} granian 2x1",
+        f"| {guarded} granian 2x1",
+        f"| {open_} gunicorn 2 sync",
+        f"| {guarded} gunicorn 2 sync",
+    ]
+    assert "| 0.75x | 1.25x |" in rows[1] and "| 0.90x | 1.10x |" in rows[3]
+    assert "CPU/req vs GET, no check" in text.splitlines()[0]
+
+
+def test_auth_metadata_per_method(authlib_peer):
+    _, directory, software, _ = authlib_peer
+    tpp = onboarding.Onboarded(
+        directory_url="https://127.0.0.1:1", ca_file="ca.pem", org_id=software.org_id,
+        software_id=software.software_id, signing_kid="kid", signing_key_pem="",
+        transport_pem=software.transport_pem(), ssa="", signing_jwk_public={},
+    )  # fmt: skip
+    assert tpp.subject_dn == software.subject_dn
+    assert onboarding.auth_metadata(tpp, "tls_client_auth") == {
+        "token_endpoint_auth_method": "tls_client_auth",
+        "token_endpoint_auth_signing_alg": None,  # dropped from the request
+        "tls_client_auth_subject_dn": software.subject_dn,
+    }
+    assert onboarding.auth_metadata(tpp, "private_key_jwt")["token_endpoint_auth_signing_alg"] == (
+        "PS256"
+    )
+    assert "tls_client_auth_subject_dn" not in onboarding.auth_metadata(tpp, "client_secret_basic")
+    with pytest.raises(ValueError, match="unknown auth method"):
+        onboarding.auth_metadata(tpp, "none")
+
+
+def test_token_requests_per_auth_method():
+    target = token_endpoint.Target(
+        "flask-sqlite",
+        None,  # type: ignore[arg-type]  # not started: only the clients are read
+        {
+            "tls_client_auth": token_endpoint.Client("tls-id"),
+            "client_secret_basic": token_endpoint.Client("basic id", "s3cr:t"),
+        },
+    )
+    assert token_endpoint.token_form(target, "tls_client_auth") == (
+        "grant_type=client_credentials&scope=accounts&client_id=tls-id"
+    )
+    assert "client_id" not in token_endpoint.token_form(target, "client_secret_basic")
+    assert token_endpoint.auth_headers(target, "tls_client_auth") == {}
+    header = token_endpoint.auth_headers(target, "client_secret_basic")["Authorization"]
+    # RFC 6749 section 2.3.1: each part form-encoded before the colon joins them
+    assert base64.b64decode(header.removeprefix("Basic ")) == b"basic%20id:s3cr%3At"
+    assert "s3cr" not in repr(target.clients["client_secret_basic"])
+
+
+def test_wrk_environment_keeps_headers_out_of_it(tmp_path):
+    load = Load(
+        "http://127.0.0.1:1", "/accounts", tmp_path / "unused", 0, 1, "", 200,
+        CERT_HEADER, tmp_path / "cert", headers={"Authorization": "Bearer secret-token"},
+        method="GET", reuse=True,
+    )  # fmt: skip
+    env = wrk.wrk_environment(load, 2, "/tmp/headers.txt")
+    assert env["BENCH_METHOD"] == "GET" and env["BENCH_REUSE"] == "1"
+    assert "BENCH_FILE" not in env  # a GET sends no body
+    assert env["BENCH_HEADERS_FILE"] == "/tmp/headers.txt"
+    assert not any("secret-token" in value for value in env.values())
+    post = Load("http://127.0.0.1:1", "/token", tmp_path / "forms", 0, 9, "x", 200)
+    env = wrk.wrk_environment(post, 1, None)
+    assert env["BENCH_FILE"] == str(tmp_path / "forms") and "BENCH_REUSE" not in env
+
+
+class _Recorder(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    seen: list[tuple[str, str, dict[str, str], bytes]] = []
+
+    def _answer(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        if len(self.seen) < 50:
+            self.seen.append((self.command, self.path, dict(self.headers), body))
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"{}")
+
+    do_GET = do_POST = _answer
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture
+def recorder():
+    if shutil.which("wrk") is None:
+        if os.environ.get("CI"):
+            pytest.fail("wrk is not installed (apt-get install -y wrk)")
+        pytest.skip("wrk is not installed (apt-get install -y wrk)")
+    _Recorder.seen = []
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Recorder)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}", _Recorder.seen
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_wrk_script_sends_gets_and_reused_bodies_with_headers_from_a_file(
+    recorder, tmp_path, monkeypatch
+):
+    url, seen = recorder
+    (tmp_path / "cert").write_text("escaped%20pem\n")
+    written: list[tuple[str, int]] = []
+    paths: list[Path] = []
+    real = wrk._run_wrk
+
+    def spy(load, **kw):
+        path = kw["headers_file"]
+        if path is not None:
+            paths.append(Path(path))
+            written.append((Path(path).read_text(), stat.S_IMODE(os.stat(path).st_mode)))
+        return real(load, **kw)
+
+    monkeypatch.setattr(wrk, "_run_wrk", spy)
+    get = Load(
+        url, "/accounts", tmp_path / "unused", 0, 1, "", 200, CERT_HEADER, tmp_path / "cert",
+        headers={"Authorization": "Bearer tok"}, method="GET", reuse=True,
+    )  # fmt: skip
+    result = wrk.run_wrk(get, connections=1, duration=1)
+    assert result.good > 0 and result.bad == 0 and result.wrapped == 0
+    method, path, headers, body = seen[0]
+    assert (method, path, body) == ("GET", "/accounts", b"")
+    assert headers["Authorization"] == "Bearer tok"
+    assert headers[CERT_HEADER] == "escaped%20pem"
+    assert "Content-Type" not in headers and "Content-Length" not in headers
+    # the headers file: the run's user only, gone after the run
+    assert written == [("Authorization: Bearer tok\n", 0o600)]
+    assert len(paths) == 1 and not paths[0].exists()
+
+    # one reusable line, two threads: both send it, nothing counts as wrapped
+    seen.clear()
+    (tmp_path / "form").write_text("grant_type=client_credentials&client_id=x\n")
+    post = Load(
+        url, "/token", tmp_path / "form", 0, 1, "application/x-www-form-urlencoded", 200,
+        reuse=True,
+    )  # fmt: skip
+    result = wrk.run_wrk(post, connections=2, duration=1)
+    assert result.good > 2 and result.wrapped == 0
+    assert {(m, p, b) for m, p, _, b in seen} == {
+        ("POST", "/token", b"grant_type=client_credentials&client_id=x")
+    }
+
+
+@pytest.fixture
+def protected_api(tmp_path, monkeypatch):
+    directory = SandboxDirectory()
+    with JWKSServer(directory) as server:
+        software = directory.register_software()  # after start: its URLs point at the server
+        config = directory.app_config(
+            tmp_path / "transport-ca.pem",
+            issuer=ISSUER,
+            OBDCR_HTTP_VERIFY=server.ca_file(tmp_path / "jwks-ca.pem"),
+            OBDCR_CLIENT_CERT_HEADER=CERT_HEADER,
+            OBDCR_TRUSTED_PROXIES=["127.0.0.1"],
+        )
+        (tmp_path / apps.API_CONFIG).write_text(json.dumps(config))
+        monkeypatch.setenv(INSTANCE_ENV, str(tmp_path))
+        app = apps.protected_api()
+        client = app.test_client()
+        client.environ_base["REMOTE_ADDR"] = "127.0.0.1"  # the trusted proxy
+        cert = {CERT_HEADER: quote(software.transport_pem(), safe="")}
+        registered = client.post(
+            "/register",
+            data=directory.registration_request(
+                software, aud=ISSUER, token_endpoint_auth_method="tls_client_auth"
+            ),
+            content_type="application/jwt",
+            headers=cert,
+            base_url="https://localhost",
+        )
+        assert registered.status_code == 201, registered.get_data(as_text=True)
+        issued = client.post(
+            "/token",
+            data={
+                "grant_type": "client_credentials",
+                "scope": "accounts",
+                "client_id": registered.get_json()["client_id"],
+            },
+            headers=cert,
+            base_url="https://localhost",
+        )
+        assert issued.status_code == 200, issued.get_data(as_text=True)
+        yield client, cert, issued.get_json()["access_token"], directory
+
+
+def test_protected_api_answers_the_guarded_get_with_the_bound_token_and_certificate(
+    protected_api,
+):
+    client, cert, token, _ = protected_api
+    bearer = {"Authorization": f"Bearer {token}"}
+    guarded = client.get("/accounts", headers={**bearer, **cert})
+    assert guarded.status_code == 200
+    unchecked = client.get("/accounts-open", headers={**bearer, **cert})
+    assert unchecked.status_code == 200
+    # the same view, so the two GETs differ only by the check
+    assert guarded.get_json() == unchecked.get_json() == apps.ACCOUNTS
+
+
+def test_protected_api_refuses_the_token_without_its_certificate(protected_api):
+    client, cert, token, directory = protected_api
+    bearer = {"Authorization": f"Bearer {token}"}
+    bare = client.get("/accounts", headers=bearer)
+    assert bare.status_code == 401
+    assert bare.get_json()["error"] == "invalid_token"
+    other = directory.register_software()  # a certificate the token is not bound to
+    wrong = client.get(
+        "/accounts", headers={**bearer, CERT_HEADER: quote(other.transport_pem(), safe="")}
+    )
+    assert wrong.status_code == 401
+    assert wrong.get_json()["error"] == "invalid_token"
+    forged = client.get("/accounts", headers={"Authorization": "Bearer forged", **cert})
+    assert forged.status_code == 401
+    assert forged.get_json()["error"] == "invalid_token"
+    # the token itself is still good: the refusals changed nothing
+    assert client.get("/accounts", headers={**bearer, **cert}).status_code == 200

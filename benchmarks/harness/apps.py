@@ -141,3 +141,52 @@ def authlib_peer() -> Any:
     from .authlib_peer import create_app
 
     return _with_proxy_fix(create_app(instance_folder()))
+
+
+#: the file of the protected API's settings in its instance folder (the bank's OBDCR_* keys)
+API_CONFIG = "api.json"
+#: what both GETs of the protected API answer
+ACCOUNTS = {"Data": {"Account": [{"AccountId": "22289", "Currency": "GBP"}]}}
+
+
+def protected_api() -> Any:
+    """A resource server beside its authorization server, for ``require_token`` over HTTP: the
+    same extension, store and settings as the bank (the instance folder's ``api.json``: the
+    sandbox Directory trusted, the certificate in ``X-SSL-Client-Cert`` from 127.0.0.1), the
+    same ProxyFix, and only what the comparison needs:
+
+    * ``POST /register`` (the extension's) and ``POST /token`` (Authlib's
+      ``AuthorizationServer`` wired by ``dcr.configure_authorization_server``, tokens bound to
+      the certificate and stored with the clients);
+    * ``GET /accounts``: a small JSON document behind ``@dcr.require_token("accounts")``;
+    * ``GET /accounts-open``: the same view without the decorator (nothing checked).
+
+    The example bank itself checks the client certificate before every non-public view
+    (``_require_client_certificate``), so its own GETs have no unchecked twin; this app has
+    only the decorator's work between the two."""
+    from authlib.integrations.flask_oauth2 import AuthorizationServer
+    from flask import Flask
+
+    from flask_obdcr import OpenBankingDCR
+
+    folder = instance_folder()
+    app = Flask("bench_api", instance_path=str(folder))
+    app.config.update(json.loads((folder / API_CONFIG).read_text()))
+    dcr = OpenBankingDCR(app)
+    server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
+    dcr.configure_authorization_server(server)
+
+    @app.get("/")
+    def index() -> Any:
+        return {"service": "require_token API"}
+
+    @app.post("/token")
+    def token() -> Any:
+        return server.create_token_response()
+
+    def accounts() -> Any:
+        return ACCOUNTS
+
+    app.add_url_rule("/accounts", "accounts", dcr.require_token("accounts")(accounts))
+    app.add_url_rule("/accounts-open", "accounts_open", accounts)
+    return _with_proxy_fix(app)

@@ -53,37 +53,45 @@ def best_cells(cells: list[Cell]) -> list[Cell]:
     return [max(group, key=lambda c: c.result.good_rps) for group in groups.values()]
 
 
-def paired_ratios(cells: list[Cell], baseline: str) -> dict[tuple[str, str, int], list[float]]:
-    """Throughput / the baseline's in the same repeat and at the same concurrency: the ratios
-    of runs made minutes apart, side by side, which host-level noise moves far less than the
-    absolute figures."""
+def _pairing(cell: Cell, same_setup: bool) -> tuple[int, int, str]:
+    return (cell.repeat, cell.connections, cell.setup if same_setup else "")
+
+
+def paired_ratios(
+    cells: list[Cell], baseline: str, *, same_setup: bool = False
+) -> dict[tuple[str, str, int], list[float]]:
+    """Throughput / the baseline's in the same repeat and at the same concurrency (and with
+    ``same_setup``, under the same server setting): the ratios of runs made minutes apart,
+    side by side, which host-level noise moves far less than the absolute figures."""
     base = {
-        (c.repeat, c.connections): c.result.good_rps
+        _pairing(c, same_setup): c.result.good_rps
         for c in cells
         if c.label == baseline and c.result.good_rps
     }
     ratios: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for c in cells:
-        if (c.repeat, c.connections) in base:
+        if _pairing(c, same_setup) in base:
             ratios[(c.label, c.setup, c.connections)].append(
-                c.result.good_rps / base[(c.repeat, c.connections)]
+                c.result.good_rps / base[_pairing(c, same_setup)]
             )
     return ratios
 
 
-def paired_cpu_ratios(cells: list[Cell], baseline: str) -> dict[tuple[str, str, int], list[float]]:
-    """Server CPU per request / the baseline's in the same repeat and at the same concurrency
-    (what a request costs, against what the baseline's costs)."""
+def paired_cpu_ratios(
+    cells: list[Cell], baseline: str, *, same_setup: bool = False
+) -> dict[tuple[str, str, int], list[float]]:
+    """Server CPU per request / the baseline's, paired as :func:`paired_ratios` pairs (what a
+    request costs, against what the baseline's costs)."""
     base = {
-        (c.repeat, c.connections): c.result.server_cpu_us_per_request
+        _pairing(c, same_setup): c.result.server_cpu_us_per_request
         for c in cells
         if c.label == baseline and c.result.good and c.result.server_cpu_s > 0
     }
     ratios: dict[tuple[str, str, int], list[float]] = defaultdict(list)
     for c in cells:
-        if (c.repeat, c.connections) in base and c.result.good:
+        if _pairing(c, same_setup) in base and c.result.good:
             ratios[(c.label, c.setup, c.connections)].append(
-                c.result.server_cpu_us_per_request / base[(c.repeat, c.connections)]
+                c.result.server_cpu_us_per_request / base[_pairing(c, same_setup)]
             )
     return ratios
 
@@ -114,12 +122,14 @@ def table(
     work: dict[str, str] | None = None,
     noun: str = "registration",
     cpu_ratio: bool = False,
+    same_setup: bool = False,
 ) -> str:
     """A markdown table: the best repeat of each cell, its ratio to ``baseline`` per repeat,
     server CPU per request (with ``cpu_ratio``, also as a ratio to the baseline's, paired per
-    repeat), what each server does per ``noun``."""
-    ratios = paired_ratios(cells, baseline)
-    cpu_ratios = paired_cpu_ratios(cells, baseline) if cpu_ratio else {}
+    repeat), what each server does per ``noun``. ``same_setup``: each row against the
+    baseline under the same server setting (a baseline run under every setting)."""
+    ratios = paired_ratios(cells, baseline, same_setup=same_setup)
+    cpu_ratios = paired_cpu_ratios(cells, baseline, same_setup=same_setup) if cpu_ratio else {}
     best = best_cells(cells)
     work = work or {}
     cpu_head = f" | CPU/req vs {baseline} (per repeat)" if cpu_ratio else ""
@@ -128,7 +138,12 @@ def table(
         f" | req/s vs {baseline} (per repeat){cpu_head} | other load | work per {noun} |",
         "|---|---|---|---:|---:|---:|---:|---:|---:|" + "---:|" * cpu_ratio + "---:|---|",
     ]
-    for cell in sorted(best, key=lambda c: (c.connections, ROW_ORDER.get(c.label, 9), c.label)):
+
+    def order(c: Cell) -> tuple[int, str, int, str]:
+        # paired per setting: each setting's rows together, its baseline first
+        return (c.connections, c.setup if same_setup else "", ROW_ORDER.get(c.label, 9), c.label)
+
+    for cell in sorted(best, key=order):
         r = cell.result
         key = (cell.label, cell.setup, cell.connections)
         cpu_cell = f" {ratio_text(cpu_ratios.get(key, []))} |" if cpu_ratio else ""

@@ -22,7 +22,8 @@ from typing import Any
 
 import requests
 
-from .common import INSTANCE_ENV, ISSUER, NODE_DIR, ROOT, VENV_BIN
+from .apps import API_CONFIG
+from .common import CERT_HEADER, INSTANCE_ENV, ISSUER, NODE_DIR, ROOT, VENV_BIN
 from .onboarding import Onboarded
 from .processes import Processes, free_port, node_version, ready_text, wait_until
 
@@ -33,7 +34,10 @@ APPS = {
     "noop": "benchmarks.harness.apps:noop",
     "floor": "benchmarks.harness.apps:floor",
     "authlib-peer": "benchmarks.harness.apps:authlib_peer",
+    "api": "benchmarks.harness.apps:protected_api",
 }
+#: the protected API of ``require_token_http`` (its store: ``--store``, SQLite by default)
+API_TARGETS = ("api-sqlite", "api-postgres")
 
 
 @dataclass(frozen=True)
@@ -180,12 +184,26 @@ def start_wsgi(
     config: dict[str, Any] | None = None,
 ) -> Running:
     """One WSGI target (``flask-sqlite``, ``flask-postgres``: the bank; ``flask-noop``,
-    ``flask-floor``, ``authlib-peer``) under ``server``, in a fresh instance folder (SQLite)
-    or on fresh tables (PostgreSQL). ``config`` adds to the bank's settings."""
-    store = target.removeprefix("flask-")
+    ``flask-floor``, ``authlib-peer``; ``api-sqlite``, ``api-postgres``: the protected API of
+    :func:`~benchmarks.harness.apps.protected_api`) under ``server``, in a fresh instance
+    folder (SQLite) or on fresh tables (PostgreSQL). ``config`` adds to the bank's settings."""
+    store = target.removeprefix("flask-").removeprefix("api-")
     instance = Path(tempfile.mkdtemp(prefix=f"{target}-", dir=work))
     redis = None
-    if store in ("sqlite", "postgres"):
+    if target in API_TARGETS:
+        if store == "postgres":
+            pg_prepare(pg_url)
+        settings = {
+            **bank_config(tpp, store, pg_url, redis_url),
+            "OBDCR_CLIENT_CERT_HEADER": CERT_HEADER,
+            "OBDCR_TRUSTED_PROXIES": ["127.0.0.1"],
+            **(config or {}),
+        }
+        (instance / API_CONFIG).write_text(json.dumps(settings, indent=2))
+        if redis_url:
+            redis = (redis_url, settings["OBDCR_REDIS_PREFIX"])
+        factory = APPS["api"]
+    elif store in ("sqlite", "postgres"):
         if store == "postgres":
             pg_prepare(pg_url)
         settings = {**bank_config(tpp, store, pg_url, redis_url), **(config or {})}
