@@ -329,11 +329,7 @@ class Journey:
             raise AuthorizationRefused(
                 "The request does not say which TPP it comes from (no client_id)."
             )
-        stored = self.dcr.store.get(client_id)
-        if stored is None:
-            raise AuthorizationRefused("No TPP is registered at this bank with this client_id.")
-        if suspension(stored) is not None:
-            raise AuthorizationRefused("This TPP's registration is suspended at this bank.")
+        stored = self._registered_client(client_id)
         if "request_uri" in args:
             raise AuthorizationRefused(
                 "This bank does not fetch request objects (request_uri): the TPP must send it"
@@ -347,6 +343,15 @@ class Journey:
             )
         claims = self._verified_claims(stored, raw)
         return self._checked_request(stored, args, claims)
+
+    def _registered_client(self, client_id: str) -> StoredClient:
+        """The client, registered and not suspended; else :class:`AuthorizationRefused`."""
+        stored = self.dcr.store.get(client_id)
+        if stored is None:
+            raise AuthorizationRefused("No TPP is registered at this bank with this client_id.")
+        if suspension(stored) is not None:
+            raise AuthorizationRefused("This TPP's registration is suspended at this bank.")
+        return stored
 
     def _verified_claims(self, stored: StoredClient, raw: str) -> dict[str, Any]:
         registered = stored.metadata.get("request_object_signing_alg")
@@ -532,6 +537,9 @@ class Journey:
     ) -> Response:
         """The consent Authorised with ``accounts``: 302 to the redirect URI with ``code``,
         ``id_token`` and ``state`` in the fragment."""
+        # checked again: an operator may have suspended the TPP since GET /authorize, and
+        # Authlib's checks pass a suspended client (its token requests are what they refuse)
+        self._registered_client(pending.client_id)
         grant = self._authlib_grant(pending)
         grant.validate_consent_request()
         self._check_consent(pending.client_id, pending.consent_id)

@@ -40,6 +40,10 @@ CSRF_KEY = "anybank_csrf"
 CSRF_FIELD = "csrf_token"
 #: how long a customer has, from the TPP's request to their decision
 PENDING_LIFETIME = 600
+#: the most the session cookie's name and value may take once /authorize keeps the request:
+#: browsers drop a cookie over 4096 bytes without a word, and signing in and the operator
+#: console add a few hundred bytes to the same session later
+SESSION_COOKIE_BUDGET = 3800
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,18 @@ def _csrf_ok() -> bool:
         and bool(sent)
         and hmac.compare_digest(expected.encode(), sent.encode())
     )
+
+
+def _session_cookie_size(**changes: Any) -> int:
+    """The bytes of the session cookie's name and value with ``changes`` made; 0 when the
+    app keeps its sessions elsewhere than in a signed cookie."""
+    interface = current_app.session_interface
+    serializer = getattr(interface, "get_signing_serializer", lambda app: None)(current_app)
+    if serializer is None:
+        return 0
+    value = serializer.dumps({**session, **changes})
+    name = interface.get_cookie_name(current_app)
+    return len(name.encode()) + 1 + len(str(value).encode())
 
 
 def _page(template: str, *, status: int = 200, **values: Any) -> Response:
@@ -152,14 +168,25 @@ def customer_blueprint(journey: Journey) -> Blueprint:
     @bp.get("/authorize")
     def authorize() -> Response:
         try:
-            verified = journey.verify_request(request.args)
+            args = request.args
+        except UnicodeDecodeError:  # Werkzeug decodes a query string's raw bytes strictly
+            return _error(
+                "The address of this request is not valid: its query string is not UTF-8."
+                " Start again from the TPP's app."
+            )
+        try:
+            verified = journey.verify_request(args)
         except AuthorizationRefused as refused:
             current_app.logger.info("authorization request refused: %r", refused.message)
             return _error(refused.message, refused.status)
-        session[PENDING_KEY] = {
-            "request": verified.to_session(),
-            "until": int(time.time()) + PENDING_LIFETIME,
-        }
+        record = {"request": verified.to_session(), "until": int(time.time()) + PENDING_LIFETIME}
+        if _session_cookie_size(**{PENDING_KEY: record}) > SESSION_COOKIE_BUDGET:
+            # the browser would drop the cookie, and the next page say nothing is in progress
+            return _error(
+                "The TPP's request is too long for this bank to keep while you sign in (its"
+                " state or nonce is too long). Ask the TPP to send a shorter one."
+            )
+        session[PENDING_KEY] = record
         return redirect(url_for(".sign_in"), 303)
 
     @bp.route("/sign-in", methods=["GET", "POST"])

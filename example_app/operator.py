@@ -104,6 +104,17 @@ def local_path(target: Any) -> str | None:
     return target
 
 
+def _asked_next() -> Any:
+    """The ``next`` of the form, else of the query string; None when the query string is not
+    UTF-8 (Werkzeug decodes its raw bytes strictly), as for any ``next`` that is not a path."""
+    if "next" in request.form:
+        return request.form["next"]
+    try:
+        return request.args.get("next")
+    except UnicodeDecodeError:
+        return None
+
+
 def _credentials_match(user: str, password: str) -> bool:
     # both compared, always, in constant time: the answer takes as long whichever is wrong
     config = current_app.config
@@ -121,7 +132,7 @@ def _csrf_ok() -> bool:
 
 
 def _sign_in_page(*, status: int = 200, message: str | None = None, user: str = "") -> Response:
-    next_path = local_path(request.values.get("next")) or url_for(f"{CONSOLE}.index")
+    next_path = local_path(_asked_next()) or url_for(f"{CONSOLE}.index")
     body = render_template(
         "operator/sign_in.html",
         message=message,
@@ -153,7 +164,7 @@ def _operator_blueprint() -> Blueprint:
             )
         if request.method == "GET":
             if signed_in():
-                target = local_path(request.args.get("next")) or url_for(f"{CONSOLE}.index")
+                target = local_path(_asked_next()) or url_for(f"{CONSOLE}.index")
                 return redirect(target, 303)  # type: ignore[return-value]
             return _sign_in_page()
         user = request.form.get("user", "")
@@ -198,7 +209,11 @@ def install_console(app: Flask, dcr: OpenBankingDCR) -> None:
         if request.blueprint != CONSOLE or signed_in():
             return None
         if request.method in ("GET", "HEAD"):
-            return redirect(url_for(f"{OPERATOR}.sign_in", next=request.full_path.rstrip("?")), 303)
+            try:
+                back = request.full_path.rstrip("?")
+            except UnicodeDecodeError:  # a query string that is not UTF-8: the page alone
+                back = request.path
+            return redirect(url_for(f"{OPERATOR}.sign_in", next=back), 303)
         return None
 
     @app.context_processor

@@ -9,6 +9,7 @@ material is read.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -21,12 +22,18 @@ __all__ = ["redact_url", "settings_sections"]
 REDACTED = "***"
 #: query parameters whose value may be a secret (or the path of a private key)
 SECRET_PARAMETERS = ("pass", "secret", "token", "key", "auth", "credential")
+#: a user name and password as SQLAlchemy's URL grammar reads them: the password runs to the
+#: first "@", "/", "?" and "#" included, where urlsplit ends the authority at the first of those
+_LOOSE_USERINFO = re.compile(r"^([A-Za-z][\w+.-]*://)[^:/@]*:[^@]*@")
 
 
 def redact_url(url: Any) -> str:
     """``url`` without its user name, password and secret-looking query values:
     ``postgresql://app:hunter2@db:5432/obdcr`` -> ``postgresql://***@db:5432/obdcr``."""
     text = str(url)
+    loose = _LOOSE_USERINFO.match(text)
+    if loose is not None:
+        text = f"{loose[1]}{REDACTED}@{text[loose.end() :]}"
     try:
         parts = urlsplit(text)
     except ValueError:

@@ -281,8 +281,11 @@ def console_blueprint(
         return client
 
     @bp.get("/")
-    def index() -> str:
-        query = request.args.get("q", "").strip()
+    def index() -> str | Response:
+        try:
+            query = request.args.get("q", "").strip()
+        except UnicodeDecodeError:  # Werkzeug decodes a query string's raw bytes strictly
+            return _plain("The search's query string is not UTF-8: search again.", 400)
         with _store_failures_as_503("listed", many=True):
             clients: Iterable[StoredClient] = _state().store.list()
             rows = [summary(c) for c in clients if matches(c, query)]
