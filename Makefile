@@ -24,6 +24,9 @@ BANK_PORT ?= 9443
 # the TPP's web page (its redirect URI: https://127.0.0.1:$(TPP_PORT)/callback)
 TPP_PORT ?= 7443
 INSTANCE ?= instance
+# what runs the bank: werkzeug (its own TLS), or granian behind nginx (nginx terminates TLS and
+# passes the client certificate on; needs nginx, its njs module and granian)
+SERVER ?= werkzeug
 
 .DEFAULT_GOAL := help
 .PHONY: help demo serve reset test lint bench clean
@@ -43,6 +46,8 @@ help:
 	@echo "                TPP_PORT=$(TPP_PORT)        the TPP's web page (its redirect URI: /callback)"
 	@echo "                (0: any free port; taken or shared machine: others, e.g. 8444 9444 7444)"
 	@echo "                INSTANCE=$(INSTANCE)   the workshop state: PKI, registry, clients, TPP files"
+	@echo "                SERVER=granian   the bank under granian behind nginx (default: werkzeug);"
+	@echo "                                 needs nginx with njs, and granian: it says what to install"
 	@echo "              a second make serve on the same INSTANCE prints the running one's URLs"
 	@echo "make reset    remove the workshop state (INSTANCE) once no make serve runs on it"
 	@echo "                STOP=1      stop the running one first"
@@ -68,7 +73,8 @@ demo: $(DEMO_DEPS)
 # both servers kept running for a workshop (state in $(INSTANCE)); Ctrl-C stops them
 serve: $(DEMO_DEPS)
 	$(BIN)/python -m example_app.serve --workdir $(INSTANCE) \
-		--directory-port $(DIRECTORY_PORT) --bank-port $(BANK_PORT) --tpp-port $(TPP_PORT)
+		--directory-port $(DIRECTORY_PORT) --bank-port $(BANK_PORT) --tpp-port $(TPP_PORT) \
+		--server $(SERVER)
 
 # the workshop state removed, once no `make serve` runs on it (STOP=1: stop it first)
 reset: $(DEMO_DEPS)

@@ -10,7 +10,8 @@ Layout of the working folder (it is also the bank's Flask instance folder)::
                       the TPP's web page reads too (``obdcr-tpp web``, :mod:`example_app.tpp_web`)
     logs/             the servers' output, when they run as processes with log files
     run/              while a sandbox runs: sandbox.lock (held by the process that started it),
-                      sandbox.json (its pid and URLs), the servers' *.url files
+                      sandbox.json (its pid and URLs), the servers' *.url files; nginx/
+                      (nginx's files, when granian runs the bank)
 
 The Directory serves its issuing CA's CRL and OCSP responder too (``/pki/issuing.crl``,
 ``/pki/ocsp``), and every certificate it issues to a TPP names them, so the bank checks each
@@ -25,6 +26,18 @@ example_app.tpp --workdir <folder>/tpp web``, each stopping if its parent dies) 
 of this process (``mode="thread"``). ``stop()`` always stops them all; use it as a context
 manager.
 
+``server="granian"`` (``make serve SERVER=granian``; processes only) runs the bank under
+granian instead, with example_app/wsgi.py's production command line (``granian --interface
+wsgi --factory ... example_app.wsgi:granian_behind_nginx``, two workers, ``ANYBANK_INSTANCE``
+the working folder) on a free loopback port, behind nginx on ``bank_port``: granian hands a
+WSGI app no client certificate, so nginx terminates TLS with the bank's certificate, verifies
+the client's against the sandbox CA and passes it in ``Client-Cert``
+(example_app/nginx/anybank.conf rendered by :mod:`example_app.nginx`, nothing changed but its
+placeholders; its configuration, pid file, logs and temporary files in ``run/nginx/``). Both
+stop with the rest, and with this process however it ends (Linux). :func:`missing_for` says
+what the machine lacks for it (nginx and its njs module, granian), and ``start()`` refuses,
+touching nothing, while anything is missing.
+
 One sandbox at a time per folder: ``start()`` takes ``run/sandbox.lock`` (an ``flock``, so it
 is released when its process ends, however it ends) and raises :class:`SandboxRunning`, with
 the running one's pid and URLs, if another process holds it; it then touches nothing in the
@@ -33,21 +46,36 @@ folder. :func:`running` says whether (and where) a sandbox runs in a folder.
 
 from __future__ import annotations
 
+import ctypes
 import fcntl
+import importlib.util
 import json
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from ._util import write_json
-from .directory import DirectoryState
+import requests
 
-__all__ = ["Sandbox", "SandboxError", "SandboxRunning", "running"]
+from ._util import read_json, write_file, write_json
+from .directory import DirectoryState
+from .directory.cli import installed_command
+from .nginx import Nginx, NginxError, NginxNotFound, find_nginx, template_values
+
+__all__ = ["SERVERS", "Sandbox", "SandboxError", "SandboxRunning", "missing_for", "running"]
 
 LOOPBACK = "127.0.0.1"
+#: what runs the bank: Werkzeug's server (its own TLS), or granian behind nginx
+SERVERS = ("werkzeug", "granian")
+#: granian's worker processes for the bank (``server="granian"``)
+GRANIAN_WORKERS = 2
+#: Linux's prctl(2) option: a signal for the child when its parent ends
+PR_SET_PDEATHSIG = 1
 
 
 class SandboxError(RuntimeError):
@@ -102,6 +130,55 @@ def _package_root() -> str:
     return str(Path(__file__).resolve().parent.parent)
 
 
+def missing_for(server: str) -> list[str]:
+    """What this machine lacks to run the bank under ``server``, each as what to install
+    (empty: nothing). granian gives a WSGI app no client certificate, so under granian the
+    bank runs behind nginx, which terminates TLS and passes the certificate on."""
+    if server != "granian":
+        return []
+    missing = []
+    try:
+        find_nginx()
+    except NginxNotFound as exc:
+        missing.append(str(exc))
+    if importlib.util.find_spec("granian") is None:
+        pip = installed_command("pip")
+        missing.append(
+            f"granian is not installed in this Python ({sys.executable}): install it,"
+            f" {pip} install granian (or the test or the bench extra: {pip} install -e '.[test]')"
+        )
+    return missing
+
+
+def _free_port(host: str) -> int:
+    """A port free on ``host`` now. nginx cannot say which port it got for 0, so it is given
+    one this way; another program could take it in between, and then nginx says so."""
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:
+        probe.bind((host, 0))
+        return probe.getsockname()[1]
+
+
+def _url(scheme: str, host: str, port: int) -> str:
+    return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+
+
+def _stop_with_parent() -> Callable[[], None] | None:
+    """For Popen's ``preexec_fn`` (Linux): the child gets SIGTERM when this process ends,
+    however it ends, as the servers started with ``--exit-with-parent`` stop by themselves;
+    nginx and granian have no such option. None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl  # looked up here: not after the fork
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+        if os.getppid() != parent:  # the parent ended before the line above
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return preexec
+
+
 class Sandbox:
     def __init__(
         self,
@@ -115,9 +192,14 @@ class Sandbox:
         log_files: bool = True,
         startup_timeout: float = 30.0,
         revocation_cache_seconds: int | None = None,
+        server: str = "werkzeug",
     ) -> None:
         if mode not in ("process", "thread"):
             raise ValueError("mode is 'process' or 'thread'")
+        if server not in SERVERS:
+            raise ValueError(f"server is one of {', '.join(SERVERS)}")
+        if server == "granian" and mode != "process":
+            raise ValueError("the bank runs under granian as processes only (mode='process')")
         self.folder = Path(folder).resolve()
         self.host = host
         self.directory_port = directory_port
@@ -130,6 +212,11 @@ class Sandbox:
         #: the bank's OBDCR_REVOCATION_CACHE_SECONDS (None: the extension's default, 300): how
         #: long it trusts an OCSP or CRL answer about a certificate before asking again
         self.revocation_cache_seconds = revocation_cache_seconds
+        #: what runs the bank: "werkzeug" (its own TLS), or "granian" (behind nginx)
+        self.server = server
+        self.granian_workers = GRANIAN_WORKERS
+        #: granian's ``host:port`` behind nginx (``server="granian"``, once it runs)
+        self.bank_upstream: str | None = None
         self.directory_url: str | None = None
         self.bank_url: str | None = None
         #: the TPP's web page (its redirect URI: ``tpp_url + "/callback"``), None without one
@@ -138,6 +225,9 @@ class Sandbox:
         self.bank_app: Any = None
         self._processes: list[tuple[str, subprocess.Popen, IO | None]] = []
         self._servers: list[Any] = []
+        self._nginx: Nginx | None = None
+        #: the processes started in a session of their own: their group is killed at stop
+        self._groups: set[int] = set()
         self._lock: IO | None = None
 
     # -- paths -----------------------------------------------------------------------------
@@ -162,11 +252,20 @@ class Sandbox:
     def run_folder(self) -> Path:
         return _run_folder(self.folder)
 
+    @property
+    def nginx_folder(self) -> Path:
+        """nginx's configuration, pid file, logs and temporary files (``server="granian"``)."""
+        return self.run_folder / "nginx"
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> Sandbox:
         """Start both servers; :class:`SandboxRunning` (and nothing touched) if another
-        process runs a sandbox in this folder."""
+        process runs a sandbox in this folder; :class:`SandboxError` (and nothing touched)
+        if the machine lacks what ``server`` needs (:func:`missing_for`)."""
+        missing = missing_for(self.server)
+        if missing:
+            raise SandboxError(f"the bank cannot run under {self.server}: {'; '.join(missing)}")
         self._acquire()
         try:
             state = DirectoryState.open(self.directory_folder)
@@ -178,7 +277,7 @@ class Sandbox:
             if self.mode == "thread":
                 self._start_threads(state, directory_tls, bank_tls)
             else:
-                self._start_processes()
+                self._start_processes(bank_tls)
             if self.tpp_port is not None:
                 self._start_tpp_web(tpp_tls)
             write_json(
@@ -190,6 +289,7 @@ class Sandbox:
                     "tpp_url": self.tpp_url,
                     "ca_bundle": str(self.ca_bundle),
                     "mode": self.mode,
+                    "server": self.server,
                 },
             )
         except BaseException:
@@ -302,7 +402,7 @@ class Sandbox:
             url_file,
         )
 
-    def _start_processes(self) -> None:
+    def _start_processes(self, bank_tls: tuple[Path, Path]) -> None:
         run = self.run_folder
         run.mkdir(exist_ok=True)
         directory_url_file = run / "directory.url"
@@ -327,6 +427,10 @@ class Sandbox:
             ],
             directory_url_file,
         )
+        if self.server == "granian":
+            self._start_bank_behind_nginx(bank_tls)
+            write_file(bank_url_file, f"{self.bank_url}\n")  # as the Werkzeug bank does
+            return
         bank_options = []
         if self.revocation_cache_seconds is not None:
             bank_options = ["--revocation-cache-seconds", str(self.revocation_cache_seconds)]
@@ -354,13 +458,99 @@ class Sandbox:
             bank_url_file,
         )
 
-    def _spawn(self, name: str, args: list[str], url_file: Path) -> str:
+    def _start_bank_behind_nginx(self, bank_tls: tuple[Path, Path]) -> None:
+        """The bank under granian on a free loopback port, plain HTTP, behind nginx on
+        ``bank_port``: nginx terminates TLS with the bank's certificate, asks every client
+        for its transport certificate, verifies it against the sandbox CA and passes it on
+        in ``Client-Cert`` (example_app/nginx/anybank.conf, nothing changed but its
+        placeholders). The command line is example_app/wsgi.py's, with two workers."""
+        from .bank import CONFIG_FILE, KEPT, sandbox_config
+        from .wsgi import INSTANCE_ENV, request_variables
+
+        assert self.directory_url is not None, "the Directory runs first"
+        binary, js_module = find_nginx()
+        port = self.bank_port or _free_port(self.host)
+        url = _url("https", self.host, port)
+        # what `python -m example_app.bank serve` writes: the bank's settings for this URL,
+        # with what an operator chose at an earlier start (audiences, auth methods) kept
+        config_file = self.folder / CONFIG_FILE
+        earlier = read_json(config_file, None) or {}
+        config = sandbox_config(
+            issuer=url, directory_url=self.directory_url, ca_file=str(self.ca_bundle)
+        )
+        config.update({key: value for key, value in earlier.items() if key in KEPT})
+        if self.revocation_cache_seconds is not None:
+            config["OBDCR_REVOCATION_CACHE_SECONDS"] = self.revocation_cache_seconds
+        write_json(config_file, config)
+
+        upstream = f"{LOOPBACK}:{_free_port(LOOPBACK)}"
+        # granian copies its environment into every request's WSGI environ: nothing that
+        # reads as request data (example_app/wsgi.py refuses to start with it)
+        env = self._child_env()
+        for name in request_variables(env):
+            del env[name]
+        env[INSTANCE_ENV] = str(self.folder)
+        host, granian_port = upstream.rsplit(":", 1)
+        process = self._launch(
+            "bank",
+            [
+                "-m", "granian", "--interface", "wsgi", "--factory",
+                "--host", host, "--port", granian_port, "--http", "1",
+                "--workers", str(self.granian_workers), "--blocking-threads", "1",
+                "--respawn-failed-workers", "--access-log",
+                "example_app.wsgi:granian_behind_nginx",
+            ],
+            env=env,
+            own_session=True,
+        )  # fmt: skip
+        self._wait("bank", process, lambda: self._answers(f"http://{upstream}/"))
+        self.bank_upstream = upstream
+
+        self._nginx = Nginx(binary, js_module, self.nginx_folder, preexec_fn=_stop_with_parent())
+        values = template_values(
+            listen=f"[{self.host}]:{port}" if ":" in self.host else f"{self.host}:{port}",
+            server_name=self.host,
+            tls_cert=bank_tls[0],
+            tls_key=bank_tls[1],
+            client_ca=self.ca_bundle,
+            upstream=upstream,
+        )
+        try:
+            self.bank_url = self._nginx.start(
+                values, url=url, ca_bundle=self.ca_bundle, timeout=self.startup_timeout
+            )
+        except NginxError as exc:
+            raise SandboxError(f"nginx, in front of the bank, did not start: {exc}") from None
+
+    @staticmethod
+    def _answers(url: str) -> bool:
+        try:
+            with requests.Session() as session:
+                session.trust_env = False  # loopback: no proxy
+                return session.get(url, timeout=(1, 5)).status_code == 200
+        except requests.RequestException:
+            return False
+
+    def _child_env(self) -> dict[str, str]:
         env = dict(os.environ)
         # the example is importable from the checkout even before `pip install -e .` knew it
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (_package_root(), env.get("PYTHONPATH")) if p
         )
         env["PYTHONUNBUFFERED"] = "1"
+        return env
+
+    def _launch(
+        self,
+        name: str,
+        args: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        own_session: bool = False,
+    ) -> subprocess.Popen:
+        """``python ARGS`` (this interpreter), its output in logs/NAME.log or this terminal.
+        ``own_session``: in a session of its own, stopped with this process (a server
+        without ``--exit-with-parent``), its whole group killed at :meth:`stop`."""
         log: IO | None = None
         if self.log_files:
             self.logs_folder.mkdir(exist_ok=True)
@@ -370,24 +560,40 @@ class Sandbox:
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT if log is not None else None,
-            env=env,
+            env=self._child_env() if env is None else env,
             # where make serve runs: the folder in which the commands the servers print (the
             # portal's next commands) are typed; every path they are given is absolute
             cwd=os.getcwd(),
+            start_new_session=own_session,
+            preexec_fn=_stop_with_parent() if own_session else None,
         )
         self._processes.append((name, process, log))
+        if own_session:
+            self._groups.add(process.pid)
+        return process
+
+    def _wait(self, name: str, process: subprocess.Popen, ready: Callable[[], Any]) -> Any:
+        """Until ``ready()`` gives something (returned), or :class:`SandboxError` if the
+        process exits or ``startup_timeout`` passes."""
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:
-            if url_file.exists():
-                url = url_file.read_text().strip()
-                if url:
-                    return url
+            found = ready()
+            if found:
+                return found
             if process.poll() is not None:
                 raise SandboxError(
                     f"{name} exited with status {process.returncode}{self._log(name)}"
                 )
             time.sleep(0.05)
         raise SandboxError(f"{name} did not start in {self.startup_timeout:.0f} s{self._log(name)}")
+
+    def _spawn(self, name: str, args: list[str], url_file: Path) -> str:
+        process = self._launch(name, args)
+
+        def url() -> str | None:
+            return url_file.read_text().strip() if url_file.exists() else None
+
+        return self._wait(name, process, url)
 
     def _log(self, name: str) -> str:
         path = self.logs_folder / f"{name}.log"
@@ -402,6 +608,9 @@ class Sandbox:
         stopped_processes = bool(self._processes)
         while self._servers:
             self._servers.pop().stop()
+        if self._nginx is not None:  # before the bank behind it
+            self._nginx.stop()
+            self._nginx = None
         while self._processes:
             _name, process, log = self._processes.pop()
             if process.poll() is None:
@@ -411,6 +620,12 @@ class Sandbox:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait(timeout=10)
+            if process.pid in self._groups:
+                self._groups.discard(process.pid)
+                try:
+                    os.killpg(process.pid, signal.SIGKILL)  # a worker left behind
+                except ProcessLookupError:
+                    pass
             if log is not None:
                 log.close()
         if stopped_processes:  # their URLs are stale now

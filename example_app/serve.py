@@ -15,6 +15,15 @@ One instance per working folder: when one already runs there, this says so, with
 and exits (status 0) without touching its files; a port another program holds is named, with
 how to pick another, and the exit status is 1.
 
+``--server granian`` (``make serve SERVER=granian``; default ``werkzeug``) runs the bank under
+granian behind nginx (:class:`example_app.sandbox.Sandbox`, ``server="granian"``): nginx
+listens on the bank's port, terminating TLS and passing the client certificate on; granian runs
+example_app/wsgi.py's production command line on a free loopback port. It needs nginx with
+its njs module (``apt-get install nginx libnginx-mod-http-js``) and granian in this Python
+(``.venv/bin/pip install granian``, or the test or bench extra); without them it says what
+to install and exits with status 1, touching nothing. The banner says which server runs the
+bank.
+
 ``--reset`` (``make reset``) removes the working folder, the whole workshop state, once no
 instance runs there; with ``--stop`` (``make reset STOP=1``) it first stops the one that does.
 """
@@ -35,7 +44,7 @@ from urllib.parse import urlsplit
 
 from .directory.cli import directory_command, installed_command, shown_path
 from .operator import SANDBOX_PASSWORD, SANDBOX_USER
-from .sandbox import Sandbox, SandboxError, SandboxRunning, running
+from .sandbox import SERVERS, Sandbox, SandboxError, SandboxRunning, missing_for, running
 from .serving import wait_for_signal
 
 #: what a sandbox working folder holds (see example_app.sandbox): ``--reset`` removes a
@@ -58,6 +67,30 @@ def _make_variable(option: str) -> str:
 #: the README's first step, as a fresh shell runs it (the redirect URI: the TPP's page's
 #: callback, onboard's default)
 ONBOARD = '--client-name "My TPP" --role AISP'
+
+
+def served_by(sandbox: Sandbox) -> str:
+    """Which server runs the bank, as the banner says it."""
+    # a sandbox description without `server` (the banner's test gives a namespace) is the
+    # default's, Werkzeug's
+    if getattr(sandbox, "server", "werkzeug") == "granian":
+        return (
+            f"granian ({sandbox.granian_workers} workers on {sandbox.bank_upstream}) behind nginx"
+            f" (logs: {shown_path(sandbox.nginx_folder)})"
+        )
+    return "Werkzeug's server (SERVER=granian: granian behind nginx)"
+
+
+def missing_message(server: str, missing: list[str]) -> str:
+    """What to tell someone whose machine lacks what ``server`` needs."""
+    lines = [
+        f"Cannot run AnyBank under {server} here: granian gives a WSGI app no client"
+        " certificate, so the bank runs behind nginx, which terminates TLS and passes the"
+        " certificate on. Missing:",
+        *(f"  - {what}" for what in missing),
+        "Nothing was started or written. Without them: make serve (the bank under Werkzeug).",
+    ]
+    return "\n".join(lines)
 
 
 def banner(sandbox: Sandbox) -> str:
@@ -102,6 +135,7 @@ def banner(sandbox: Sandbox) -> str:
 Sandbox Open Banking Directory  {sandbox.directory_url}
   portal                        {sandbox.directory_url}/portal/
 AnyBank                         {sandbox.bank_url}
+  served by                     {served_by(sandbox)}
   discovery                     {sandbox.bank_url}/.well-known/openid-configuration
   console                       {sandbox.bank_url}/console/  (sign in: {operator})
 The TPP's web page              {tpp_url or "(not started)"}/
@@ -252,6 +286,12 @@ def main(argv: list[str] | None = None) -> int:
         "--tpp-port", type=int, default=7443, help="the TPP's web page; 0: a free port"
     )
     parser.add_argument(
+        "--server",
+        choices=SERVERS,
+        default="werkzeug",
+        help="what runs the bank: Werkzeug's server, or granian behind nginx (default: werkzeug)",
+    )
+    parser.add_argument(
         "--revocation-cache-seconds",
         type=int,
         default=None,
@@ -268,6 +308,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.reset:
         return reset(folder, stop=args.stop)
 
+    missing = missing_for(args.server)
+    if missing:
+        print(missing_message(args.server, missing), file=sys.stderr, flush=True)
+        return 1
     info = running(folder)
     if info is not None:
         print(already_running(folder, info), flush=True)
@@ -289,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
         mode="process",
         revocation_cache_seconds=args.revocation_cache_seconds,
         log_files=False,  # the servers' request logs go to this terminal
+        server=args.server,
     )
     try:
         sandbox.start()
