@@ -54,7 +54,9 @@ Flask's instance folder, as ``behind_nginx()``)::
 ``--blocking-threads 1`` runs one request at a time in each worker's Python, as gunicorn's
 sync workers do; ``--http 1`` is what nginx speaks to its upstream; ``--respawn-failed-workers``
 replaces a worker that dies, as gunicorn does. ``tests/test_granian.py`` runs this command
-line (two workers, a free port) behind the rendered ``anybank.conf``.
+line (two workers, a free port) behind the rendered ``anybank.conf``; ``make serve
+SERVER=granian`` runs it too (:class:`example_app.sandbox.Sandbox`), nginx rendered by
+:mod:`example_app.nginx`.
 
 granian (2.x) copies its whole process environment into every request's WSGI environ (the
 request's own keys on top), so a variable named like request data would be every request's:

@@ -43,6 +43,7 @@ MAKE_VARIABLES = (
     "DIRECTORY_PORT",
     "BANK_PORT",
     "TPP_PORT",
+    "SERVER",
     "VENV",
 )
 #: the acronyms make demo must explain, once, where each first appears
