@@ -4,15 +4,19 @@ operator console and sign-in, and the console's settings page.
 Each test here is the regression test of a defect the pass found (a 500 on a malformed
 request, a refusal that a browser turns into a misleading page, a secret shown, a decision
 taken for a TPP the bank has suspended); the attacks that found nothing are in the pass's
-report, not here. The bank is ``example_app.bank.create_app`` with the sandbox Directory's key
-sets on loopback, as in tests/test_consent_journey.py, whose TPP and browser helpers these
-tests reuse.
+report, not here. The last two are strict expected failures: their defects lie in files this
+pass did not change (the fix is in its report), and they turn red once fixed, to drop the
+mark. The bank is ``example_app.bank.create_app`` with the sandbox Directory's key sets on
+loopback, as in tests/test_consent_journey.py, whose TPP and browser helpers these tests
+reuse.
 """
 
 from __future__ import annotations
 
 import re
 import secrets
+import sqlite3
+import xml.etree.ElementTree as ElementTree
 from collections.abc import Iterator
 
 import pytest
@@ -22,6 +26,7 @@ from test_consent_journey import ISSUER, REDIRECT_URI, TPP, Browser, register
 
 from example_app.bank import create_app
 from example_app.bank_store import BankStore
+from example_app.directory import DirectoryError, DirectoryState, create_directory_app
 from example_app.operator import SANDBOX_PASSWORD, SANDBOX_USER
 from flask_obdcr.console import console_blueprint
 from flask_obdcr.console.settings import redact_url
@@ -132,8 +137,6 @@ def test_a_query_string_that_is_not_utf8_is_answered_not_a_500(
 
 
 def bank_store_rows(store: BankStore) -> list[tuple[str, str]]:
-    import sqlite3
-
     with sqlite3.connect(store.path) as db:
         return db.execute("SELECT consent_id, status FROM consents ORDER BY consent_id").fetchall()
 
@@ -220,3 +223,47 @@ def test_settings_never_show_a_password_with_url_delimiters(ob_app_factory, url)
     storage = page.get_data(as_text=True).split("Storage", 1)[1]
     assert "OBDCR_DATABASE_URL" in storage
     assert "hun" not in storage and "ter2" not in storage and "obdcr:" not in storage
+
+
+# -- defects in files this pass does not own: expected failures until they are fixed ---------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="example_app/bank.py's token view lets Authlib read request.args (UnicodeDecodeError);"
+    " the fix is in the red-team report",
+)
+def test_token_endpoint_answers_a_query_string_that_is_not_utf8(anybank, tpp):
+    response = tpp.call(
+        "POST",
+        "/token",
+        data={"grant_type": "client_credentials", "client_id": tpp.client_id, "scope": "accounts"},
+        environ_overrides={"QUERY_STRING": NOT_UTF8_QUERY},
+    )
+    assert response.status_code == 400, response.get_data(as_text=True)
+    assert response.get_json()["error"] == "invalid_request"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="example_app/directory/state.py takes control characters in a software's name, which"
+    " XML 1.0 forbids: the drawn logo is not well-formed; the fix is in the red-team report",
+)
+def test_a_software_name_with_a_control_character_is_refused_or_drawn_well_formed(tmp_path):
+    state = DirectoryState.open(tmp_path / "directory")
+    organisation = state.add_organisation("Sandbox TPP Ltd")
+    try:
+        software = state.add_software(
+            organisation["org_id"],
+            client_name="Budget\x01Buddy",
+            roles=["AISP"],
+            redirect_uris=["https://tpp.example.com/callback"],
+        )
+    except DirectoryError as refused:
+        assert refused.status == 400
+        assert state.software_of(organisation["org_id"]) == []
+        return
+    app = create_directory_app(state, base_url="https://127.0.0.1:18443")
+    logo = app.test_client().get(f"/logos/{software['software_id']}.svg")
+    assert logo.status_code == 200
+    ElementTree.fromstring(logo.get_data())  # what the consent page's <img> must parse
