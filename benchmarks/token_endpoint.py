@@ -111,6 +111,7 @@ class Target:
     name: str  # node-oidc-provider | flask-sqlite | flask-postgres
     running: Running
     clients: dict[str, Client]
+    introspector: Client | None = None
 
     @property
     def aud(self) -> str:
@@ -142,6 +143,9 @@ def start(
         procs, work, tpp, name, server=server, pg_url=args.pg_url, redis_url=args.redis_url
     )
     target = Target(name, running, {})
+    if name == NODE:
+        # the client that asks node's introspection endpoint whether a token is bound
+        target.introspector = register(running.url, tpp, name, "tls_client_auth")
     for auth in args.auth:
         target.clients[auth] = register(running.url, tpp, name, auth)
         smoke_test(target, tpp, auth)
@@ -192,11 +196,11 @@ def smoke_test(target: Target, tpp: Onboarded, auth: str) -> None:
         )
     if target.name != NODE:
         return
-    # introspection needs an authenticated client: the tls_client_auth one needs no secret
-    # and no assertion, only the certificate header every request carries anyway
-    introspector = target.clients.get("tls_client_auth")
+    # introspection needs an authenticated client: a tls_client_auth one needs no secret and
+    # no assertion, only the certificate header every request carries anyway
+    introspector = target.introspector
     if introspector is None:
-        return
+        raise SystemExit(f"{NODE}: no client to ask its introspection endpoint")
     introspected = requests.post(
         f"{url}/token/introspection",
         data={"token": response.json()["access_token"], "client_id": introspector.client_id},
