@@ -151,6 +151,8 @@ sends and gets, and what to run next):
   {tpp} keys      (then: upload-csr, download, jwks, ssa, discover,
       request, explain, register, token, registration get|update|delete)
   {tpp} status    (what is done, the org_id and software_id, what is next)
+  or, in a browser, the portal ({sandbox.directory_url}/portal/): create the organisation,
+      add a software statement; its page prints the commands to run, in order
   then the customer connects: open {tpp_url or DEFAULT_TPP_URL}/ in a browser, Connect, sign in
       at AnyBank as mits / sandbox, choose accounts (the browser warns about the sandbox CA:
       proceed, or trust {ca}); or {tpp} consent
@@ -164,7 +166,7 @@ Then take trust away (the Directory's CRL and OCSP responder: {sandbox.directory
   {flask} obdcr revalidate
 
 Start afresh: stop the servers, then `{reset}` removes {sandbox.folder}.
-Ctrl-C stops both servers (and the TPP's page).
+Ctrl-C stops the servers (and the TPP's page).
 """
 
 

@@ -1247,7 +1247,7 @@ def read_serve_banner(process: subprocess.Popen, *, seconds: float) -> tuple[str
         if not line:
             break
         lines.append(line)
-        if "Ctrl-C stops both servers" in line:
+        if "Ctrl-C stops the servers" in line:
             break
     banner = "".join(lines)
     directory = re.search(r"^Sandbox Open Banking Directory\s+(https://\S+)", banner, flags=re.M)
