@@ -262,6 +262,15 @@ def create_app(
 
     @app.post("/token")
     def token():
+        try:
+            request.args  # noqa: B018 - Werkzeug decodes the raw query strictly; Authlib reads it
+        except UnicodeDecodeError:
+            response = jsonify(
+                error="invalid_request", error_description="The query string is not UTF-8."
+            )
+            response.status_code = 400
+            response.headers["Cache-Control"] = "no-store"
+            return response
         return authorization_server.create_token_response()
 
     # the operator console at /console, behind a sandbox operator's sign-in

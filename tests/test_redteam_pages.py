@@ -225,14 +225,9 @@ def test_settings_never_show_a_password_with_url_delimiters(ob_app_factory, url)
     assert "hun" not in storage and "ter2" not in storage and "obdcr:" not in storage
 
 
-# -- defects in files this pass does not own: expected failures until they are fixed ---------
+# -- defects found in the bank's token view and the Directory's names -------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="example_app/bank.py's token view lets Authlib read request.args (UnicodeDecodeError);"
-    " the fix is in the red-team report",
-)
 def test_token_endpoint_answers_a_query_string_that_is_not_utf8(anybank, tpp):
     response = tpp.call(
         "POST",
@@ -244,11 +239,6 @@ def test_token_endpoint_answers_a_query_string_that_is_not_utf8(anybank, tpp):
     assert response.get_json()["error"] == "invalid_request"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="example_app/directory/state.py takes control characters in a software's name, which"
-    " XML 1.0 forbids: the drawn logo is not well-formed; the fix is in the red-team report",
-)
 def test_a_software_name_with_a_control_character_is_refused_or_drawn_well_formed(tmp_path):
     state = DirectoryState.open(tmp_path / "directory")
     organisation = state.add_organisation("Sandbox TPP Ltd")

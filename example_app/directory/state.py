@@ -28,6 +28,7 @@ import os
 import secrets
 import threading
 import time
+import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -109,6 +110,15 @@ class DirectoryError(Exception):
 
     def to_dict(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
+
+
+def _check_name(value: Any, field: str) -> None:
+    """A name shown on pages, in SSAs and in drawn logos: text, and no control character (XML
+    1.0, which the logos are, has no place for them, nor has a page)."""
+    if not isinstance(value, str) or not value.strip():
+        raise DirectoryError(400, "invalid_request", f"{field} is required.")
+    if any(unicodedata.category(char) == "Cc" for char in value):
+        raise DirectoryError(400, "invalid_request", f"{field} must not hold control characters.")
 
 
 def _now() -> int:
@@ -277,8 +287,7 @@ class DirectoryState:
         registration_id: str | None = None,
         contacts: list[dict[str, str]] | None = None,
     ) -> dict[str, Any]:
-        if not isinstance(org_name, str) or not org_name.strip():
-            raise DirectoryError(400, "invalid_request", "org_name is required.")
+        _check_name(org_name, "org_name")
         with self._lock:
             org_id = org_id or base62_id(18)
             if org_id in self.registry["organisations"]:
@@ -360,8 +369,7 @@ class DirectoryState:
         SSA names the logo this Directory draws for it (:meth:`logo_url`): a sandbox has no
         other place a bank's consent page could load one from."""
         self.organisation(org_id)
-        if not isinstance(client_name, str) or not client_name.strip():
-            raise DirectoryError(400, "invalid_request", "client_name is required.")
+        _check_name(client_name, "client_name")
         roles = list(dict.fromkeys(roles or []))
         if not roles or not all(isinstance(r, str) and r in ROLES for r in roles):
             raise DirectoryError(
