@@ -158,9 +158,11 @@ class ClientAuthenticator:
         state = self._state()
         rules = state.registrar.rules
         try:
-            header, claims = jose.peek(assertion)
+            # decoded once: verify() below takes it as it is, without splitting it again
+            decoded = jose.decode(assertion)
         except jose.MalformedJWS:
             raise _invalid("The client assertion is not a signed JWT.") from None
+        header, claims = decoded.header, decoded.claims
         alg = header["alg"]
         if alg not in rules.signing_algs or jose.KEY_BEARING_HEADERS & header.keys():
             raise _invalid(f"The client assertion algorithm {alg!r} is not accepted.")
@@ -179,7 +181,7 @@ class ClientAuthenticator:
         kid = header.get("kid") if isinstance(header.get("kid"), str) else None
         try:
             keys = state.jwks.candidate_keys(endpoint, kid=kid, alg=alg)
-            key = jose.verify(assertion, keys, alg)
+            key = jose.verify(decoded, keys, alg)
         except (JWKSError, jose.BadSignature, jose.MalformedJWS):
             raise _invalid("The client assertion signature is invalid.") from None
         revoked = state.revoked_keys.find(client.stored.ssa_claims, kid=kid, key=key)

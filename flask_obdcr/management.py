@@ -165,9 +165,10 @@ def check_access_token(
     return record
 
 
-def software_jwks(state: DCRState, client: StoredClient) -> dict[str, Any] | None:
-    """The client's software JWKS (for the x5c binding rule), or None if it cannot be had."""
+def software_jwks(state: DCRState, client: StoredClient) -> Mapping[str, Any] | None:
+    """The client's software JWKS (for the x5c binding rule, which only reads it: the cache's
+    own copy), or None if it cannot be had."""
     try:
-        return state.jwks.document(client.ssa_claims["software_jwks_endpoint"])
+        return state.jwks.shared_document(client.ssa_claims["software_jwks_endpoint"])
     except (JWKSError, KeyError, TypeError):
         return None
