@@ -12,7 +12,13 @@ from .errors import RegistrationError, RequestTooLarge
 from .explain import explain, registrable
 from .log import get_logger
 from .management import authorize_management
-from .signals import client_deleted, client_registered, client_updated, registration_rejected
+from .signals import (
+    client_deleted,
+    client_registered,
+    client_updated,
+    registration_rejected,
+    registration_request_refused,
+)
 from .state import EXTENSION_KEY, DCRState
 
 logger = get_logger()
@@ -160,14 +166,13 @@ def _method_not_allowed(allow: str) -> Response:
 def registration_error(error: RegistrationError) -> Response:
     app = current_app._get_current_object()  # type: ignore[attr-defined]
     _log_refusal(error)
-    if registration_rejected.has_receivers_for(app):
+    registration_rejected.send(app, error=error, code=error.error, policy=error.policy)
+    if registration_request_refused.has_receivers_for(app):
         # what the request carried, for receivers such as the console's refusal list: the
         # body as already read (never read again, never more), the certificate only parsed
-        registration_rejected.send(
+        registration_request_refused.send(
             app,
             error=error,
-            code=error.error,
-            policy=error.policy,
             body=g.get(_BODY_READ),
             content_type=request.content_type,
             certificate=_presented_certificate(),

@@ -153,6 +153,8 @@ WRONG = [
     ("OBDCR_EXPLAIN_ENDPOINT", "yes", "explain-endpoint-string"),
     ("OBDCR_EXPLAIN_ENDPOINT", 1, "explain-endpoint-int"),
     ("OBDCR_EXPLAIN_ENDPOINT", None, "explain-endpoint-none"),
+    ("OBDCR_LOOPBACK_REDIRECT_URIS", "yes", "loopback-redirect-uris-string"),
+    ("OBDCR_LOOPBACK_REDIRECT_URIS", 1, "loopback-redirect-uris-int"),
 ]
 
 
@@ -233,6 +235,8 @@ def test_defaults_are_the_documented_values():
         "OBDCR_DATABASE_URL": None,
         # ours, beyond the contract: sandboxes only (docs/architecture.md, "Contract: explain")
         "OBDCR_EXPLAIN_ENDPOINT": False,
+        # ours, beyond the contract: sandboxes only (the TPP's own page on loopback)
+        "OBDCR_LOOPBACK_REDIRECT_URIS": False,
     }
 
 

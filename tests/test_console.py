@@ -8,7 +8,7 @@ from flask_obdcr.console import console_blueprint
 from flask_obdcr.console.refusals import LOG_KEY as REFUSALS_KEY
 from flask_obdcr.console.settings import redact_url
 from flask_obdcr.registration import SUSPENDED
-from flask_obdcr.signals import registration_rejected
+from flask_obdcr.signals import registration_rejected, registration_request_refused
 from flask_obdcr.storage import MemoryStore, StoredClient
 from flask_obdcr.testing.fixtures import DCR_KEY
 
@@ -532,12 +532,31 @@ def test_the_signal_carries_the_body_content_type_and_certificate(
 ):
     seen = []
     body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
-    with registration_rejected.connected_to(lambda sender, **kw: seen.append(kw), console_app):
+    with registration_request_refused.connected_to(
+        lambda sender, **kw: seen.append(kw), console_app
+    ):
         refuse(console_app, body, software=ob_software)
     (kw,) = seen
-    assert kw["policy"] == "request_claims" and kw["code"] == "invalid_client_metadata"
+    assert kw["error"].policy == "request_claims" and kw["error"].error == "invalid_client_metadata"
     assert kw["body"] == body.encode() and kw["content_type"] == "application/jwt"
     assert kw["certificate"] == ob_software.transport_certificate
+
+
+def test_registration_rejected_receivers_of_the_documented_keywords_keep_working(
+    console_app, ob_directory, ob_software
+):
+    """``registration_rejected`` sends exactly error, code and policy: a receiver written
+    for them, without ``**extra``, is not broken by the console being mounted."""
+    seen = []
+
+    def record(app, error, code, policy):
+        seen.append((policy, code))
+
+    body = ob_directory.registration_request(ob_software, aud="https://elsewhere.example")
+    with registration_rejected.connected_to(record, console_app):
+        response = refuse(console_app, body, software=ob_software)
+    assert seen == [("request_claims", "invalid_client_metadata")]
+    assert response.status_code == 400
 
 
 def test_a_failing_console_receiver_never_turns_a_refusal_into_a_500(

@@ -21,7 +21,7 @@ from flask_obdcr import jose
 from flask_obdcr.certificates import load_certificate, pem_text
 from flask_obdcr.policies import policy
 from flask_obdcr.registration import TRUST
-from flask_obdcr.signals import registration_rejected
+from flask_obdcr.signals import registration_request_refused
 from flask_obdcr.storage import MemoryStore, StoredClient
 from flask_obdcr.testing.fixtures import DCR_KEY, ISSUER
 
@@ -84,7 +84,7 @@ def test_a_declared_length_beyond_the_limit_is_413_before_reading(
     app = ob_app_factory(store=store, OBDCR_MAX_REQUEST_BYTES=2048)
     body = ob_directory.registration_request(ob_software, aud=issuer).encode()
     seen = []
-    with registration_rejected.connected_to(lambda s, **kw: seen.append(kw["body"]), app):
+    with registration_request_refused.connected_to(lambda s, **kw: seen.append(kw["body"]), app):
         response = _wsgi_post(
             app, body, ob_software.environ(), declared=len(body), terminated=False
         )
@@ -98,7 +98,7 @@ def test_only_the_declared_length_is_read(ob_app_factory, ob_directory, ob_softw
     app = ob_app_factory(store=store)
     body = ob_directory.registration_request(ob_software, aud=issuer).encode()
     seen = []
-    with registration_rejected.connected_to(lambda s, **kw: seen.append(kw["body"]), app):
+    with registration_request_refused.connected_to(lambda s, **kw: seen.append(kw["body"]), app):
         response = _wsgi_post(app, body, ob_software.environ(), declared=100, terminated=False)
     _refused(response, 400, "invalid_client_metadata", store)
     assert seen == [body[:100]]

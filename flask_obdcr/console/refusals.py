@@ -1,6 +1,7 @@
 """The last registrations refused, kept in memory for the console's "Refused" page.
 
-A :class:`RefusalLog` per app listens to :data:`~flask_obdcr.signals.registration_rejected`
+A :class:`RefusalLog` per app listens to
+:data:`~flask_obdcr.signals.registration_request_refused`
 (connected when a console blueprint is registered on the app) and keeps the last ``limit``
 refusals of ``POST /register`` and ``PUT /register/<id>``: in this process only, lost on a
 restart, each worker of a multi-process server keeping its own.
@@ -123,7 +124,7 @@ class RefusalLog:
         certificate: x509.Certificate | None = None,
         **extra: Any,
     ) -> None:
-        """The ``registration_rejected`` receiver. It never raises: a failure here must not
+        """The ``registration_request_refused`` receiver. It never raises: a failure here must not
         turn a refusal into a 500, so it is logged and the refusal is not kept."""
         if error is None:
             return
@@ -138,14 +139,14 @@ class RefusalLog:
 def refusal_log(app: Flask, limit: int = DEFAULT_LIMIT) -> RefusalLog:
     """The app's refusal log, made and connected to the signal on first use; a later call
     with a larger ``limit`` enlarges it (two consoles on one app share one log)."""
-    from ..signals import registration_rejected
+    from ..signals import registration_request_refused
 
     log: RefusalLog | None = app.extensions.get(LOG_KEY)
     if log is None:
         log = RefusalLog(limit)
         app.extensions[LOG_KEY] = log
         # a weak reference to the bound method: the log lives as long as the app holds it
-        registration_rejected.connect(log.receive, sender=app)
+        registration_request_refused.connect(log.receive, sender=app)
     elif limit > log.limit:
         with log._lock:
             log._items = deque(log._items, maxlen=limit)
