@@ -26,8 +26,9 @@ All servers run side by side on this machine, driven by the same load generator 
   handler that reads the body and answers 201 (the ceiling of the web stack);
   ``--only flask-floor``, one PS256 verification of the request and one SQLite insert.
 
-flask-obdcr does strictly more work per request (two signature verifications, a certificate
-chain check, every OB rule, a durable store); the table says so. Requests are built and signed
+flask-obdcr does more work per request (the request's signature, the SSA's and the certificate
+chain's verdicts remembered across requests that share them, every OB rule, a durable store);
+the table says so. Requests are built and signed
 before the timed runs (signing is the TPP's cost), one per line of a file the Lua script reads;
 each cell gets a fresh server (so a fresh jti replay cache), a warm-up run, then a measured
 run. Before each cell the script waits for the machine to be idle, and runs a cell again when
@@ -92,8 +93,8 @@ SERVER_NAMES = {
 #: what each server does per registration, for the table
 WORK = {
     "node-oidc-provider": "JSON metadata; in memory; no signature, no certificate",
-    "flask-obdcr": "2 PS256 verifications + certificate chain and binding, every OB rule;"
-    " durable store",
+    "flask-obdcr": "1 PS256 verification (request; the one SSA's and certificate chain's"
+    " verdicts remembered), certificate binding, every OB rule; durable store",
     "Authlib RFC 7591 peer": "JSON metadata + SSA: 1 PS256 verification, RFC 7591/OIDC"
     " metadata checks; SQLite insert",
     "Flask no-op POST (ceiling)": "reads the body, answers 201: the web stack alone",
@@ -317,12 +318,13 @@ def main(argv: list[str] | None = None) -> int:
     print(table(cells, work=WORK))
     print()
     print(
-        "flask-obdcr does strictly more work per registration than node-oidc-provider and the"
-        " Authlib peer: it verifies the SSA (PS256, Directory key) and the request (PS256,"
-        " software key), checks the transport certificate's chain and its binding to the SSA"
-        " and every Open Banking rule, and stores the client durably; node-oidc-provider checks"
+        "flask-obdcr does more work per registration than node-oidc-provider and the Authlib"
+        " peer: it verifies the request (PS256, software key) and the SSA (PS256, Directory key;"
+        " every request here carries the same SSA and certificate, so their verdicts are"
+        " remembered after the first), checks the transport certificate's binding to the SSA and"
+        " every Open Banking rule, and stores the client durably; node-oidc-provider checks"
         " JSON metadata and keeps the client in memory; the Authlib peer verifies the SSA's"
-        " signature, checks the metadata and inserts into SQLite."
+        " signature on every request, checks the metadata and inserts into SQLite."
     )
     record = {
         "machine": machine(),
