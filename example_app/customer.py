@@ -14,6 +14,7 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from flask import (
@@ -31,13 +32,13 @@ from .accounts import ACCOUNTS
 from .authorize import AuthorizationRefused, Journey, PendingAuthorization
 from .consents import permission_words
 from .ob_api import ob_date
+from .pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
 
 __all__ = ["CUSTOMERS", "Customer", "customer_blueprint"]
 
 #: the session keys: the authorization in progress, the signed-in customer, the CSRF token
 PENDING_KEY = "anybank_authorization"
 CSRF_KEY = "anybank_csrf"
-CSRF_FIELD = "csrf_token"
 #: how long a customer has, from the TPP's request to their decision
 PENDING_LIFETIME = 600
 #: the most the session cookie's name and value may take once /authorize keeps the request:
@@ -72,25 +73,6 @@ def _check_password(user: str, password: str) -> Customer | None:
     return customer if customer is not None and matches else None
 
 
-def csrf_token() -> str:
-    token = session.get(CSRF_KEY)
-    if not isinstance(token, str) or not token:
-        token = secrets.token_urlsafe(32)
-        session[CSRF_KEY] = token
-    return token
-
-
-def _csrf_ok() -> bool:
-    expected = session.get(CSRF_KEY)
-    sent = request.form.get(CSRF_FIELD, "")
-    return (
-        isinstance(expected, str)
-        and bool(expected)
-        and bool(sent)
-        and hmac.compare_digest(expected.encode(), sent.encode())
-    )
-
-
 def _session_cookie_size(**changes: Any) -> int:
     """The bytes of the session cookie's name and value with ``changes`` made; 0 when the
     app keeps its sessions elsewhere than in a signed cookie."""
@@ -118,22 +100,18 @@ def customer_blueprint(journey: Journey) -> Blueprint:
 
     @bp.after_request
     def page_headers(response: Response) -> Response:
-        # pages about a customer's money: never cached, never framed, no referrer to the TPP
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Frame-Options"] = "DENY"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["Referrer-Policy"] = "no-referrer"
-        # no form-action: browsers apply it to the redirect after a POST too, and the consent
+        # pages about a customer's money: never cached, never framed, no referrer to the TPP.
+        # No form-action: browsers apply it to the redirect after a POST too, and the consent
         # form's answer is a redirect to the TPP
-        response.headers["Content-Security-Policy"] = (
+        return secure_page_headers(
+            response,
             "default-src 'none'; style-src 'self'; img-src 'self' https:;"
-            " frame-ancestors 'none'; base-uri 'none'"
+            " frame-ancestors 'none'; base-uri 'none'",
         )
-        return response
 
     @bp.context_processor
     def common() -> dict[str, Any]:
-        return {"csrf_token": csrf_token, "csrf_field": CSRF_FIELD}
+        return {"csrf_token": partial(csrf_token, CSRF_KEY), "csrf_field": CSRF_FIELD}
 
     def pending() -> tuple[PendingAuthorization, dict[str, Any]] | Response:
         """The authorization in progress, or the page that says there is none."""
@@ -201,7 +179,7 @@ def customer_blueprint(journey: Journey) -> Blueprint:
         }
         if request.method == "GET":
             return _page("bank/sign_in.html", **values)
-        if not _csrf_ok():
+        if not csrf_ok(CSRF_KEY):
             return _error("The form has expired or was not sent by this page. Start again.")
         customer = _check_password(
             request.form.get("user", "").strip(), request.form.get("password", "")
@@ -241,7 +219,7 @@ def customer_blueprint(journey: Journey) -> Blueprint:
         }
         if request.method == "GET":
             return _page("bank/consent.html", **values)
-        if not _csrf_ok():
+        if not csrf_ok(CSRF_KEY):
             return _error("The form has expired or was not sent by this page. Start again.")
         decision = request.form.get("decision")
         if decision not in ("approve", "deny"):

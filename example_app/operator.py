@@ -40,6 +40,8 @@ from flask import (
 from flask_obdcr import OpenBankingDCR
 from flask_obdcr.console.views import CSRF_FIELD, CSRF_SESSION_KEY, csrf_token
 
+from .pages import csrf_ok, secure_page_headers
+
 __all__ = [
     "BROWSER_ENDPOINTS",
     "CONSOLE_ENDPOINTS",
@@ -123,14 +125,6 @@ def _credentials_match(user: str, password: str) -> bool:
     return user_ok & password_ok
 
 
-def _csrf_ok() -> bool:
-    expected = session.get(CSRF_SESSION_KEY)
-    sent = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not expected or not sent:
-        return False
-    return hmac.compare_digest(expected.encode(), sent.encode())
-
-
 def _sign_in_page(*, status: int = 200, message: str | None = None, user: str = "") -> Response:
     next_path = local_path(_asked_next()) or url_for(f"{CONSOLE}.index")
     body = render_template(
@@ -144,12 +138,7 @@ def _sign_in_page(*, status: int = 200, message: str | None = None, user: str = 
         sandbox_user=SANDBOX_USER,
         sandbox_password=SANDBOX_PASSWORD,
     )
-    response = Response(body, status=status, mimetype="text/html")
-    response.headers["Cache-Control"] = "no-store"
-    response.headers["X-Frame-Options"] = "DENY"
-    response.headers["X-Content-Type-Options"] = "nosniff"
-    response.headers["Referrer-Policy"] = "no-referrer"
-    return response
+    return secure_page_headers(Response(body, status=status, mimetype="text/html"), None)
 
 
 def _operator_blueprint() -> Blueprint:
@@ -169,7 +158,7 @@ def _operator_blueprint() -> Blueprint:
             return _sign_in_page()
         user = request.form.get("user", "")
         password = request.form.get("password", "")
-        if not _csrf_ok():
+        if not csrf_ok(CSRF_SESSION_KEY, CSRF_FIELD):
             return _sign_in_page(status=400, message=BAD_FORM, user=user)
         if not _credentials_match(user, password):
             return _sign_in_page(status=401, message=WRONG_CREDENTIALS, user=user)
@@ -182,7 +171,7 @@ def _operator_blueprint() -> Blueprint:
 
     @bp.post("/console-logout", endpoint="sign_out")
     def sign_out() -> Response:
-        if not _csrf_ok():
+        if not csrf_ok(CSRF_SESSION_KEY, CSRF_FIELD):
             return _sign_in_page(status=400, message=BAD_FORM)
         session.pop(SESSION_KEY, None)
         session.pop(CSRF_SESSION_KEY, None)

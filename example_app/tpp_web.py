@@ -24,10 +24,10 @@ working folder is not ready (not registered), and the customer's denial a page o
 from __future__ import annotations
 
 import contextlib
-import hmac
 import os
 import secrets
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ from flask import (
 from jwcrypto import jwk
 
 from ._util import Refusal, read_json
+from .pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
 from .tpp import (
     DEFAULT_PERMISSIONS,
     DEFAULT_REDIRECT_URI,
@@ -72,7 +73,6 @@ __all__ = ["TAMPERING", "create_tpp_web_app", "web_certificate"]
 #: browser keeps cookies per host, not per port
 SESSION_COOKIE = "obdcr_tpp_session"
 CSRF_KEY = "csrf"
-CSRF_FIELD = "csrf_token"
 STATE_KEY = "state"
 #: the sandbox's ways to spoil a request on purpose (the Connect form's debug option)
 TAMPERING = {
@@ -134,23 +134,11 @@ def create_tpp_web_app(
         with click.Context(cli, obj=tpp):
             yield
 
-    def csrf_token() -> str:
-        token = session.get(CSRF_KEY)
-        if not isinstance(token, str) or not token:
-            token = secrets.token_urlsafe(32)
-            session[CSRF_KEY] = token
-        return token
-
     @app.before_request
     def check_csrf() -> Any:
         g.script_nonce = secrets.token_urlsafe(16)
-        if request.method != "POST":
+        if request.method != "POST" or csrf_ok(CSRF_KEY):
             return None
-        expected = session.get(CSRF_KEY)
-        sent = request.form.get(CSRF_FIELD, "")
-        if isinstance(expected, str) and expected and sent:
-            if hmac.compare_digest(expected.encode(), sent.encode()):
-                return None
         return problem(
             400,
             "This form has expired",
@@ -161,22 +149,18 @@ def create_tpp_web_app(
 
     @app.after_request
     def headers(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers["X-Content-Type-Options"] = "nosniff"
-        response.headers["X-Frame-Options"] = "DENY"
-        # the callback's address carries the code and id_token (in its fragment, which no
-        # Referer includes; no-referrer all the same)
-        response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Content-Security-Policy"] = (
+        # no-referrer: the callback's address carries the code and id_token (in its fragment,
+        # which no Referer includes; no-referrer all the same)
+        return secure_page_headers(
+            response,
             f"default-src 'self'; script-src 'nonce-{g.get('script_nonce', '')}';"
-            " base-uri 'none'; frame-ancestors 'none'"
+            " base-uri 'none'; frame-ancestors 'none'",
         )
-        return response
 
     @app.context_processor
     def common() -> dict[str, Any]:
         return {
-            "csrf_token": csrf_token,
+            "csrf_token": partial(csrf_token, CSRF_KEY),
             "csrf_field": CSRF_FIELD,
             "script_nonce": g.get("script_nonce", ""),
             "software_name": open_tpp().config.get("client_name"),

@@ -30,10 +30,10 @@ Like the API, the portal has no authentication: it is a sandbox bound to loopbac
 
 from __future__ import annotations
 
-import hmac
 import os
 import secrets
 import shlex
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,20 +46,19 @@ from flask import (
     redirect,
     render_template,
     request,
-    session,
     url_for,
 )
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .._util import decode_jwt, pretty
+from ..pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
 from .cli import shown_path
 from .state import CERTIFICATE_TYPES, REVOCATION_REASONS, DirectoryError, DirectoryState
 
 __all__ = ["CSRF_FIELD", "FORM_ROLES", "portal_blueprint"]
 
-#: the session key of the portal's CSRF token, and the form field that carries it
+#: the session key of the portal's CSRF token (the form field is pages.CSRF_FIELD)
 CSRF_SESSION_KEY = "portal_csrf"
-CSRF_FIELD = "csrf_token"
 BAD_CSRF = "This form's CSRF token is missing or wrong: reload the page and send the form again."
 #: the roles the "Add new statement" form offers (a TPP's; ASPSP is a bank's)
 FORM_ROLES = ("AISP", "PISP", "CBPII")
@@ -70,26 +69,6 @@ SANDBOX_TPP_FOLDER = "tpp"
 
 def _state() -> DirectoryState:
     return current_app.extensions["sandbox_directory"]
-
-
-# -- CSRF ---------------------------------------------------------------------------------------
-
-
-def csrf_token() -> str:
-    """The session's CSRF token, made on first use."""
-    token = session.get(CSRF_SESSION_KEY)
-    if not isinstance(token, str) or not token:
-        token = secrets.token_urlsafe(32)
-        session[CSRF_SESSION_KEY] = token
-    return token
-
-
-def _csrf_ok() -> bool:
-    expected = session.get(CSRF_SESSION_KEY)
-    sent = request.form.get(CSRF_FIELD, "")
-    if not isinstance(expected, str) or not expected or not sent:
-        return False
-    return hmac.compare_digest(expected.encode(), sent.encode())
 
 
 # -- what the pages show ----------------------------------------------------------------------
@@ -206,28 +185,24 @@ def portal_blueprint() -> Blueprint:
     @bp.before_request
     def check_csrf() -> Any:
         g.csp_nonce = secrets.token_urlsafe(16)
-        if request.method == "POST" and not _csrf_ok():
+        if request.method == "POST" and not csrf_ok(CSRF_SESSION_KEY):
             return page("error.html", 400, title="Form refused", message=BAD_CSRF)
         return None
 
     @bp.after_request
     def headers(response: Response) -> Response:
-        response.headers["Cache-Control"] = "no-store"
-        response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("X-Frame-Options", "DENY")
-        response.headers.setdefault("Referrer-Policy", "same-origin")
         nonce = g.get("csp_nonce", "")
-        response.headers.setdefault(
-            "Content-Security-Policy",
+        return secure_page_headers(
+            response,
             f"default-src 'self'; script-src 'nonce-{nonce}'; style-src 'self';"
             " img-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+            referrer_policy="same-origin",
         )
-        return response
 
     @bp.context_processor
     def common() -> dict[str, Any]:
         return {
-            "csrf_token": csrf_token,
+            "csrf_token": partial(csrf_token, CSRF_SESSION_KEY),
             "csrf_field": CSRF_FIELD,
             "csp_nonce": g.get("csp_nonce", ""),
         }
