@@ -7,8 +7,8 @@ taken for a TPP the bank has suspended); the attacks that found nothing are in t
 report, not here. The last two are strict expected failures: their defects lie in files this
 pass did not change (the fix is in its report), and they turn red once fixed, to drop the
 mark. The bank is ``example_app.bank.create_app`` with the sandbox Directory's key sets on
-loopback, as in tests/test_consent_journey.py, whose TPP and browser helpers these tests
-reuse.
+loopback, as in tests/test_consent_journey.py, whose fixtures, TPP and browser helpers these
+tests reuse.
 """
 
 from __future__ import annotations
@@ -17,20 +17,18 @@ import re
 import secrets
 import sqlite3
 import xml.etree.ElementTree as ElementTree
-from collections.abc import Iterator
 
 import pytest
+import test_consent_journey as journey
 from flask import Flask
 from flask.testing import FlaskClient
 from test_consent_journey import ISSUER, REDIRECT_URI, TPP, Browser, register
 
-from example_app.bank import create_app
 from example_app.bank_store import BankStore
 from example_app.directory import DirectoryError, DirectoryState, create_directory_app
 from example_app.operator import SANDBOX_PASSWORD, SANDBOX_USER
 from flask_obdcr.console import console_blueprint
 from flask_obdcr.console.settings import redact_url
-from flask_obdcr.testing import JWKSServer, SandboxDirectory
 
 CSRF = re.compile(r'name="csrf_token" value="([^"]+)"')
 #: what browsers keep of one cookie, name and value together (RFC 6265 section 6.1's minimum,
@@ -40,41 +38,22 @@ BROWSER_COOKIE_LIMIT = 4096
 #: the environ's strings carry the request's bytes as Latin-1 (PEP 3333)
 NOT_UTF8_QUERY = "q=caf\xe9&next=/console/"
 
-
-@pytest.fixture(scope="module")
-def directory() -> SandboxDirectory:
-    return SandboxDirectory()
-
-
-@pytest.fixture(scope="module")
-def jwks_server(directory) -> Iterator[JWKSServer]:
-    with JWKSServer(directory) as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def anybank(directory, jwks_server, tmp_path_factory) -> Flask:
-    folder = tmp_path_factory.mktemp("redteam-bank")
-    config = directory.app_config(
-        folder / "ca.pem",
-        issuer=ISSUER,
-        OBDCR_HTTP_VERIFY=jwks_server.ca_file(folder / "jwks-ca.pem"),
-    )
-    return create_app(config, instance_path=folder / "instance")
-
-
-@pytest.fixture(scope="module")
-def bank_store(anybank) -> BankStore:
-    return anybank.extensions["anybank"]["store"]
+# the consent journey's sandbox (a Directory, its key sets on loopback, the bank and its store):
+# pytest makes a module-scoped fixture anew for each module that holds it, so these tests have
+# a bank of their own
+directory = journey.directory
+jwks_server = journey.jwks_server
+bank = journey.bank
+store = journey.store
 
 
 @pytest.fixture
-def tpp(anybank, directory, jwks_server) -> TPP:
+def tpp(bank, directory, jwks_server) -> TPP:
     """A newly registered TPP for each test: a suspension stays with the test that made it."""
     software = directory.register_software(
         roles=["AISP"], client_name="Budget Buddy", redirect_uris=[REDIRECT_URI]
     )
-    return register(anybank, directory, software, "tls_client_auth")
+    return register(bank, directory, software, "tls_client_auth")
 
 
 def signed_in_operator(app: Flask) -> FlaskClient:
@@ -112,10 +91,10 @@ def signed_in_operator(app: Flask) -> FlaskClient:
     ids=["authorize", "operator-sign-in", "console-signed-out", "settings-signed-out", "search"],
 )
 def test_a_query_string_that_is_not_utf8_is_answered_not_a_500(
-    anybank, bank_store, path, signed_in, status
+    bank, store, path, signed_in, status
 ):
-    http = signed_in_operator(anybank) if signed_in else anybank.test_client()
-    consents_before = bank_store_rows(bank_store)
+    http = signed_in_operator(bank) if signed_in else bank.test_client()
+    consents_before = bank_store_rows(store)
     response = http.get(path, base_url=ISSUER, environ_overrides={"QUERY_STRING": NOT_UTF8_QUERY})
     assert response.status_code == status, response.get_data(as_text=True)
     text = response.get_data(as_text=True)
@@ -133,7 +112,7 @@ def test_a_query_string_that_is_not_utf8_is_answered_not_a_500(
     else:
         assert response.mimetype == "text/plain"
         assert "not UTF-8" in text
-    assert bank_store_rows(bank_store) == consents_before
+    assert bank_store_rows(store) == consents_before
 
 
 def bank_store_rows(store: BankStore) -> list[tuple[str, str]]:
@@ -144,14 +123,14 @@ def bank_store_rows(store: BankStore) -> list[tuple[str, str]]:
 # -- a request too large for the customer's session cookie ------------------------------------
 
 
-def test_a_request_too_large_to_keep_is_refused_with_its_reason(anybank, tpp):
+def test_a_request_too_large_to_keep_is_refused_with_its_reason(bank, tpp):
     """The verified request is kept in the customer's session cookie until they decide; a state
     (or nonce) long enough to push that cookie past what a browser keeps would be dropped by
     the browser, and the next page would say that no request is in progress. The bank says
     why instead, and sets no cookie a browser would drop."""
     consent_id = tpp.create_consent()
     claims = tpp.request_claims(consent_id, state=secrets.token_urlsafe(3000))
-    browser = Browser(anybank)
+    browser = Browser(bank)
     response = browser.get(tpp.authorize_query(claims))
     for cookie in response.headers.getlist("Set-Cookie"):
         name_and_value = cookie.split(";", 1)[0]
@@ -167,15 +146,15 @@ def test_a_request_too_large_to_keep_is_refused_with_its_reason(anybank, tpp):
 # -- a decision for a TPP suspended meanwhile --------------------------------------------------
 
 
-def test_approve_is_refused_once_the_operator_has_suspended_the_tpp(anybank, tpp):
+def test_approve_is_refused_once_the_operator_has_suspended_the_tpp(bank, tpp):
     """/authorize refuses a suspended TPP; a TPP suspended while its customer signs in and
     chooses must not get the consent Authorised, nor a code and id_token, afterwards."""
     consent_id = tpp.create_consent()
-    browser = Browser(anybank)
+    browser = Browser(bank)
     browser.start(tpp.authorize_query(tpp.request_claims(consent_id)))
     assert browser.sign_in().status_code == 303
 
-    operator = signed_in_operator(anybank)
+    operator = signed_in_operator(bank)
     confirm = operator.get(f"/console/clients/{tpp.client_id}/suspend", base_url=ISSUER)
     token = CSRF.search(confirm.get_data(as_text=True))
     assert token is not None
@@ -190,7 +169,7 @@ def test_approve_is_refused_once_the_operator_has_suspended_the_tpp(anybank, tpp
     assert decided.status_code == 400, decided.headers
     assert "Location" not in decided.headers
     assert "suspended" in browser.page
-    assert anybank.extensions["anybank"]["store"].consent(consent_id).status == (
+    assert bank.extensions["anybank"]["store"].consent(consent_id).status == (
         "AwaitingAuthorisation"
     )
 
@@ -228,7 +207,7 @@ def test_settings_never_show_a_password_with_url_delimiters(ob_app_factory, url)
 # -- defects found in the bank's token view and the Directory's names -------------------------
 
 
-def test_token_endpoint_answers_a_query_string_that_is_not_utf8(anybank, tpp):
+def test_token_endpoint_answers_a_query_string_that_is_not_utf8(bank, tpp):
     response = tpp.call(
         "POST",
         "/token",
