@@ -14,7 +14,6 @@ import hmac
 import secrets
 import time
 from dataclasses import dataclass
-from functools import partial
 from typing import Any
 
 from flask import (
@@ -32,7 +31,7 @@ from .accounts import ACCOUNTS
 from .authorize import AuthorizationRefused, Journey, PendingAuthorization
 from .consents import permission_words
 from .ob_api import ob_date
-from .pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
+from .pages import csrf_context, csrf_ok, secure_page_headers
 
 __all__ = ["CUSTOMERS", "Customer", "customer_blueprint"]
 
@@ -111,7 +110,7 @@ def customer_blueprint(journey: Journey) -> Blueprint:
 
     @bp.context_processor
     def common() -> dict[str, Any]:
-        return {"csrf_token": partial(csrf_token, CSRF_KEY), "csrf_field": CSRF_FIELD}
+        return csrf_context(CSRF_KEY)
 
     def pending() -> tuple[PendingAuthorization, dict[str, Any]] | Response:
         """The authorization in progress, or the page that says there is none."""

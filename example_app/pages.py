@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import hmac
 import secrets
-from typing import TypeVar
+from functools import partial
+from typing import Any, TypeVar
 
 from flask import request, session
 from werkzeug.wrappers import Response
 
-__all__ = ["CSRF_FIELD", "csrf_ok", "csrf_token", "secure_page_headers"]
+__all__ = ["CSRF_FIELD", "csrf_context", "csrf_ok", "csrf_token", "secure_page_headers"]
 
 #: the form field every page's forms carry their CSRF token in
 CSRF_FIELD = "csrf_token"
@@ -44,6 +45,12 @@ def csrf_ok(session_key: str, field: str = CSRF_FIELD) -> bool:
     if not isinstance(expected, str) or not expected or not sent:
         return False
     return hmac.compare_digest(expected.encode(), sent.encode())
+
+
+def csrf_context(session_key: str) -> dict[str, Any]:
+    """What a page's templates need for their forms' CSRF field: ``csrf_token()`` (made only
+    when a form asks for it) and ``csrf_field``."""
+    return {"csrf_token": partial(csrf_token, session_key), "csrf_field": CSRF_FIELD}
 
 
 def secure_page_headers(

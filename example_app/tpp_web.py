@@ -27,7 +27,6 @@ import contextlib
 import os
 import secrets
 from collections.abc import Iterator
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,7 @@ from flask import (
 from jwcrypto import jwk
 
 from ._util import Refusal, read_json
-from .pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
+from .pages import csrf_context, csrf_ok, secure_page_headers
 from .tpp import (
     DEFAULT_PERMISSIONS,
     DEFAULT_REDIRECT_URI,
@@ -160,8 +159,7 @@ def create_tpp_web_app(
     @app.context_processor
     def common() -> dict[str, Any]:
         return {
-            "csrf_token": partial(csrf_token, CSRF_KEY),
-            "csrf_field": CSRF_FIELD,
+            **csrf_context(CSRF_KEY),
             "script_nonce": g.get("script_nonce", ""),
             "software_name": open_tpp().config.get("client_name"),
         }

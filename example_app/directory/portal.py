@@ -33,7 +33,6 @@ from __future__ import annotations
 import os
 import secrets
 import shlex
-from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -51,7 +50,7 @@ from flask import (
 from werkzeug.exceptions import HTTPException, NotFound
 
 from .._util import decode_jwt, pretty
-from ..pages import CSRF_FIELD, csrf_ok, csrf_token, secure_page_headers
+from ..pages import CSRF_FIELD, csrf_context, csrf_ok, secure_page_headers
 from .cli import shown_path
 from .state import CERTIFICATE_TYPES, REVOCATION_REASONS, DirectoryError, DirectoryState
 
@@ -201,11 +200,7 @@ def portal_blueprint() -> Blueprint:
 
     @bp.context_processor
     def common() -> dict[str, Any]:
-        return {
-            "csrf_token": partial(csrf_token, CSRF_SESSION_KEY),
-            "csrf_field": CSRF_FIELD,
-            "csp_nonce": g.get("csp_nonce", ""),
-        }
+        return {**csrf_context(CSRF_SESSION_KEY), "csp_nonce": g.get("csp_nonce", "")}
 
     @bp.errorhandler(DirectoryError)
     def directory_error(error: DirectoryError) -> tuple[str, int]:
