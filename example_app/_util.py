@@ -7,6 +7,8 @@ import base64
 import json
 import os
 import re
+import signal
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -252,3 +254,19 @@ def _reason(text: str) -> str:
     if not found:
         return text[-300:]
     return re.sub(r"\s*\(_ssl\.c:\d+\)\)*$", "", found[-1].strip())
+
+
+def stop_process_group(process: subprocess.Popen, *, timeout: float = 10) -> None:
+    """Stop a server started in a session of its own (``start_new_session``): SIGTERM to it (a
+    master stops its workers), then SIGKILL to its whole group (any worker left behind)."""
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            pass
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    process.wait(timeout=timeout)

@@ -26,7 +26,6 @@ without nginx or njs they fail, as tests/test_nginx.py's do.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -70,6 +69,7 @@ from test_example_app import (  # noqa: E402
 )
 
 import example_app.wsgi  # noqa: E402
+from example_app._util import stop_process_group  # noqa: E402
 from example_app.sandbox import Sandbox  # noqa: E402
 from example_app.wsgi import (  # noqa: E402
     INSTANCE_ENV,
@@ -179,19 +179,8 @@ class Granian:
 
     def stop(self) -> None:
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # granian stops its workers
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=10)
+        if process is not None:
+            stop_process_group(process)  # granian stops its workers on SIGTERM
 
 
 class FromAddress(HTTPAdapter):

@@ -24,13 +24,14 @@ from __future__ import annotations
 import os
 import re
 import shutil
-import signal
 import subprocess
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import requests
+
+from .._util import stop_process_group
 
 __all__ = [
     "CLIENT_CERT_JS",
@@ -262,16 +263,5 @@ class Nginx:
     def stop(self) -> None:
         """Stop nginx (idempotent)."""
         process, self.process = self.process, None
-        if process is None:
-            return
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)  # fast shutdown: the master stops its workers
-            try:
-                process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
-        try:
-            os.killpg(process.pid, signal.SIGKILL)  # any worker left behind
-        except ProcessLookupError:
-            pass
-        process.wait(timeout=10)
+        if process is not None:
+            stop_process_group(process)  # SIGTERM: nginx's fast shutdown
