@@ -78,10 +78,10 @@ class Browser:
         """The visible text of the first element matching the CSS ``selector``."""
         return self.find(selector).text
 
-    def find(self, selector: str):
-        from selenium.webdriver.common.by import By
-
-        return self.driver.find_element(By.CSS_SELECTOR, selector)
+    def find(self, selector: str, timeout: float = 10):
+        """The first element matching ``selector``, waiting for it (a click's page may still be
+        loading: reading at once raced the next page in CI)."""
+        return self.wait_for(selector, timeout)
 
     def find_all(self, selector: str) -> list:
         from selenium.webdriver.common.by import By
