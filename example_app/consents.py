@@ -177,7 +177,11 @@ def consents_blueprint(dcr: Any, store: BankStore) -> Blueprint:
             )
         return None
 
-    def own_consent(consent_id: str) -> Consent | Response:
+    def managed_consent(consent_id: str) -> Consent | Response:
+        """The consent a client_credentials token of its own client names, or the refusal."""
+        refused = client_credentials_only()
+        if refused is not None:
+            return refused
         consent = store.consent(consent_id)
         # another client's consent is answered as an unknown one: nothing leaks about it
         if consent is None or consent.client_id != g.obdcr_token.client_id:
@@ -211,10 +215,7 @@ def consents_blueprint(dcr: Any, store: BankStore) -> Blueprint:
     @bp.get(f"{CONSENTS_PATH}/<consent_id>")
     @dcr.require_token("accounts")
     def read(consent_id: str) -> Response:
-        refused = client_credentials_only()
-        if refused is not None:
-            return refused
-        consent = own_consent(consent_id)
+        consent = managed_consent(consent_id)
         if isinstance(consent, Response):
             return consent
         return ob_response(
@@ -224,10 +225,7 @@ def consents_blueprint(dcr: Any, store: BankStore) -> Blueprint:
     @bp.delete(f"{CONSENTS_PATH}/<consent_id>")
     @dcr.require_token("accounts")
     def delete(consent_id: str) -> Response:
-        refused = client_credentials_only()
-        if refused is not None:
-            return refused
-        consent = own_consent(consent_id)
+        consent = managed_consent(consent_id)
         if isinstance(consent, Response):
             return consent
         if consent.status != REVOKED:

@@ -734,6 +734,16 @@ def cli(ctx: click.Context, workdir: str) -> None:
 pass_tpp = click.make_pass_decorator(TPP)
 
 
+#: ``--ca`` of the commands that locate the Directory and the bank (onboard, init)
+_ca_option = click.option(
+    "--ca",
+    "ca_file",
+    type=click.Path(dir_okay=False),
+    help="The sandbox CA bundle [default: <workdir>/../directory/ca-bundle.pem, else"
+    " instance/directory/ca-bundle.pem].",
+)
+
+
 def _id_option(name: str, what: str, help_text: str) -> Callable[..., Any]:
     """``--org-id`` / ``--software-id``, refusing a placeholder copied as it stands."""
 
@@ -801,13 +811,7 @@ def _forget(tpp: TPP, names: tuple[str, ...] | list[str]) -> list[str]:
     "bank_url",
     help=f"The bank's URL (its issuer) [default: tpp.json's, else {DEFAULT_BANK_URL}].",
 )
-@click.option(
-    "--ca",
-    "ca_file",
-    type=click.Path(dir_okay=False),
-    help="The sandbox CA bundle [default: <workdir>/../directory/ca-bundle.pem, else"
-    " instance/directory/ca-bundle.pem].",
-)
+@_ca_option
 @_id_option("--org-id", "org_id", "Add the software to this organisation [default: a new one].")
 @click.option("--org-name", default="Sandbox TPP Ltd", show_default=True)
 @click.option("--client-name", default="My TPP", show_default=True, help="The software's name.")
@@ -896,13 +900,7 @@ def onboard(
 @cli.command()
 @click.option("--directory", "directory_url", help="The Directory's URL.")
 @click.option("--bank", "bank_url", help="The bank's URL (its issuer).")
-@click.option(
-    "--ca",
-    "ca_file",
-    type=click.Path(dir_okay=False),
-    help="The sandbox CA bundle [default: <workdir>/../directory/ca-bundle.pem, else"
-    " instance/directory/ca-bundle.pem].",
-)
+@_ca_option
 @_id_option("--org-id", "org_id", "The org_id the Directory gave (or run `onboard`).")
 @_id_option("--software-id", "software_id", "The software_id the Directory gave.")
 @pass_tpp

@@ -200,3 +200,9 @@ def forged_headers(tpp: TPP) -> dict[str, str]:
         "Client_Cert": rfc9440,
         "X_SSL_Client_Cert": escaped,
     }
+
+
+@pytest.fixture(scope="module")
+def nginx_install() -> tuple[str, Path]:
+    """nginx and its njs module, for the modules that import this fixture."""
+    return find_nginx()

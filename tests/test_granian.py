@@ -47,6 +47,8 @@ except ImportError as exc:  # pragma: no cover
 if not hasattr(os, "killpg"):  # pragma: no cover
     pytest.skip("needs POSIX process groups", allow_module_level=True)
 
+import nginx_helpers  # noqa: E402
+import test_example_app  # noqa: E402
 from ldap_server import free_port  # noqa: E402
 from nginx_helpers import (  # noqa: E402
     HTTP_TIMEOUT,
@@ -54,23 +56,19 @@ from nginx_helpers import (  # noqa: E402
     Nginx,
     Stack,
     bank_instance,
-    find_nginx,
     forged_headers,
     template_values,
 )
 from test_example_app import (  # noqa: E402
     REPO,
-    TPP,
     _rfc9440,
     assert_error,
-    onboard,
     registration_jwt,
     token_request,
 )
 
 import example_app.wsgi  # noqa: E402
 from example_app._util import stop_process_group  # noqa: E402
-from example_app.sandbox import Sandbox  # noqa: E402
 from example_app.wsgi import (  # noqa: E402
     INSTANCE_ENV,
     UnsafeEnvironment,
@@ -88,6 +86,13 @@ PRODUCTION_OPTIONS = (
     "--respawn-failed-workers",
 )  # fmt: skip
 
+
+# the module fixtures these tests share (one instance per module, as pytest makes them): the
+# sandbox and two TPPs of test_example_app, and nginx with its njs module
+nginx_install = nginx_helpers.nginx_install
+sandbox = test_example_app.sandbox
+tpp = test_example_app.tpp
+other_tpp = test_example_app.other_tpp
 
 # -- granian, as the production command line runs it -----------------------------------------
 
@@ -207,28 +212,6 @@ def straight_to_granian(
 
 
 # -- fixtures ---------------------------------------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def nginx_install() -> tuple[str, Path]:
-    return find_nginx()
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    """The sandbox Directory (and a Werkzeug AnyBank these tests do not use), in threads."""
-    with Sandbox(tmp_path_factory.mktemp("sandbox"), mode="thread") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def tpp(sandbox, tmp_path_factory) -> TPP:
-    return onboard(sandbox, tmp_path_factory.mktemp("tpp"))
-
-
-@pytest.fixture(scope="module")
-def other_tpp(sandbox, tmp_path_factory) -> TPP:
-    return onboard(sandbox, tmp_path_factory.mktemp("other-tpp"))
 
 
 @pytest.fixture(scope="module")

@@ -36,8 +36,10 @@ import time
 from pathlib import Path
 from typing import Any
 
+import nginx_helpers
 import pytest
 import requests
+import test_example_app
 from ldap_server import free_port
 from nginx_helpers import (
     HTTP_TIMEOUT,
@@ -45,7 +47,6 @@ from nginx_helpers import (
     Nginx,
     Stack,
     bank_instance,
-    find_nginx,
     forged_headers,
     template_values,
 )
@@ -55,17 +56,21 @@ from test_example_app import (
     TPP,
     assert_consent_mismatch,
     assert_error,
-    onboard,
     registration_jwt,
     token_request,
 )
-
-from example_app.sandbox import Sandbox
 
 #: the two ways the template hands the client certificate to the bank
 HEADERS = ("Client-Cert", "X-SSL-Client-Cert")
 EVIL = "evil.example"
 
+
+# the module fixtures these tests share (one instance per module, as pytest makes them): the
+# sandbox and two TPPs of test_example_app, and nginx with its njs module
+nginx_install = nginx_helpers.nginx_install
+sandbox = test_example_app.sandbox
+tpp = test_example_app.tpp
+other_tpp = test_example_app.other_tpp
 
 # -- the bank under gunicorn, plain HTTP on loopback ------------------------------------------
 
@@ -120,28 +125,6 @@ class BankBehindNginx(Gunicorn):
 
 
 # -- the stack: Directory, gunicorn, nginx ----------------------------------------------------
-
-
-@pytest.fixture(scope="module")
-def nginx_install() -> tuple[str, Path]:
-    return find_nginx()
-
-
-@pytest.fixture(scope="module")
-def sandbox(tmp_path_factory):
-    """The sandbox Directory (and a Werkzeug AnyBank these tests do not use), in threads."""
-    with Sandbox(tmp_path_factory.mktemp("sandbox"), mode="thread") as running:
-        yield running
-
-
-@pytest.fixture(scope="module")
-def tpp(sandbox, tmp_path_factory) -> TPP:
-    return onboard(sandbox, tmp_path_factory.mktemp("tpp"))
-
-
-@pytest.fixture(scope="module")
-def other_tpp(sandbox, tmp_path_factory) -> TPP:
-    return onboard(sandbox, tmp_path_factory.mktemp("other-tpp"))
 
 
 @pytest.fixture(scope="module", params=HEADERS)

@@ -41,6 +41,21 @@ from .settings import settings_sections
 CSRF_SESSION_KEY = "obdcr_console_csrf"
 #: the form field that carries it
 CSRF_FIELD = "csrf_token"
+#: what the confirmation page of each action says it will do (one template for both)
+CONFIRM = {
+    "suspend": {
+        "verb": "Suspend",
+        "endpoint": "suspend",
+        "consequence": "Its access tokens are revoked at once and it gets no new one until an"
+        " operator reinstates it (or re-validation finds it sound); its registration is kept.",
+    },
+    "delete": {
+        "verb": "Delete",
+        "endpoint": "delete",
+        "consequence": "Its access tokens are revoked and its registration deleted; the software"
+        " must register again.",
+    },
+}
 #: the reason an operator's suspension records
 OPERATOR_REASON = "suspended by an operator"
 
@@ -308,7 +323,9 @@ def console_blueprint(
     @bp.get("/clients/<client_id>/suspend")
     def confirm_suspend(client_id: str) -> str:
         client = client_or_404(client_id)
-        return render_template("obdcr_console/suspend.html", client=summary(client))
+        return render_template(
+            "obdcr_console/confirm.html", client=summary(client), action=CONFIRM["suspend"]
+        )
 
     @bp.post("/clients/<client_id>/suspend")
     def suspend(client_id: str) -> Any:
@@ -348,7 +365,9 @@ def console_blueprint(
     @bp.get("/clients/<client_id>/delete")
     def confirm_delete(client_id: str) -> str:
         client = client_or_404(client_id)
-        return render_template("obdcr_console/delete.html", client=summary(client))
+        return render_template(
+            "obdcr_console/confirm.html", client=summary(client), action=CONFIRM["delete"]
+        )
 
     @bp.post("/clients/<client_id>/delete")
     def delete(client_id: str) -> Any:
