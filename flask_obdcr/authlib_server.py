@@ -12,6 +12,7 @@ issues certificate-bound access tokens (RFC 8705 section 3)::
 from __future__ import annotations
 
 import binascii
+import secrets
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -21,7 +22,7 @@ from authlib.oauth2.rfc6749.util import list_to_scope, scope_to_list
 from flask import request as flask_request
 
 from . import jose
-from .certificates import VerifiedCertificate, dn_matches
+from .certificates import VerifiedCertificate, certificate_matches_dn
 from .errors import InvalidClient, RegistrationError, TemporarilyUnavailable, TooManyRequests
 from .jwks import JWKSError
 from .log import get_logger, redact_authlib_tokens
@@ -144,7 +145,7 @@ class ClientAuthenticator:
         except RegistrationError as exc:
             raise _invalid(exc.description) from None
         subject_dn = client.metadata.get("tls_client_auth_subject_dn")
-        if not subject_dn or not dn_matches(subject_dn, verified.subject):
+        if not subject_dn or not certificate_matches_dn(subject_dn, verified.certificate):
             raise _invalid("The client certificate does not match the registered subject.")
         setattr(request, CERTIFICATE_ATTRIBUTE, verified)
         return client
@@ -376,9 +377,45 @@ def configure_authorization_server(
         return handle_error_response(request, error)
 
     redact_authlib_tokens()
+    _replace_default_token_strings(server)
     server.authenticate_client = authenticate_and_bind  # type: ignore[method-assign]
     server.handle_error_response = log_and_handle_error  # type: ignore[method-assign]
     return authenticator
+
+
+#: where Authlib's Flask server defines the token strings it makes by default
+_AUTHLIB_DEFAULT_GENERATOR = (
+    "authlib.integrations.flask_oauth2.authorization_server",
+    "create_token_generator.<locals>.token_generator",
+)
+
+
+def access_token_string(*_args: Any, **_kwargs: Any) -> str:
+    """A new access token string: 256 random bits from the OS, base64url (43 characters of
+    RFC 6750's b64token set)."""
+    return secrets.token_urlsafe(32)
+
+
+def refresh_token_string(*_args: Any, **_kwargs: Any) -> str:
+    """A new refresh token string: 288 random bits from the OS, base64url (48 characters)."""
+    return secrets.token_urlsafe(36)
+
+
+def _replace_default_token_strings(server: AuthorizationServer) -> None:
+    """Where the server makes token strings with Authlib's default (a character at a time
+    from ``random.SystemRandom``: one ``os.urandom`` call per character, a tenth of a
+    client_credentials request), make them with one call of :func:`secrets.token_urlsafe`,
+    of at least the same strength. A generator the bank configured
+    (``OAUTH2_ACCESS_TOKEN_GENERATOR``, ``OAUTH2_REFRESH_TOKEN_GENERATOR``) is left alone."""
+    default = getattr(server, "_token_generators", {}).get("default")
+    for attribute, replacement in (
+        ("access_token_generator", access_token_string),
+        ("refresh_token_generator", refresh_token_string),
+    ):
+        current = getattr(default, attribute, None)
+        where = (getattr(current, "__module__", None), getattr(current, "__qualname__", None))
+        if where == _AUTHLIB_DEFAULT_GENERATOR:
+            setattr(default, attribute, replacement)
 
 
 def save_token(state: DCRState, token: dict[str, Any], request: Any) -> None:

@@ -523,3 +523,45 @@ def test_readme_quickstart_wires_an_authlib_server(tmp_path, ob_directory, ob_so
             dcr.tokens.find(response.get_json()["access_token"]).client_id
             == (registration["client_id"])
         )
+
+
+def test_token_strings_are_256_random_bits_unless_the_bank_chose_its_own(
+    tmp_path, ob_directory, ob_software, issuer
+):
+    """Authlib's default token strings (a character at a time from SystemRandom) are replaced
+    by one secrets.token_urlsafe(32); a generator the bank configured is kept. Fails if
+    Authlib's default moves and is no longer recognised (the strings would be 42 characters)."""
+    import re
+
+    from flask import Flask
+
+    from flask_obdcr import OpenBankingDCR
+
+    def bank(name, **config):
+        app = Flask(name, instance_path=str(tmp_path / name))
+        app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=issuer), **config)
+        dcr = OpenBankingDCR(app, jwks_fetcher=ob_directory.fetcher)
+        server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
+        dcr.configure_authorization_server(server)
+        app.add_url_rule("/token", "token", server.create_token_response, methods=["POST"])
+        http = app.test_client()
+        registration = register(http, ob_directory, ob_software, issuer, "tls_client_auth")
+        tokens = [get_token(http, ob_software, registration).get_json() for _ in range(3)]
+        return [t["access_token"] for t in tokens], dcr, app
+
+    strings, dcr, app = bank("default")
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]{43}", s) for s in strings), strings
+    assert len(set(strings)) == 3
+    with app.app_context():
+        assert all(dcr.tokens.find(s) is not None for s in strings)
+
+    own = f"{__name__}.bank_chosen_token"
+    strings, _, _ = bank("own", OAUTH2_ACCESS_TOKEN_GENERATOR=own)
+    assert [s.startswith("bank-chosen-") for s in strings] == [True] * 3
+
+
+_BANK_CHOSEN = iter(range(10**6))
+
+
+def bank_chosen_token(*_args, **_kwargs):
+    return f"bank-chosen-{next(_BANK_CHOSEN)}"

@@ -28,6 +28,7 @@ from hypothesis import strategies as st
 from flask_obdcr.certificates import (
     TransportCertificateVerifier,
     certificate_belongs_to_software,
+    certificate_matches_dn,
     client_certificate_from_environ,
     dn_matches,
     load_certificate,
@@ -1069,6 +1070,35 @@ def test_dn_matches_multi_valued_rdn_in_any_member_order():
     assert dn_matches("OU=b+CN=a,C=GB", subject) is True
     assert dn_matches("C=GB,OU=b+CN=a", subject) is True
     assert dn_matches("CN=a,OU=b,C=GB", subject) is False
+
+
+def test_certificate_matches_dn_answers_as_dn_matches_and_remembers_within_bounds(pki):
+    """The token endpoint's form of dn_matches (both sides parsed once and remembered) gives
+    the same answers, the second time too; an over-long DN is parsed, never remembered."""
+    from flask_obdcr.certificates import dn
+
+    spellings = [
+        f"CN={ORG_ID},2.5.4.97={PSD_ID},O=Acme Payments Ltd,C=GB",
+        f"C=GB, O=Acme Payments Ltd, ORGANIZATIONIDENTIFIER={PSD_ID}, CN={ORG_ID}",
+        f"CN={ORG_ID},O=Acme Payments Ltd,C=GB",
+        "garbage",
+        "",
+    ]
+    for _ in range(2):
+        for text in spellings:
+            for certificate in (pki.eidas, pki.eidas_other_org):
+                assert certificate_matches_dn(text, certificate) is dn_matches(
+                    text, certificate.subject
+                ), text
+    assert certificate_matches_dn(spellings[0], pki.eidas) is True
+    assert certificate_matches_dn(spellings[0], pki.eidas_other_org) is False
+
+    long_dn = spellings[0] + ",OU=" + "x" * dn._MAX_REMEMBERED_DN
+    remembered = dn._remembered_dn_rdns.cache_info().currsize
+    assert certificate_matches_dn(long_dn, pki.eidas) is dn_matches(long_dn, pki.eidas.subject)
+    assert dn._remembered_dn_rdns.cache_info().currsize == remembered
+    assert dn._remembered_dn_rdns.cache_info().maxsize == dn._PARSED_CACHE_SIZE
+    assert dn.subject_rdns.cache_info().maxsize == dn._PARSED_CACHE_SIZE
 
 
 _DN_TEXT = st.text(

@@ -13,7 +13,7 @@ Protocol core: no Flask imports. One module per concern:
 """
 
 from .binding import certificate_belongs_to_software, psd_identifier, thumbprint_sha256
-from .dn import dn_matches, parse_dn
+from .dn import certificate_matches_dn, dn_matches, parse_dn
 from .load import load_certificate, pem_text
 from .service import ClientCertificates, VerifiedCertificate
 from .source import HEADER_FORMATS, client_certificate_from_environ, header_format
@@ -25,6 +25,7 @@ __all__ = [
     "TransportCertificateVerifier",
     "VerifiedCertificate",
     "certificate_belongs_to_software",
+    "certificate_matches_dn",
     "client_certificate_from_environ",
     "dn_matches",
     "header_format",

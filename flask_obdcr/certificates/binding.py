@@ -16,7 +16,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.oid import NameOID
 
-from .dn import rdn_keys, same_rdns
+from .dn import same_rdns, subject_rdns
 
 __all__ = ["certificate_belongs_to_software", "psd_identifier", "thumbprint_sha256"]
 
@@ -100,7 +100,7 @@ def certificate_belongs_to_software(
             frozenset({(NameOID.ORGANIZATION_NAME.dotted_string, "OpenBanking")}),
             frozenset({(NameOID.COUNTRY_NAME.dotted_string, "GB")}),
         ]
-        if same_rdns(expected, rdn_keys(certificate.subject.rdns)):
+        if same_rdns(expected, subject_rdns(certificate)):
             return "ob_subject"
 
     expected_psd = psd_identifier(ssa_claims)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from typing import Any
@@ -9,7 +10,7 @@ from typing import Any
 from cryptography import x509
 from cryptography.x509.oid import NameOID
 
-__all__ = ["dn_matches", "parse_dn"]
+__all__ = ["certificate_matches_dn", "dn_matches", "parse_dn", "subject_rdns"]
 
 # Attribute type names, matched case-insensitively. Short names as OpenSSL and RFC 4514 print
 # them, long names as OpenSSL's -nameopt oid/long forms, plus Windows' "S" and "E".
@@ -51,6 +52,11 @@ _DN_SPACE = " "
 _DN_SPECIAL = frozenset(' "#+,;<=>\\')
 # ASN.1 string tags that may appear in a "#<hex BER>" value (RFC 4514 section 2.4).
 _DN_STRING_TAGS = {0x0C: "utf-8", 0x13: "ascii", 0x16: "ascii", 0x14: "latin-1", 0x1E: "utf-16-be"}
+# Remembered parses: the registered tls_client_auth_subject_dn of the clients in use, compared
+# at every token request, and the subjects of the certificates in use. Bounded in entries and,
+# for strings, in length (a longer DN is parsed each time: none of a real client's is).
+_PARSED_CACHE_SIZE = 1024
+_MAX_REMEMBERED_DN = 512
 
 
 def parse_dn(dn: str) -> x509.Name:
@@ -99,14 +105,44 @@ def dn_matches(dn: str, subject: x509.Name) -> bool:
     ``C=GB, O=.., OU=.., CN=..``). An extra or a missing attribute means no match, as does a DN
     that cannot be parsed.
     """
-    try:
-        parsed = parse_dn(dn)
-    except ValueError:
-        return False
-    return same_rdns(rdn_keys(parsed.rdns), rdn_keys(subject.rdns))
+    expected = _dn_rdns(dn)
+    return expected is not None and same_rdns(expected, rdn_keys(subject.rdns))
+
+
+def certificate_matches_dn(dn: str, certificate: x509.Certificate) -> bool:
+    """:func:`dn_matches` for a certificate's subject, both sides parsed once and remembered:
+    what the token endpoint asks at every ``tls_client_auth`` request."""
+    expected = _dn_rdns(dn)
+    return expected is not None and same_rdns(expected, subject_rdns(certificate))
 
 
 _RdnKey = frozenset[tuple[str, Any]]
+
+
+def _dn_rdns(dn: str) -> list[_RdnKey] | None:
+    """The RDNs a DN string names, as :func:`rdn_keys` gives them; None if it does not parse."""
+    if isinstance(dn, str) and len(dn) <= _MAX_REMEMBERED_DN:
+        return _remembered_dn_rdns(dn)
+    return _parse_dn_rdns(dn)
+
+
+def _parse_dn_rdns(dn: str) -> list[_RdnKey] | None:
+    try:
+        return rdn_keys(parse_dn(dn).rdns)
+    except ValueError:
+        return None
+
+
+# a list is returned to callers that only compare it, never change it
+_remembered_dn_rdns = functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)(_parse_dn_rdns)
+
+
+@functools.lru_cache(maxsize=_PARSED_CACHE_SIZE)
+def subject_rdns(certificate: x509.Certificate) -> list[_RdnKey]:
+    """``certificate``'s subject as :func:`rdn_keys` gives it, remembered per certificate
+    (keyed by its DER, as ``x509.Certificate`` hashes and compares); the list is shared:
+    compare it, do not change it."""
+    return rdn_keys(certificate.subject.rdns)
 
 
 def rdn_keys(rdns: Iterable[Iterable[x509.NameAttribute[Any]]]) -> list[_RdnKey]:

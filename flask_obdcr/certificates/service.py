@@ -19,7 +19,7 @@ from cryptography import x509
 
 from ..errors import InvalidClient, RegistrationError
 from .binding import certificate_belongs_to_software, thumbprint_sha256
-from .dn import dn_matches
+from .dn import certificate_matches_dn
 from .source import client_certificate_from_environ
 from .verify import TransportCertificateVerifier
 
@@ -152,6 +152,6 @@ class ClientCertificates:
         rule = certificate_belongs_to_software(
             certificate, ssa_claims=ssa_claims, software_jwks=software_jwks
         )
-        if rule is None and subject_dn and dn_matches(subject_dn, certificate.subject):
+        if rule is None and subject_dn and certificate_matches_dn(subject_dn, certificate):
             rule = SUBJECT_DN_RULE
         return rule

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from ..certificates import dn_matches
+from ..certificates import certificate_matches_dn
 from ..errors import InvalidClient, InvalidClientMetadata
 from .base import RegistrationContext, claim_strings
 
@@ -78,7 +78,9 @@ class TokenEndpointAuth:
             certificate = context.certificate
             if certificate is None:
                 raise InvalidClient("A client certificate is required.")
-            if len(subject_dn) > MAX_DN_LENGTH or not dn_matches(subject_dn, certificate.subject):
+            if len(subject_dn) > MAX_DN_LENGTH or not certificate_matches_dn(
+                subject_dn, certificate
+            ):
                 raise InvalidClientMetadata(
                     "tls_client_auth_subject_dn does not match the subject of the presented"
                     " certificate.",
