@@ -33,7 +33,18 @@ servers bind every token to it (RFC 8705 ``cnf`` ``x5t#S256``):
   have verified the chain. Before the load the script checks, through node's introspection
   endpoint, that its token is bound to the certificate.
 
+Two references in the same Flask stack, with ``--only``: **flask-noop** answers a token
+without any work (the form read, a token string, the JSON answer: the ceiling of any Flask
+token endpoint under that server), and **flask-token-floor** does the least a Flask token
+endpoint that binds its tokens and keeps them durably must do (:func:`benchmarks.harness.apps.
+token_floor`: the certificate header parsed and its thumbprint taken, the PS256 signature or
+the secret checked, one SQLite insert), and **flask-token-floor-memory** the same with the
+tokens in a dict of the process, as node keeps them. Where the floor itself is below
+node-oidc-provider, so is every conforming Flask server that keeps its tokens durably.
+
     .venv/bin/python -m benchmarks.token_endpoint
+    .venv/bin/python -m benchmarks.token_endpoint --only node-oidc-provider --only flask-sqlite \
+        --only flask-token-floor --only flask-token-floor-memory --only flask-noop --server granian
     .venv/bin/python -m benchmarks.token_endpoint --auth tls_client_auth --connections 8
     .venv/bin/python -m benchmarks.token_endpoint --server gunicorn --server granian
     .venv/bin/python -m benchmarks.token_endpoint --profile --auth tls_client_auth   # py-spy
@@ -80,18 +91,35 @@ from .harness.wrk import Load, run_wrk
 
 FORM = "application/x-www-form-urlencoded"
 NODE = "node-oidc-provider"
+#: the references in the same Flask stack (benchmarks.harness.apps): nothing checked, and the
+#: least a Flask token endpoint that binds and keeps its tokens must do
+NOOP, FLOOR, FLOOR_MEMORY = "flask-noop", "flask-token-floor", "flask-token-floor-memory"
+REFERENCES = (NOOP, FLOOR, FLOOR_MEMORY)
+TARGETS = (NODE, "flask-sqlite", "flask-postgres", *REFERENCES)
+_NOOP_WORK = "form read, token string, JSON answer: nothing checked, nothing stored"
+_FLOOR_WORK = "certificate header parsed + thumbprint (trusted); token stored hashed, durably"
+_MEMORY_WORK = "certificate header parsed + thumbprint (trusted); token hashed, kept in a dict"
 WORK = {
     "private_key_jwt": {
         NODE: "PS256 verification, jti; token bound, in memory",
         "flask-obdcr": "PS256 verification, jti, certificate chain; token bound, durable store",
+        NOOP: _NOOP_WORK,
+        FLOOR: "PS256 verification, jti in a set; " + _FLOOR_WORK,
+        FLOOR_MEMORY: "PS256 verification, jti in a set; " + _MEMORY_WORK,
     },
     "tls_client_auth": {
         NODE: "subject DN match (chain trusted to the proxy); token bound, in memory",
         "flask-obdcr": "certificate chain + subject DN match; token bound, durable store",
+        NOOP: _NOOP_WORK,
+        FLOOR: "client_id present; " + _FLOOR_WORK,
+        FLOOR_MEMORY: "client_id present; " + _MEMORY_WORK,
     },
     "client_secret_basic": {
         NODE: "secret comparison; token bound, in memory",
         "flask-obdcr": "secret hash check, certificate chain; token bound, durable store",
+        NOOP: _NOOP_WORK,
+        FLOOR: "secret comparison; " + _FLOOR_WORK,
+        FLOOR_MEMORY: "secret comparison; " + _MEMORY_WORK,
     },
 }
 
@@ -121,7 +149,7 @@ class Target:
 
     @property
     def server(self) -> str:
-        return NODE if self.name == NODE else "flask-obdcr"
+        return self.name if self.name in (NODE, *REFERENCES) else "flask-obdcr"
 
 
 def register(url: str, tpp: Onboarded, name: str, auth: str) -> Client:
@@ -219,7 +247,9 @@ def target_load(
     url = target.running.url
     header = (CERT_HEADER, work / "client-cert.header")
     if auth == "private_key_jwt":
-        count = args.assertions_node if target.name == NODE else args.assertions_flask
+        # the references answer as fast as node, or faster
+        fast = target.name == NODE or target.name in REFERENCES
+        count = args.assertions_node if fast else args.assertions_flask
         path = work / f"assertions-{target.name}.form"
         t0 = time.perf_counter()
         write_assertions(tpp, path, target.clients[auth].client_id, target.aud, count)
@@ -309,7 +339,15 @@ def parser() -> argparse.ArgumentParser:
         prog="python -m benchmarks.token_endpoint", description=__doc__.split("\n\n")[0]
     )
     add_run_arguments(parser, gunicorn="sync:2")
-    parser.add_argument("--only", action="append", choices=[NODE, "flask-sqlite", "flask-postgres"])
+    parser.add_argument(
+        "--only",
+        action="append",
+        choices=TARGETS,
+        help=f"the targets (repeatable); default: {NODE}, flask-sqlite, flask-postgres. {NOOP}:"
+        f" the same Flask stack answering a token without any work; {FLOOR}: the least a Flask"
+        f" token endpoint binding and keeping its tokens durably must do; {FLOOR_MEMORY}: the"
+        " same, the tokens in memory",
+    )
     parser.add_argument(
         "--auth",
         action="append",

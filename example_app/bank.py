@@ -71,6 +71,7 @@ from .bank_store import BankStore
 from .consents import CONSENTS_PATH, consents_blueprint
 from .customer import customer_blueprint
 from .operator import BROWSER_ENDPOINTS, install_console
+from .pages import CookieOnDemandSessions
 
 __all__ = [
     "ACCOUNTS",
@@ -284,6 +285,7 @@ def _customer_sessions(app: Flask, config: Mapping[str, Any]) -> None:
     page on the same loopback host has a cookie of its own), HTTPS only, not sent cross-site."""
     if not app.config.get("SECRET_KEY"):
         app.secret_key = secret_key(app.instance_path)
+    app.session_interface = CookieOnDemandSessions()  # API calls carry no cookie
     if "SESSION_COOKIE_NAME" not in config:
         app.config["SESSION_COOKIE_NAME"] = "anybank_session"
     app.config.update(

@@ -15,16 +15,38 @@ import secrets
 from functools import partial
 from typing import Any, TypeVar
 
-from flask import request, session
+from flask import Flask, Request, request, session
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from werkzeug.wrappers import Response
 
-__all__ = ["CSRF_FIELD", "csrf_context", "csrf_ok", "csrf_token", "secure_page_headers"]
+__all__ = [
+    "CSRF_FIELD",
+    "CookieOnDemandSessions",
+    "csrf_context",
+    "csrf_ok",
+    "csrf_token",
+    "secure_page_headers",
+]
 
 #: the form field every page's forms carry their CSRF token in
 CSRF_FIELD = "csrf_token"
 
 #: Flask's Response or Werkzeug's: the caller gets back the type it passed
 AnyResponse = TypeVar("AnyResponse", bound=Response)
+
+
+class CookieOnDemandSessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, except that a request carrying no cookie at all gets
+    its new, empty session at once: Flask opens a session for every request, and builds the
+    signing serializer and parses the (absent) cookies only to find nothing to verify. Every
+    API call (``/token``, ``/register``, ``/accounts``) is such a request; one with cookies is
+    opened, verified and saved exactly as Flask does it."""
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        # no Cookie header at all: not even parsed (Werkzeug would build an empty MultiDict)
+        if app.secret_key and not request.environ.get("HTTP_COOKIE"):
+            return self.session_class()
+        return super().open_session(app, request)
 
 
 def csrf_token(session_key: str) -> str:

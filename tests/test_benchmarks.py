@@ -477,3 +477,56 @@ def test_protected_api_refuses_the_token_without_its_certificate(protected_api):
     assert forged.get_json()["error"] == "invalid_token"
     # the token itself is still good: the refusals changed nothing
     assert client.get("/accounts", headers={**bearer, **cert}).status_code == 200
+
+
+@pytest.fixture(params=[True, False], ids=["durable", "in-memory"])
+def token_floor(request, tmp_path, monkeypatch):
+    directory = SandboxDirectory()
+    software = directory.register_software()
+    (tmp_path / "software-key.json").write_text(software.signing_key.export_public())
+    monkeypatch.setenv(INSTANCE_ENV, str(tmp_path))
+    app = apps.token_floor() if request.param else apps.token_floor_in_memory()
+    client = app.test_client()
+    client.environ_base["REMOTE_ADDR"] = "127.0.0.1"
+    cert = {CERT_HEADER: quote(software.transport_pem(), safe="")}
+    return client, software, cert, tmp_path / "token-floor.db", request.param
+
+
+def _floor_tokens(db: Path) -> list[tuple]:
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as conn:
+        return conn.execute("SELECT client_id, x5t_s256 FROM tokens").fetchall()
+
+
+def test_token_floor_does_the_least_work_it_names(token_floor):
+    """The floor of the token endpoint comparison: a verified assertion gets a token (kept
+    hashed, bound to the certificate's thumbprint, in SQLite or in memory), a replayed jti, a
+    forged signature and a wrong secret get a 401, no certificate a 401."""
+    client, software, cert, db, durable = token_floor
+    form = {"grant_type": "client_credentials", "client_assertion_type": "jwt-bearer"}
+    assertion = software.client_assertion("client-1", aud=ISSUER)
+    issued = client.post("/token", data={**form, "client_assertion": assertion}, headers=cert)
+    assert issued.status_code == 200, issued.get_data(as_text=True)
+    assert issued.headers["Cache-Control"] == "no-store"
+    assert len(issued.get_json()["access_token"]) == 43
+    replayed = client.post("/token", data={**form, "client_assertion": assertion}, headers=cert)
+    assert replayed.status_code == 401
+    other = SandboxDirectory().register_software()
+    forged = other.client_assertion("client-1", aud=ISSUER)
+    refused = client.post("/token", data={**form, "client_assertion": forged}, headers=cert)
+    assert refused.status_code == 401
+    tls = client.post("/token", data={"client_id": "client-2"}, headers=cert)
+    assert tls.status_code == 200
+    basic = {"Authorization": "Basic " + base64.b64encode(b"client-3:wrong").decode()}
+    assert client.post("/token", data={}, headers={**cert, **basic}).status_code == 401
+    assert client.post("/token", data={"client_id": "client-4"}).status_code == 401
+    thumbprint = token_endpoint_thumbprint(software.transport_pem())
+    expected = [("client-1", thumbprint), ("client-2", thumbprint)]
+    assert _floor_tokens(db) == (expected if durable else [])
+
+
+def token_endpoint_thumbprint(pem: str) -> str:
+    from flask_obdcr.certificates import load_certificate, thumbprint_sha256
+
+    return thumbprint_sha256(load_certificate(pem))

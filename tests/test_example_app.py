@@ -1070,6 +1070,38 @@ def test_create_app_defaults_point_at_the_make_serve_sandbox(bank_instance):
     assert app.extensions["obdcr"].directory_status is status
 
 
+def test_bank_sessions_open_without_work_for_a_request_with_no_cookie(bank_instance):
+    """API calls carry no cookie: their empty session is made without the signing serializer
+    (Flask's own interface builds one for every request); a request with the session cookie
+    is read, and a tampered one gives an empty session, as Flask's interface does."""
+    app = create_app(instance_path=bank_instance)
+    interface = app.session_interface
+    built = []
+    original = interface.get_signing_serializer
+
+    def counting(app_):
+        built.append(1)
+        return original(app_)
+
+    interface.get_signing_serializer = counting  # type: ignore[method-assign]
+    with app.test_request_context("/token", method="POST", base_url="https://127.0.0.1:9443"):
+        from flask import request
+
+        opened = interface.open_session(app, request)
+        assert opened is not None and dict(opened) == {} and not opened.modified
+    assert built == []
+
+    cookie = original(app).dumps({"customer": "mits"})
+    name = interface.get_cookie_name(app)
+    for value, expected in ((cookie, {"customer": "mits"}), (cookie[:-2] + "xx", {})):
+        headers = {"Cookie": f"{name}={value}"}
+        with app.test_request_context("/customer", headers=headers):
+            from flask import request
+
+            assert dict(interface.open_session(app, request)) == expected
+    assert built  # with a cookie, Flask's own way: the serializer verifies it
+
+
 def test_create_app_config_file_then_config_override(bank_instance):
     (bank_instance / "anybank.json").write_text(
         json.dumps({"OBDCR_ISSUER": "https://from-file.test", "OBDCR_CLOCK_SKEW": 5})

@@ -8,10 +8,14 @@ folder from the environment (``OBDCR_BENCH_INSTANCE``, set by :mod:`benchmarks.h
 from __future__ import annotations
 
 import base64
+import hashlib
+import hmac
 import json
 import os
+import secrets
 import sqlite3
 import threading
+import time
 import uuid
 from pathlib import Path
 from typing import Any
@@ -63,7 +67,23 @@ def noop() -> Any:
         request.get_data()
         return {"client_id": str(uuid.uuid4())}, 201
 
+    @app.post("/token")
+    def token() -> Any:
+        # the form read, a token string and the answer a token endpoint gives: nothing checked
+        request.form.get("grant_type")
+        return _token_answer(secrets.token_urlsafe(32))
+
     return _with_proxy_fix(app)
+
+
+def _token_answer(access_token: str) -> Any:
+    from flask import jsonify
+
+    response = jsonify(
+        access_token=access_token, token_type="Bearer", expires_in=3600, scope="accounts"
+    )
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 class ClientTable:
@@ -132,6 +152,129 @@ def floor() -> Any:
         body = json.dumps(claims)
         clients.insert(client_id, body)
         return Response(body, status=201, mimetype="application/json")
+
+    return _with_proxy_fix(app)
+
+
+class TokenTable:
+    """One SQLite table of issued tokens, as ``SQLiteTokenStore`` keeps them (hashed, the
+    client, scope, times and the certificate thumbprint; WAL, ``synchronous=NORMAL``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._local = threading.local()
+
+    def insert(self, *row: Any) -> None:
+        local = self._local
+        conn = getattr(local, "conn", None)
+        if conn is None or local.pid != os.getpid():
+            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS tokens (token_hash TEXT PRIMARY KEY, client_id TEXT,"
+                " scope TEXT, issued_at INTEGER, expires_at INTEGER, x5t_s256 TEXT)"
+            )
+            local.conn, local.pid = conn, os.getpid()
+        conn.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", row)
+
+
+#: the token floor's client secret (client_secret_basic): what the benchmark registers
+TOKEN_FLOOR_SECRET = "token-floor-secret"
+
+
+def token_floor() -> Any:
+    """The least a Flask token endpoint binding its tokens and keeping them durably must do
+    (:func:`_token_floor`), the tokens in SQLite."""
+    return _token_floor(durable=True)
+
+
+def token_floor_in_memory() -> Any:
+    """The same as :func:`token_floor`, the tokens kept in a dict of the process, as
+    node-oidc-provider keeps them: what the durable write costs, by difference."""
+    return _token_floor(durable=False)
+
+
+def _token_floor(*, durable: bool) -> Any:
+    """The least any Flask token endpoint must do per client_credentials request that binds
+    its token to the certificate and keeps it, and nothing more: the same server,
+    Flask and ProxyFix as the bank; ``POST /token`` reads the form, loads the certificate
+    from ``X-SSL-Client-Cert`` (trusted, as node trusts the proxy: no chain, no revocation)
+    and takes its SHA-256 thumbprint, authenticates the client the cheapest way its method
+    allows (private_key_jwt: the assertion's PS256 signature with the software's key, loaded
+    once, and its jti added to a set of this process; client_secret_basic: one constant-time
+    comparison; tls_client_auth: the client_id present), then makes a token string, keeps it
+    hashed (``durable``: inserted into SQLite; else in a dict of the process) and answers. No
+    client lookup, no claim checked, no audience, no expiry: a conforming server does all of
+    this and more."""
+    from urllib.parse import unquote
+
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric import padding
+    from flask import Flask, abort, request
+    from jwcrypto import jwk
+
+    folder = instance_folder()
+    public = jwk.JWK(**json.loads((folder / "software-key.json").read_text()))
+    key = public.get_op_key("verify")
+    pss = padding.PSS(mgf=padding.MGF1(hashes.SHA256()), salt_length=hashes.SHA256.digest_size)
+    table = TokenTable(folder / "token-floor.db")
+    kept: dict[str, tuple[Any, ...]] = {}
+    seen: set[str] = set()
+    app = Flask("token_floor")
+
+    @app.get("/")
+    def index() -> Any:
+        return {"service": "token floor"}
+
+    @app.post("/register")
+    def register() -> Any:  # what the benchmark's set-up asks: any client is one
+        return {"client_id": str(uuid.uuid4()), "client_secret": TOKEN_FLOOR_SECRET}, 201
+
+    @app.post("/token")
+    def token() -> Any:
+        form = request.form
+        pem = request.headers.get(CERT_HEADER)
+        if not pem:
+            abort(401)
+        certificate = x509.load_pem_x509_certificate(unquote(pem).encode("ascii"))
+        thumbprint = base64.urlsafe_b64encode(certificate.fingerprint(hashes.SHA256()))
+        assertion = form.get("client_assertion")
+        if assertion:
+            signing_input, _, signature = assertion.rpartition(".")
+            try:
+                key.verify(
+                    base64.urlsafe_b64decode(signature + "=" * (-len(signature) % 4)),
+                    signing_input.encode("ascii"),
+                    pss,
+                    hashes.SHA256(),
+                )
+            except InvalidSignature:
+                abort(401)
+            payload = signing_input.partition(".")[2]
+            claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+            client_id = claims["sub"]
+            if claims["jti"] in seen:
+                abort(401)
+            seen.add(claims["jti"])
+        elif request.authorization is not None:
+            client_id = request.authorization.username or ""
+            secret = (request.authorization.password or "").encode()
+            if not hmac.compare_digest(secret, TOKEN_FLOOR_SECRET.encode()):
+                abort(401)
+        else:
+            client_id = form["client_id"]
+        access_token = secrets.token_urlsafe(32)
+        now = int(time.time())
+        token_hash = hashlib.sha256(access_token.encode()).hexdigest()
+        row = (client_id, "accounts", now, now + 3600, thumbprint.rstrip(b"=").decode("ascii"))
+        if durable:
+            table.insert(token_hash, *row)
+        else:
+            kept[token_hash] = row
+        return _token_answer(access_token)
 
     return _with_proxy_fix(app)
 

@@ -33,6 +33,8 @@ APPS = {
     "bank": "benchmarks.harness.apps:bank",
     "noop": "benchmarks.harness.apps:noop",
     "floor": "benchmarks.harness.apps:floor",
+    "token-floor": "benchmarks.harness.apps:token_floor",
+    "token-floor-memory": "benchmarks.harness.apps:token_floor_in_memory",
     "authlib-peer": "benchmarks.harness.apps:authlib_peer",
     "api": "benchmarks.harness.apps:protected_api",
 }
@@ -215,9 +217,9 @@ def start_wsgi(
         if redis_url:
             redis = (redis_url, settings["OBDCR_REDIS_PREFIX"])
         factory = APPS["bank"]
-    elif store == "floor":
+    elif store in ("floor", "token-floor", "token-floor-memory"):
         (instance / "software-key.json").write_text(json.dumps(tpp.signing_jwk_public))
-        factory = APPS["floor"]
+        factory = APPS[store]
     elif target == "authlib-peer":
         (instance / "directory-jwks.json").write_text(json.dumps(tpp.directory_jwks()))
         factory, store = APPS["authlib-peer"], "sqlite"
