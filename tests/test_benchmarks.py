@@ -47,6 +47,7 @@ SCENARIOS = [
     "revalidation",
     "revocation_hot_path",
     "token_hot_path",
+    "token_breakdown",
 ]
 
 
@@ -101,6 +102,29 @@ def test_in_process_registration_scenario_runs(tmp_path, capsys):
     assert "ratio registration / floor" in out
     series = json.loads((tmp_path / "registration.json").read_text())
     assert series and all("variant" in json.dumps(s) for s in series)
+
+
+def test_token_breakdown_runs_and_puts_every_step_back(capsys):
+    """Tiny: the figures mean nothing, but every row is printed and what each row replaced is
+    restored afterwards (the module's own functions are the originals again)."""
+    import flask_obdcr.authlib_server as authlib_server
+    from benchmarks import token_breakdown
+
+    verify, belonging = authlib_server.jose.verify, authlib_server.ClientAuthenticator.__dict__[
+        "_belonging_certificate"
+    ]
+    assert token_breakdown.main(["--n", "5", "--repeat", "1"]) == 0
+    out = capsys.readouterr().out
+    for row in (
+        "| the whole request |",
+        "| without the token write (SQLite) |",
+        "| without the signature check",
+        "| without the token lookup |",
+        "| GET, no check (the same view undecorated) |",
+    ):
+        assert row in out, row
+    assert authlib_server.jose.verify is verify
+    assert authlib_server.ClientAuthenticator.__dict__["_belonging_certificate"] is belonging
 
 
 def test_server_options_make_the_documented_command_lines():
