@@ -566,6 +566,58 @@ def test_a_cached_status_is_refreshed_after_cache_seconds(
     assert server.count(ca, "ocsp") == 2
 
 
+def test_a_warm_chain_is_answered_without_the_cache_until_a_record_is_due(
+    checker_factory, ca, server, chain, tpp_key, clock
+):
+    """require_token asks at every call: a chain whose records were all fresh and good is
+    answered without reading them again, until the first of them is due for refresh; then it
+    is read (and refreshed) as before. A verdict another process puts in a shared cache is
+    seen from that moment, as it is without the shortcut: a record is only replaced once due."""
+    from flask_obdcr.storage.memory import MemoryRevocationCache
+
+    class Counting(MemoryRevocationCache):
+        reads = 0
+
+        def get(self, key: str) -> StatusRecord | None:
+            Counting.reads += 1
+            return super().get(key)
+
+    shared = Counting()
+    checker, other_process = checker_factory(cache=shared), checker_factory(cache=shared)
+    leaf = transport(ca, server, tpp_key, crl=False)
+    path = chain(leaf)  # one tuple, as ClientCertificates keeps a verified chain
+    assert checker.check(path).certificates[0].cached is False  # fetched
+    assert checker.check(path).certificates[0].cached is True  # read: fresh, kept
+    reads = Counting.reads
+    for _ in range(50):
+        status = checker.check(path)
+        assert (status.status, status.certificates[0].cached) == ("good", True)
+    assert Counting.reads == reads  # not read again
+    assert checker.check(chain(leaf)).status == "good"  # another tuple: read, same answer
+    assert Counting.reads == reads + 1
+    assert server.count(ca, "ocsp") == 1
+
+    ca.revoke(leaf)
+    clock.advance(CACHE_SECONDS - 1)
+    assert checker.check(path).status == "good"  # the cached verdict, as before
+    clock.advance(1)  # due: the other process refreshes the shared record first
+    with pytest.raises(InvalidClient):
+        other_process.check(chain(leaf))
+    with pytest.raises(InvalidClient):
+        checker.check(path)  # seen here at once, not fetched again
+    assert server.count(ca, "ocsp") == 2
+
+
+def test_the_warm_chains_are_bounded(checker_factory, ca, server, chain, tpp_key):
+    checker = checker_factory(max_targets=2)
+    leaves = [transport(ca, server, tpp_key, crl=False) for _ in range(3)]
+    for leaf in leaves:
+        path = chain(leaf)
+        checker.check(path)
+        checker.check(path)
+    assert len(checker._warm) == 2
+
+
 def test_a_verdict_is_refreshed_by_its_next_update_if_sooner(
     checker, ca, server, chain, tpp_key, clock
 ):

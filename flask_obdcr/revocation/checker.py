@@ -214,6 +214,10 @@ class RevocationChecker:
         self._results: dict[str, tuple[StatusRecord, CertificateRevocation]] = {}
         self._crls: OrderedDict[str, crl_module.VerifiedCRL] = OrderedDict()
         self._max_failures = 4096
+        # id(chain) -> (chain, the "good" status, the time its first record needs refreshing):
+        # every position of a chain answered from fresh cached records gives the same answer
+        # until one of them is due; holding the chain keeps the id its own
+        self._warm: dict[int, tuple[Sequence[x509.Certificate], RevocationStatus, float]] = {}
 
     # ----------------------------------------------------------------- public API
 
@@ -231,13 +235,23 @@ class RevocationChecker:
         """
         if self.mode == "off":
             return _OFF
+        warm = self._warm.get(id(chain))
+        if warm is not None and warm[0] is chain and self.clock() < warm[2]:
+            # the hot path (require_token on every call): the records it was made from are
+            # still fresh, so the walk below would read them and answer the same
+            return warm[1]
         found: list[CertificateRevocation] = []
         unknown: list[tuple[CertificateRevocation, float]] = []
+        fresh_until = math.inf  # when the first record read fresh from the cache is due
         for position in range(len(chain) - 1):
             target = self._target(chain[position], chain[position + 1])
             if target is None:
                 continue  # names neither an OCSP responder nor a CRL: not checked
             record, cached, failure = self._status(target)
+            if record is None or not (cached and record.status == "good"):
+                fresh_until = -math.inf  # fetched now, or not good: not remembered
+            elif not record.final:
+                fresh_until = min(fresh_until, record.refresh_at)
             if record is None:
                 detail = failure.reason if failure is not None else "no answer"
                 result = CertificateRevocation(
@@ -256,7 +270,13 @@ class RevocationChecker:
         if not found:
             return _NOT_CHECKED
         if not unknown:
-            return RevocationStatus("good", tuple(found))
+            status = RevocationStatus("good", tuple(found))
+            if fresh_until > self.clock():
+                with self._state_lock:
+                    while len(self._warm) >= self.max_targets:
+                        del self._warm[next(iter(self._warm))]  # the oldest first
+                    self._warm[id(chain)] = (chain, status, fresh_until)
+            return status
         details = "; ".join(
             f"{result.subject} (serial {result.serial:x}): {result.detail}" for result, _ in unknown
         )
