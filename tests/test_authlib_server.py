@@ -498,19 +498,25 @@ def test_update_and_delete_send_signals(http, bank, ob_directory, ob_software, i
     assert seen == [("updated", client_id, client_id), ("deleted", client_id)]
 
 
-def test_readme_quickstart_wires_an_authlib_server(tmp_path, ob_directory, ob_software, issuer):
-    """The README's 'Add it to your Authlib server' block, as a bank would type it."""
+def readme_bank(instance, directory, issuer, **config):
+    """The README's 'Add it to your Authlib server' block, as a bank would type it (``config``
+    added to the sandbox's settings): the app and its extension."""
     from flask import Flask
 
     from flask_obdcr import OpenBankingDCR
 
-    app = Flask(__name__, instance_path=str(tmp_path / "instance"))
-    app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=issuer))
-    dcr = OpenBankingDCR(app, jwks_fetcher=ob_directory.fetcher)
+    app = Flask(__name__, instance_path=str(instance))
+    app.config.update(directory.app_config(instance.parent / "ca.pem", issuer=issuer), **config)
+    dcr = OpenBankingDCR(app, jwks_fetcher=directory.fetcher)
     server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
     dcr.configure_authorization_server(server)
     app.add_url_rule("/token", "token", server.create_token_response, methods=["POST"])
+    return app, dcr
 
+
+def test_readme_quickstart_wires_an_authlib_server(tmp_path, ob_directory, ob_software, issuer):
+    """The README's 'Add it to your Authlib server' block, as a bank would type it."""
+    app, dcr = readme_bank(tmp_path / "instance", ob_directory, issuer)
     http = app.test_client()
     registration = register(http, ob_directory, ob_software, issuer, "tls_client_auth")
     response = get_token(http, ob_software, registration)
@@ -533,17 +539,8 @@ def test_token_strings_are_256_random_bits_unless_the_bank_chose_its_own(
     Authlib's default moves and is no longer recognised (the strings would be 42 characters)."""
     import re
 
-    from flask import Flask
-
-    from flask_obdcr import OpenBankingDCR
-
     def bank(name, **config):
-        app = Flask(name, instance_path=str(tmp_path / name))
-        app.config.update(ob_directory.app_config(tmp_path / "ca.pem", issuer=issuer), **config)
-        dcr = OpenBankingDCR(app, jwks_fetcher=ob_directory.fetcher)
-        server = AuthorizationServer(app, query_client=dcr.query_client, save_token=dcr.save_token)
-        dcr.configure_authorization_server(server)
-        app.add_url_rule("/token", "token", server.create_token_response, methods=["POST"])
+        app, dcr = readme_bank(tmp_path / name, ob_directory, issuer, **config)
         http = app.test_client()
         registration = register(http, ob_directory, ob_software, issuer, "tls_client_auth")
         tokens = [get_token(http, ob_software, registration).get_json() for _ in range(3)]

@@ -86,10 +86,11 @@ def _token_answer(access_token: str) -> Any:
     return response
 
 
-class ClientTable:
-    """One SQLite table of registered clients (WAL, ``synchronous=NORMAL``, as ``SQLiteStore``
-    sets them), one connection per thread and process: the floor's and the Authlib peer's
-    store, written the same way."""
+class _Table:
+    """One SQLite table (WAL, ``synchronous=NORMAL``, as the extension's stores set them), one
+    connection per thread and process, the table made on first use."""
+
+    schema = ""
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -102,11 +103,15 @@ class ClientTable:
             conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT)"
-            )
+            conn.execute(self.schema)
             local.conn, local.pid = conn, os.getpid()
         return conn
+
+
+class ClientTable(_Table):
+    """The registered clients of the floor and of the Authlib peer, written the same way."""
+
+    schema = "CREATE TABLE IF NOT EXISTS clients (client_id TEXT PRIMARY KEY, body TEXT)"
 
     def insert(self, client_id: str, body: str) -> None:
         self.connection().execute("INSERT INTO clients VALUES (?, ?)", (client_id, body))
@@ -156,27 +161,17 @@ def floor() -> Any:
     return _with_proxy_fix(app)
 
 
-class TokenTable:
-    """One SQLite table of issued tokens, as ``SQLiteTokenStore`` keeps them (hashed, the
-    client, scope, times and the certificate thumbprint; WAL, ``synchronous=NORMAL``)."""
+class TokenTable(_Table):
+    """Issued tokens, as ``SQLiteTokenStore`` keeps them (hashed, the client, scope, times and
+    the certificate thumbprint)."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self._local = threading.local()
+    schema = (
+        "CREATE TABLE IF NOT EXISTS tokens (token_hash TEXT PRIMARY KEY, client_id TEXT,"
+        " scope TEXT, issued_at INTEGER, expires_at INTEGER, x5t_s256 TEXT)"
+    )
 
     def insert(self, *row: Any) -> None:
-        local = self._local
-        conn = getattr(local, "conn", None)
-        if conn is None or local.pid != os.getpid():
-            conn = sqlite3.connect(self.path, isolation_level=None, timeout=30)
-            conn.execute("PRAGMA journal_mode=WAL")
-            conn.execute("PRAGMA synchronous=NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS tokens (token_hash TEXT PRIMARY KEY, client_id TEXT,"
-                " scope TEXT, issued_at INTEGER, expires_at INTEGER, x5t_s256 TEXT)"
-            )
-            local.conn, local.pid = conn, os.getpid()
-        conn.execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", row)
+        self.connection().execute("INSERT INTO tokens VALUES (?, ?, ?, ?, ?, ?)", row)
 
 
 #: the token floor's client secret (client_secret_basic): what the benchmark registers
