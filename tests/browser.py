@@ -75,8 +75,35 @@ class Browser:
         return self.driver.title
 
     def text(self, selector: str = "body") -> str:
-        """The visible text of the first element matching the CSS ``selector``."""
-        return self.find(selector).text
+        """The visible text of the first element matching the CSS ``selector`` (found again if
+        the page was replaced between finding and reading it)."""
+        from selenium.common.exceptions import StaleElementReferenceException
+
+        for attempt in range(3):
+            try:
+                return self.find(selector).text
+            except StaleElementReferenceException:
+                if attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def wait_for_text(self, selector: str, text: str, timeout: float = 10) -> str:
+        """The text of ``selector`` once it contains ``text``. After a click, the element may
+        still be the previous page's (a flash message of the same name): waiting for the
+        element alone reads the old page, or an element the new page has just replaced."""
+        from selenium.common.exceptions import TimeoutException
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.support import expected_conditions
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        located = (By.CSS_SELECTOR, selector)
+        try:
+            WebDriverWait(self.driver, timeout).until(
+                expected_conditions.text_to_be_present_in_element(located, text)
+            )
+        except TimeoutException:  # the caller's assertion shows what the page says instead
+            pass
+        return self.text(selector)
 
     def find(self, selector: str, timeout: float = 10):
         """The first element matching ``selector``, waiting for it (a click's page may still be

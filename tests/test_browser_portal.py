@@ -74,14 +74,16 @@ def test_a_tpp_onboards_in_the_portal(browser, directory, tmp_path):
     # the transport CSR pasted, the signing CSR chosen as a file
     browser.find("#csr-transport").send_keys(csr_pem(software_id, org_id))
     browser.click("#upload-transport button[type=submit]")
-    browser.wait_for(".flash")
-    assert "Transport certificate issued" in browser.text(".flash")
+    assert "Transport certificate issued" in browser.wait_for_text(
+        ".flash", "Transport certificate issued"
+    )
     signing_csr = tmp_path / "signing.csr"
     signing_csr.write_text(csr_pem(software_id, org_id))
     browser.find("#csr-file-signing").send_keys(str(signing_csr))
     browser.click("#upload-signing button[type=submit]")
-    browser.wait_for(".flash")
-    assert "Signing certificate issued" in browser.text(".flash")
+    assert "Signing certificate issued" in browser.wait_for_text(
+        ".flash", "Signing certificate issued"
+    )
     rows = browser.find_all("#certificate-list tbody tr")
     assert len(rows) == 2
     for row, record in zip(rows, state.software(software_id)["certificates"], strict=True):
@@ -115,8 +117,7 @@ def test_a_tpp_onboards_in_the_portal(browser, directory, tmp_path):
     browser.find("#reason option[value=keyCompromise]").click()
     browser.screenshot("portal-06-revoke")
     browser.click("form button.danger")
-    browser.wait_for(".flash")
-    assert "revoked (keyCompromise)" in browser.text(".flash")
+    assert "revoked (keyCompromise)" in browser.wait_for_text(".flash", "revoked (keyCompromise)")
     first = browser.find_all("#certificate-list tbody tr")[0].text
     assert "OCSP: revoked" in first and "CRL: listed" in first
     browser.screenshot("portal-07-revoked")

@@ -130,8 +130,8 @@ def test_the_presenters_path(browser, sandbox):
     for cert_type in ("transport", "signing"):
         browser.find(f"#csr-{cert_type}").send_keys(csr_files[f"{cert_type}.csr"].read_text())
         browser.click(f"#upload-{cert_type} button[type=submit]")
-        browser.wait_for(".flash")
-        assert f"{cert_type.capitalize()} certificate issued" in browser.text(".flash")
+        issued = f"{cert_type.capitalize()} certificate issued"
+        assert issued in browser.wait_for_text(".flash", issued)
     rows = browser.find_all("#certificate-list tbody tr")
     assert len(rows) == 2
     assert all("active" in row.text and "OCSP: good" in row.text for row in rows)
