@@ -66,10 +66,10 @@ from pathlib import Path
 from .harness import signing
 from .harness.common import CERT_HEADER, OUT_DIR
 from .harness.onboarding import Onboarded, onboard, start_directory
-from .harness.processes import Processes, require_tools, wait_for_quiet
+from .harness.processes import Processes, require_tools
 from .harness.profiling import profiled_run, write_profile_summary
 from .harness.report import Cell, cells_record, chart, machine, table
-from .harness.runs import add_run_arguments, run_undisturbed, server_settings
+from .harness.runs import add_run_arguments, measure_cell, run_undisturbed, server_settings
 from .harness.servers import ServerOptions, start_target, start_wsgi, stop
 from .harness.wrk import Load, run_wrk, smoke_test
 
@@ -165,17 +165,7 @@ def run_target(
         smoke_test(running.url, load.path, first, load.content_type, header, load.expect)
         warm_lines = args.warmup_requests if load.body_file == files["flask"] else load.count // 4
         warm, measured = load.split(warm_lines)
-        if args.quiet_wait > 0:
-            wait_for_quiet(args.quiet_wait)
-        if args.warmup > 0:
-            run_wrk(warm, connections=connections, duration=args.warmup)
-        result = run_wrk(
-            measured,
-            connections=connections,
-            duration=args.duration,
-            server_pid=running.process.pid,
-            database_process="postgres" if running.store == "postgres" else None,
-        )
+        result = measure_cell(args, running, warm, measured, connections)
     finally:
         stop(procs, running)
     name = SERVER_NAMES.get(target, "flask-obdcr" if target.startswith("flask") else target)

@@ -47,11 +47,11 @@ import requests
 
 from .harness.common import CERT_HEADER, OUT_DIR
 from .harness.onboarding import Onboarded, onboard, register_at_bank, start_directory
-from .harness.processes import Processes, require_tools, wait_for_quiet
+from .harness.processes import Processes, require_tools
 from .harness.report import Cell, cells_record, machine, table
-from .harness.runs import add_run_arguments, run_undisturbed, server_settings
+from .harness.runs import add_run_arguments, measure_cell, run_undisturbed, server_settings
 from .harness.servers import Running, ServerOptions, start_wsgi, stop
-from .harness.wrk import Load, run_wrk
+from .harness.wrk import Load
 
 GUARDED, OPEN = "GET, require_token", "GET, no check"
 PATHS = {GUARDED: "/accounts", OPEN: "/accounts-open"}
@@ -127,17 +127,7 @@ def run_cell(
         CERT_HEADER, work / "client-cert.header",
         headers={"Authorization": f"Bearer {issue_token(api, tpp)}"}, method="GET", reuse=True,
     )  # fmt: skip
-    if args.quiet_wait > 0:
-        wait_for_quiet(args.quiet_wait)
-    if args.warmup > 0:
-        run_wrk(load, connections=conns, duration=args.warmup)
-    result = run_wrk(
-        load,
-        connections=conns,
-        duration=args.duration,
-        server_pid=api.running.process.pid,
-        database_process="postgres" if api.running.store == "postgres" else None,
-    )
+    result = measure_cell(args, api.running, load, load, conns)
     cell = Cell(name, api.running.store, api.running.setup, conns, repeat, result)
     print(cell.line(200), file=sys.stderr)
     return cell

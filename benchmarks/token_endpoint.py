@@ -81,10 +81,10 @@ from .harness.onboarding import (
     register_at_node,
     start_directory,
 )
-from .harness.processes import Processes, require_tools, wait_for_quiet
+from .harness.processes import Processes, require_tools
 from .harness.profiling import profiled_run, write_profile_summary
 from .harness.report import Cell, cells_record, chart, machine, table
-from .harness.runs import add_run_arguments, run_undisturbed, server_settings
+from .harness.runs import add_run_arguments, measure_cell, run_undisturbed, server_settings
 from .harness.servers import Running, ServerOptions, start_target, start_wsgi, stop
 from .harness.signing import write_assertions
 from .harness.wrk import Load, run_wrk
@@ -279,18 +279,8 @@ def run_cell(
         # tokens of the previous cells have pushed this method's client out; a new one is in
         target.clients[auth] = register(target.running.url, tpp, target.name, auth)
     load, note = target_load(args, work, tpp, target, auth)
-    if args.quiet_wait > 0:
-        wait_for_quiet(args.quiet_wait)
     warm, measured = load.split(load.count // 4) if not load.reuse else (load, load)
-    if args.warmup > 0:
-        run_wrk(warm, connections=conns, duration=args.warmup)
-    result = run_wrk(
-        measured,
-        connections=conns,
-        duration=args.duration,
-        server_pid=target.running.process.pid,
-        database_process="postgres" if target.running.store == "postgres" else None,
-    )
+    result = measure_cell(args, target.running, warm, measured, conns)
     cell = Cell(target.server, target.running.store, target.running.setup, conns, repeat, result)
     if result.wrapped:
         note += " (ran out of assertions)"

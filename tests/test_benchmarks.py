@@ -110,9 +110,10 @@ def test_token_breakdown_runs_and_puts_every_step_back(capsys):
     import flask_obdcr.authlib_server as authlib_server
     from benchmarks import token_breakdown
 
-    verify, belonging = authlib_server.jose.verify, authlib_server.ClientAuthenticator.__dict__[
-        "_belonging_certificate"
-    ]
+    verify, belonging = (
+        authlib_server.jose.verify,
+        authlib_server.ClientAuthenticator.__dict__["_belonging_certificate"],
+    )
     assert token_breakdown.main(["--n", "5", "--repeat", "1"]) == 0
     out = capsys.readouterr().out
     for row in (

@@ -29,6 +29,7 @@ from urllib.parse import quote
 
 import pytest
 import requests
+from child_process import checkout_environment
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.x509 import ocsp
@@ -1262,10 +1263,7 @@ def test_gunicorn_tls_entry_point(bank_instance):
 
 
 def _python_env() -> dict[str, str]:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return env
+    return checkout_environment()
 
 
 def read_serve_banner(process: subprocess.Popen, *, seconds: float) -> tuple[str, str, str]:

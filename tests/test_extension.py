@@ -287,9 +287,7 @@ def test_url_prefix(make_app, make_dcr, ob_directory, ob_software, issuer, post_
         )
         assert response.status_code == 201, response.get_json()
         data = response.get_json()
-        assert data["registration_client_uri"] == (
-            f"{issuer}/dcr/register/{data['client_id']}"
-        )
+        assert data["registration_client_uri"] == (f"{issuer}/dcr/register/{data['client_id']}")
         read = client.get(
             f"/dcr/register/{data['client_id']}",
             headers={"Authorization": f"Bearer {data['registration_access_token']}"},

@@ -35,6 +35,7 @@ from typing import Any
 
 import pytest
 import requests
+from child_process import checkout_environment
 from requests.adapters import HTTPAdapter
 
 try:
@@ -60,7 +61,6 @@ from nginx_helpers import (  # noqa: E402
     template_values,
 )
 from test_example_app import (  # noqa: E402
-    REPO,
     _rfc9440,
     assert_error,
     registration_jwt,
@@ -100,11 +100,7 @@ other_tpp = test_example_app.other_tpp
 def server_environment(**extra: str) -> dict[str, str]:
     """This process's environment without anything granian would hand the app as request data
     (see example_app/wsgi.py), with the repository importable, and ``extra``."""
-    env = {k: v for k, v in os.environ.items() if k not in request_variables(os.environ)}
-    path = (str(REPO), env.get("PYTHONPATH"))
-    env["PYTHONPATH"] = os.pathsep.join(p for p in path if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    return {**env, **extra}
+    return checkout_environment(request_variables(os.environ), **extra)
 
 
 class Granian:

@@ -303,10 +303,10 @@ def test_directory_unreachable_is_503_unless_cached(tmp_path):
         response = post(warm_app, directory.registration_request(software, aud=ISSUER), software)
         assert response.status_code == 201, response.get_json()
         assert server.requests == [
-        "/openbanking.jwks",
-        jwks_path(software),
-        *revoked_paths(software),
-    ]
+            "/openbanking.jwks",
+            jwks_path(software),
+            *revoked_paths(software),
+        ]
     finally:
         server.stop()
     assert not server.running

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 
 import pytest
 import requests
+from child_process import checkout_environment
 from cryptography import x509
 from nginx_helpers import find_nginx
 from test_example_app import _thumbprint, read_serve_banner
@@ -64,11 +65,7 @@ needs_granian = pytest.mark.skipif(
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return checkout_environment(NOT_INHERITED, **extra)
 
 
 def _port_closed(address: str) -> bool:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import requests
+from child_process import checkout_environment
 from test_example_app import read_serve_banner
 
 from example_app.demo import CHOSEN_ACCOUNTS, GLOSSARY, STEPS
@@ -53,11 +54,7 @@ needs_make = pytest.mark.skipif(shutil.which("make") is None, reason="make is no
 
 
 def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in MAKE_VARIABLES and k != "CI"}
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    env["PYTHONUNBUFFERED"] = "1"
-    env.update(extra)
-    return env
+    return checkout_environment((*MAKE_VARIABLES, "CI"), **extra)
 
 
 def _make(*args: str, timeout: float = 90, **kwargs) -> subprocess.CompletedProcess:

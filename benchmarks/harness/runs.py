@@ -8,8 +8,10 @@ from collections.abc import Callable
 from typing import Protocol
 
 from .common import DEFAULT_PG_URL
+from .processes import wait_for_quiet
 from .report import Cell
-from .servers import SERVERS, ServerOptions, parse_servers
+from .servers import SERVERS, Running, ServerOptions, parse_servers
+from .wrk import Load, WrkResult, run_wrk
 
 
 def add_run_arguments(
@@ -80,6 +82,25 @@ class RetryPolicy(Protocol):
 
     @property
     def retries(self) -> int: ...
+
+
+def measure_cell(
+    args: argparse.Namespace, running: Running, warm: Load, measured: Load, connections: int
+) -> WrkResult:
+    """One cell against a running server: wait for a quiet machine (``--quiet-wait``), warm up
+    with ``warm`` (``--warmup`` seconds), then run ``measured`` (``--duration``), counting the
+    server's CPU (and PostgreSQL's, when that is its store)."""
+    if args.quiet_wait > 0:
+        wait_for_quiet(args.quiet_wait)
+    if args.warmup > 0:
+        run_wrk(warm, connections=connections, duration=args.warmup)
+    return run_wrk(
+        measured,
+        connections=connections,
+        duration=args.duration,
+        server_pid=running.process.pid,
+        database_process="postgres" if running.store == "postgres" else None,
+    )
 
 
 def run_undisturbed(plan: RetryPolicy, run: Callable[[], Cell]) -> Cell:
